@@ -1,0 +1,217 @@
+//! The cross-core bus: the only way state crosses cores.
+//!
+//! Owns one crossbeam channel per core (any core may send; only the owning core receives) and a
+//! doorbell per core that wakes its event loop from another thread (monoio's `sync` feature makes
+//! the waker thread-safe). Messages are moves of owned data or `Arc<Frame>` references, never
+//! copies of message bodies per subscriber. Per (sender, receiver) pair the channel is FIFO, which
+//! is what keeps each subject's messages in seq order on every core.
+
+use crate::frame::Frame;
+use crate::owner::Replay;
+use atomic_waker::AtomicWaker;
+use crossbeam_channel::{Receiver, Sender};
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+
+/// Most cores a node runs (pending-replay masks are `u64` bit sets).
+pub const MAX_CORES: usize = 64;
+
+/// Which core owns `subject` (sequencing, history, dedup): FNV-1a of its bytes.
+#[inline]
+pub fn owner_of(subject: &str, cores: usize) -> usize {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in subject.as_bytes() {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h % cores as u64) as usize
+}
+
+/// What a replay request asks the owner for.
+#[derive(Debug, Clone)]
+pub enum ReplayKind {
+    /// Retained messages of one concrete subject with seq > N.
+    Since(u64),
+    /// The latest retained message of every owned subject matching the pattern.
+    Snapshot,
+}
+
+/// Result of a publish, sent back to the core that received it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PubAck {
+    /// Assigned (or original, for duplicates) seq.
+    pub seq: u64,
+    /// Assigned (or original) ts.
+    pub ts: u64,
+    /// True when `msg_id` was seen before.
+    pub duplicate: bool,
+}
+
+/// A message between cores. `token` values are chosen by the requesting core and returned
+/// unchanged so it can find the waiting connection or request.
+pub enum BusMsg {
+    /// Sequence this publish (sent to the subject's owner).
+    Publish {
+        /// Concrete subject.
+        subject: Box<str>,
+        /// Raw JSON data.
+        data: Box<[u8]>,
+        /// De-duplication id.
+        msg_id: Option<Box<str>>,
+        /// Requesting core.
+        from: usize,
+        /// Request token.
+        token: u64,
+    },
+    /// The owner's answer to `Publish`.
+    PubDone {
+        /// Request token.
+        token: u64,
+        /// The outcome.
+        ack: PubAck,
+    },
+    /// A sequenced message from its owner core, for local subscribers.
+    Deliver {
+        /// The shared frame.
+        frame: Arc<Frame>,
+        /// Owner core.
+        from: usize,
+    },
+    /// Ask an owner for retained messages (sub `since` / `snapshot`).
+    Replay {
+        /// Subject (since) or pattern (snapshot).
+        pattern: Box<str>,
+        /// What to replay.
+        kind: ReplayKind,
+        /// Requesting core.
+        from: usize,
+        /// Request token.
+        token: u64,
+    },
+    /// The owner's answer to `Replay`.
+    ReplayDone {
+        /// Request token.
+        token: u64,
+        /// Owner core that answered.
+        owner: usize,
+        /// Gap and frames.
+        replay: Replay,
+    },
+    /// Ask the owner for `/history/{subject}`.
+    History {
+        /// Concrete subject.
+        subject: Box<str>,
+        /// Messages with seq > since.
+        since: u64,
+        /// At most this many.
+        limit: usize,
+        /// Requesting core.
+        from: usize,
+        /// Request token.
+        token: u64,
+    },
+    /// The owner's answer to `History`: the complete JSON body.
+    HistoryDone {
+        /// Request token.
+        token: u64,
+        /// JSON body.
+        body: Vec<u8>,
+    },
+    /// Stop accepting, close connections with 1001, finish.
+    Shutdown,
+}
+
+/// Wakes one core's event loop from any thread.
+#[derive(Default)]
+pub struct Doorbell {
+    rung: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Doorbell {
+    /// Rings: the core's bus task runs on its next loop turn. Cheap when already rung.
+    #[inline]
+    pub fn ring(&self) {
+        if !self.rung.load(Ordering::Acquire) && !self.rung.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Waits until rung, then clears it (call from the owning core only).
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            if self.rung.swap(false, Ordering::AcqRel) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.rung.swap(false, Ordering::AcqRel) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Senders and doorbells of every core; shared by all cores.
+pub struct Bus {
+    senders: Vec<Sender<BusMsg>>,
+    doorbells: Vec<Arc<Doorbell>>,
+}
+
+impl Bus {
+    /// A bus for `cores` cores, and each core's receiver.
+    ///
+    /// The channels are unbounded on purpose: a core must never block on another (two cores
+    /// blocked on each other's full queue would deadlock). What bounds them is upstream: each
+    /// core reads a bounded batch per loop turn and every connection's inbound rate is bounded.
+    pub fn new(cores: usize) -> (Arc<Bus>, Vec<Receiver<BusMsg>>) {
+        let (senders, receivers) = (0..cores).map(|_| crossbeam_channel::unbounded()).unzip();
+        let doorbells = (0..cores).map(|_| Arc::new(Doorbell::default())).collect();
+        (Arc::new(Bus { senders, doorbells }), receivers)
+    }
+
+    /// Number of cores.
+    pub fn cores(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Sends to `core` and rings its doorbell.
+    #[inline]
+    pub fn send(&self, core: usize, msg: BusMsg) {
+        // A send fails only when the receiving core has exited (shutdown); dropping is correct.
+        let _ = self.senders[core].send(msg);
+        self.doorbells[core].ring();
+    }
+
+    /// The doorbell of `core`.
+    pub fn doorbell(&self, core: usize) -> &Arc<Doorbell> {
+        &self.doorbells[core]
+    }
+
+    /// Messages waiting for `core` (metrics).
+    pub fn depth(&self, core: usize) -> usize {
+        self.senders[core].len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ownership_is_stable_and_spread() {
+        let mut counts = [0usize; 4];
+        for i in 0..1000 {
+            let s = format!("prices.SYM{i:04}");
+            let o = owner_of(&s, 4);
+            assert_eq!(o, owner_of(&s, 4));
+            counts[o] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 150), "{counts:?}");
+        assert_eq!(owner_of("anything", 1), 0);
+    }
+}

@@ -1,0 +1,456 @@
+//! One client connection, from accept to close: HTTP requests on a keep-alive connection, and
+//! the WebSocket session after an upgrade (a reader task and a writer task).
+//!
+//! Owns the socket and the connection's inbound bytes. Runs entirely on the core that accepted
+//! it (a connection never changes core). Parsing is delegated to [`crate::http`],
+//! [`crate::ws`] and [`crate::proto`]; shard state is reached through [`Core`].
+//!
+//! Memory: an idle WebSocket holds no read buffer (it waits for readiness, then borrows a pooled
+//! buffer for the read) and no write buffer (a pooled `WriteBatch` is borrowed per write).
+
+use crate::http::{self, Method, Request};
+use crate::metrics::{self, CloseReason};
+use crate::proto::{self, ClientOp, ErrorCode};
+use crate::shard::{Conn, Core, SubError};
+use crate::ws::{self, WsDecoder, WsError, WsEvent};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::buf::IoBufMut;
+use monoio::net::TcpStream;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+/// Bytes read per call while in the HTTP phase.
+const HTTP_READ_CHUNK: usize = 4096;
+
+/// Default and maximum `limit` of `/history`.
+const HISTORY_LIMIT_MAX: usize = 10_000;
+
+/// Decrements the node's connection count when a connection ends.
+struct Admission<'a>(&'a Core);
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        self.0.shared.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics::sub(&self.0.metrics().connections, 1);
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
+    let shared = &core.shared;
+    let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    metrics::add(&core.metrics().connections, 1);
+    let _admission = Admission(&core);
+    let _ = stream.set_nodelay(true);
+    if open > shared.cfg.max_connections {
+        metrics::add(&core.metrics().rejected, 1);
+        let resp = http::error(ErrorCode::Overloaded, "connection limit reached", false);
+        let _ = stream.write_all(resp).await;
+        return;
+    }
+    let limits = core.cfg().http_limits();
+    let mut inbuf: Vec<u8> = Vec::new();
+    loop {
+        let read = monoio::time::timeout(core.cfg().handshake_timeout(), read_request(&mut stream, &mut inbuf, limits));
+        let req = match read.await {
+            Err(_) => {
+                core.metrics().closed(CloseReason::Timeout);
+                return;
+            }
+            Ok(Err(ReadError::Closed)) => return,
+            Ok(Err(ReadError::Http(e))) => {
+                core.metrics().closed(CloseReason::BadRequest);
+                let code = match e.status() {
+                    413 | 431 => ErrorCode::TooLarge,
+                    _ => ErrorCode::BadRequest,
+                };
+                let mut resp = http::error(code, e.message(), false);
+                if e.status() == 431 {
+                    resp = http::response(431, "application/json", &[], &proto::http_error_body(code, e.message()), false);
+                }
+                let _ = stream.write_all(resp).await;
+                return;
+            }
+            Ok(Ok(req)) => req,
+        };
+        metrics::add(&core.metrics().http_requests, 1);
+        let keep_alive = !req.headers.close && !core.is_shutting_down();
+        if req.path == "/ws" && req.method == Method::Get {
+            match upgrade_response(&req) {
+                Ok(resp) => {
+                    let leftover = std::mem::take(&mut inbuf);
+                    return run_websocket(core.clone(), stream, resp, leftover).await;
+                }
+                Err(resp) => {
+                    core.metrics().closed(CloseReason::BadRequest);
+                    let _ = stream.write_all(resp).await;
+                    return;
+                }
+            }
+        }
+        let resp = route(&core, &req, keep_alive).await;
+        let (res, _) = stream.write_all(resp).await;
+        if res.is_err() || !keep_alive {
+            return;
+        }
+        if inbuf.is_empty() && inbuf.capacity() > HTTP_READ_CHUNK {
+            inbuf = Vec::new();
+        }
+    }
+}
+
+enum ReadError {
+    Closed,
+    Http(http::HttpError),
+}
+
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: http::Limits) -> Result<Request, ReadError> {
+    loop {
+        if !buf.is_empty() {
+            match http::parse_request(buf, limits) {
+                Ok(Some((req, used))) => {
+                    buf.drain(..used);
+                    return Ok(req);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Http(e)),
+            }
+        }
+        buf.reserve(HTTP_READ_CHUNK);
+        let len = buf.len();
+        let (res, slice) = stream.read(std::mem::take(buf).slice_mut(len..)).await;
+        *buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return Err(ReadError::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The 101 response for a valid upgrade request, or the error response for a bad one.
+fn upgrade_response(req: &Request) -> Result<Vec<u8>, Vec<u8>> {
+    let h = &req.headers;
+    let bad = |m: &str| http::error(ErrorCode::BadRequest, m, false);
+    if !h.upgrade_websocket || !h.connection_upgrade {
+        return Err(bad("WebSocket upgrade requires 'Upgrade: websocket' and 'Connection: Upgrade'"));
+    }
+    if h.ws_version.as_deref() != Some("13") {
+        let body = proto::http_error_body(ErrorCode::BadRequest, "Sec-WebSocket-Version must be 13");
+        return Err(http::response(400, "application/json", &[("Sec-WebSocket-Version", "13")], &body, false));
+    }
+    let key = match &h.ws_key {
+        Some(k) if k.len() == 24 && k.ends_with("==") => k,
+        _ => return Err(bad("missing or malformed Sec-WebSocket-Key")),
+    };
+    let accept = ws::accept_key(key.as_bytes());
+    Ok(format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nServer: ringcast\r\n\r\n"
+    )
+    .into_bytes())
+}
+
+/// Plain HTTP endpoints.
+async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
+    let path = req.path.as_str();
+    let method = req.method;
+    let not_allowed = || http::error(ErrorCode::MethodNotAllowed, "method not allowed", keep_alive);
+    match path {
+        "/healthz" => match method {
+            Method::Get | Method::Head => http::response(200, "text/plain", &[], b"ok", keep_alive),
+            _ => not_allowed(),
+        },
+        "/metrics" => match method {
+            Method::Get => {
+                let text = crate::metrics::render(&core.shared.metrics);
+                http::response(200, "text/plain; version=0.0.4", &[], text.as_bytes(), keep_alive)
+            }
+            _ => not_allowed(),
+        },
+        "/publish" => match method {
+            Method::Post => http_publish(core, &req.body, keep_alive).await,
+            _ => not_allowed(),
+        },
+        "/ws" => not_allowed(),
+        p if p.starts_with("/history/") => match method {
+            Method::Get => http_history(core, &p["/history/".len()..], &req.query, keep_alive).await,
+            _ => not_allowed(),
+        },
+        _ => http::error(ErrorCode::NotFound, "no such endpoint", keep_alive),
+    }
+}
+
+#[derive(Deserialize)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "raw_present")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    msg_id: Option<Cow<'a, str>>,
+}
+
+fn raw_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+async fn http_publish(core: &Core, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let bad = |m: &str| http::error(ErrorCode::BadRequest, m, keep_alive);
+    let b: PublishBody<'_> = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return bad(&format!("invalid JSON body: {e}")),
+    };
+    let Some(subject) = b.subject else { return bad("missing field 'subject'") };
+    if let Err(e) = crate::subject::validate_subject(&subject) {
+        return bad(&e.to_string());
+    }
+    let Some(data) = b.data else { return bad("missing field 'data'") };
+    if data.get().len() > core.cfg().max_frame_bytes {
+        return http::error(ErrorCode::TooLarge, "data larger than --max-frame-bytes", keep_alive);
+    }
+    if let Some(m) = &b.msg_id {
+        if m.is_empty() || m.len() > proto::MAX_MSG_ID_BYTES {
+            return bad("'msg_id' must be 1..=256 bytes");
+        }
+    }
+    let ack = core.publish_http(&subject, data.get().as_bytes(), b.msg_id.as_deref()).await;
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(b"{\"subject\":");
+    serde_json::to_writer(&mut out, &*subject).expect("Vec write");
+    out.extend_from_slice(format!(",\"seq\":{},\"ts\":{}", ack.seq, ack.ts).as_bytes());
+    if ack.duplicate {
+        out.extend_from_slice(b",\"duplicate\":true");
+    }
+    out.push(b'}');
+    http::json(200, &out, keep_alive)
+}
+
+async fn http_history(core: &Core, raw_subject: &str, query: &str, keep_alive: bool) -> Vec<u8> {
+    let subject = http::percent_decode(raw_subject);
+    if let Err(e) = crate::subject::validate_subject(&subject) {
+        return http::error(ErrorCode::BadRequest, &e.to_string(), keep_alive);
+    }
+    let num = |key: &str| -> Result<Option<u64>, Vec<u8>> {
+        match http::query_get(query, key) {
+            None => Ok(None),
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                http::error(ErrorCode::BadRequest, &format!("'{key}' must be a non-negative integer"), keep_alive)
+            }),
+        }
+    };
+    let since = match num("since") {
+        Ok(v) => v.unwrap_or(0),
+        Err(r) => return r,
+    };
+    let limit = match num("limit") {
+        Ok(v) => (v.unwrap_or(HISTORY_LIMIT_MAX as u64) as usize).min(HISTORY_LIMIT_MAX),
+        Err(r) => return r,
+    };
+    let body = core.history(&subject, since, limit).await;
+    http::json(200, &body, keep_alive)
+}
+
+// ---- WebSocket ----------------------------------------------------------------------------
+
+async fn run_websocket(core: Rc<Core>, stream: TcpStream, upgrade: Vec<u8>, leftover: Vec<u8>) {
+    let conn = core.register(true);
+    conn.set_fd(stream.as_raw_fd());
+    conn.touch(core.now_ms());
+    let mut first = upgrade;
+    {
+        let mut hello = Vec::with_capacity(64);
+        proto::hello(&mut hello, &conn.session);
+        ws::encode_frame(&mut first, ws::OP_TEXT, &hello);
+    }
+    conn.send_raw(core.metrics(), first.into());
+    let (rh, wh) = stream.into_split();
+    monoio::spawn(write_loop(core.clone(), conn.clone(), wh));
+    read_loop(&core, &conn, rh, leftover).await;
+    core.unregister(&conn);
+}
+
+/// Writes everything queued, one coalesced `writev` at a time, until the connection closes.
+async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut wh: OwnedWriteHalf<TcpStream>) {
+    let m = core.metrics();
+    loop {
+        while !conn.has_output() {
+            if conn.closing().is_some() {
+                let _ = wh.shutdown().await;
+                return;
+            }
+            conn.wake.wait().await;
+        }
+        let mut batch = core.take_batch();
+        conn.fill(&mut batch);
+        let (bytes, msgs) = (batch.remaining(), batch.messages());
+        while batch.remaining() > 0 {
+            let (res, b) = wh.writev(batch).await;
+            batch = b;
+            match res {
+                Ok(n) if n > 0 => batch.advance(n),
+                _ => {
+                    core.put_batch(batch);
+                    conn.close(m, CloseReason::IoError, ws::close::INTERNAL, "write failed");
+                    conn.force_shutdown();
+                    return;
+                }
+            }
+        }
+        core.put_batch(batch);
+        metrics::add(&m.writes, 1);
+        metrics::add(&m.bytes_out, bytes as u64);
+        let _ = msgs;
+    }
+}
+
+/// Reads and handles client frames until EOF or a fatal error.
+async fn read_loop(core: &Core, conn: &Rc<Conn>, mut rh: OwnedReadHalf<TcpStream>, mut pending: Vec<u8>) {
+    let m = core.metrics();
+    let mut decoder = WsDecoder::new(core.cfg().max_frame_bytes);
+    if !pending.is_empty() {
+        if let Err(e) = process_frames(core, conn, &mut decoder, &mut pending) {
+            fail(core, conn, e);
+        }
+    }
+    loop {
+        // Wait for readiness without holding a buffer, then borrow one from the pool.
+        // SAFETY: readiness polling only reads the fd; the write half never touches reads.
+        let ready = unsafe { &*rh.0.get() }.readable(false).await;
+        if ready.is_err() {
+            break;
+        }
+        let buf = core.take_read_buf();
+        let (res, mut buf) = rh.read(buf).await;
+        let n = match res {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                core.put_read_buf(buf);
+                continue;
+            }
+            Err(_) => 0,
+        };
+        if n == 0 {
+            core.put_read_buf(buf);
+            break;
+        }
+        conn.touch(core.now_ms());
+        if conn.closing().is_some() {
+            // Closing: discard input until the peer closes (or the grace period ends).
+            core.put_read_buf(buf);
+            continue;
+        }
+        let result = if pending.is_empty() {
+            let r = process_frames(core, conn, &mut decoder, &mut buf);
+            if !buf.is_empty() {
+                pending = buf.clone();
+            }
+            r
+        } else {
+            pending.extend_from_slice(&buf);
+            let r = process_frames(core, conn, &mut decoder, &mut pending);
+            if pending.is_empty() {
+                pending = Vec::new();
+            }
+            r
+        };
+        core.put_read_buf(buf);
+        if let Err(e) = result {
+            fail(core, conn, e);
+        }
+    }
+    if conn.closing().is_none() {
+        conn.close(m, CloseReason::ClientClosed, ws::close::NORMAL, "");
+    }
+}
+
+fn fail(core: &Core, conn: &Conn, e: WsError) {
+    let reason = match e {
+        WsError::Protocol(_) => CloseReason::ProtocolError,
+        WsError::TooBig => CloseReason::TooBig,
+        WsError::BadUtf8 => CloseReason::BadUtf8,
+    };
+    conn.close(core.metrics(), reason, e.close_code(), e.reason());
+}
+
+/// Decodes and handles every complete frame in `buf`, leaving a trailing partial frame in it.
+fn process_frames(core: &Core, conn: &Rc<Conn>, decoder: &mut WsDecoder, buf: &mut Vec<u8>) -> Result<(), WsError> {
+    let mut off = 0;
+    while off < buf.len() && conn.closing().is_none() {
+        let Some((event, used)) = decoder.decode(&mut buf[off..])? else { break };
+        if let Some(event) = event {
+            let input = &buf[off..off + used];
+            handle_event(core, conn, event, input);
+        }
+        off += used;
+    }
+    if conn.closing().is_some() {
+        buf.clear();
+    } else {
+        buf.drain(..off);
+    }
+    Ok(())
+}
+
+fn handle_event(core: &Core, conn: &Rc<Conn>, event: WsEvent, input: &[u8]) {
+    let m = core.metrics();
+    match event {
+        WsEvent::Text(p) => handle_op(core, conn, p.bytes(input)),
+        WsEvent::Binary(_) => conn.send_err(m, None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text"),
+        WsEvent::Ping(p) => {
+            let mut f = Vec::with_capacity(2 + 125);
+            ws::encode_frame(&mut f, ws::OP_PONG, p.bytes(input));
+            conn.send_raw(m, f.into());
+        }
+        WsEvent::Pong => {}
+        WsEvent::Close(code) => {
+            let code = code.unwrap_or(ws::close::NORMAL);
+            conn.close(m, CloseReason::ClientClosed, code, "");
+        }
+    }
+}
+
+/// Applies one client operation.
+fn handle_op(core: &Core, conn: &Rc<Conn>, text: &[u8]) {
+    let m = core.metrics();
+    let req = match proto::parse_op(text) {
+        Ok(r) => r,
+        Err(e) => return conn.send_err(m, e.id.map(|r| r.get()), e.code, &e.message),
+    };
+    let id = req.id.map(|r| r.get());
+    match req.op {
+        ClientOp::Sub { subject, since, snapshot, conflate } => {
+            if let Err(SubError::TooMany) = core.subscribe(conn, id, &subject, since, snapshot, conflate) {
+                conn.send_err(m, id, ErrorCode::BadRequest, "too many subscriptions on this connection");
+            }
+        }
+        ClientOp::Unsub { subject } => {
+            if core.unsubscribe(conn, &subject) {
+                let mut b = Vec::with_capacity(32);
+                proto::ok(&mut b, id);
+                conn.send_json(m, &b);
+            } else {
+                conn.send_err(m, id, ErrorCode::BadRequest, "not subscribed to that pattern");
+            }
+        }
+        ClientOp::Pub { subject, data, msg_id } => {
+            core.publish_ws(conn, id, &subject, data.get().as_bytes(), msg_id.as_deref());
+        }
+        ClientOp::Ping => {
+            let mut b = Vec::with_capacity(32);
+            proto::pong(&mut b, id);
+            conn.send_json(m, &b);
+        }
+        ClientOp::Auth { .. } => {
+            // Auth is off on this node (no key configured): any token is accepted.
+            let mut b = Vec::with_capacity(32);
+            proto::ok(&mut b, id);
+            conn.send_json(m, &b);
+        }
+        ClientOp::Resume { .. } => {
+            conn.send_err(m, id, ErrorCode::SessionExpired, "session is not retained on this node");
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! HTTP/1.1 request parsing and response encoding: the `bytes -> request` step for the port's
+//! plain-HTTP side (health, metrics, publish, history, upgrades).
+//!
+//! Owns nothing beyond the values it returns; httparse does the header parsing. Pure code: never
+//! touches a socket; called on the connection's core thread. Incomplete input is `Ok(None)`.
+
+use std::borrow::Cow;
+
+/// Most headers accepted in one request.
+pub const MAX_HEADERS: usize = 48;
+
+/// Request method, as far as ringcast cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// GET
+    Get,
+    /// HEAD
+    Head,
+    /// POST
+    Post,
+    /// DELETE
+    Delete,
+    /// Anything else.
+    Other,
+}
+
+/// The headers ringcast reads; everything else is skipped.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Headers {
+    /// `Content-Length`.
+    pub content_length: Option<usize>,
+    /// `Transfer-Encoding` present (chunked bodies are refused).
+    pub transfer_encoding: bool,
+    /// `Connection: close` (or HTTP/1.0 without keep-alive).
+    pub close: bool,
+    /// `Connection` contains `upgrade`.
+    pub connection_upgrade: bool,
+    /// `Upgrade: websocket`.
+    pub upgrade_websocket: bool,
+    /// `Sec-WebSocket-Key`.
+    pub ws_key: Option<String>,
+    /// `Sec-WebSocket-Version`.
+    pub ws_version: Option<String>,
+    /// `Authorization`.
+    pub authorization: Option<String>,
+    /// `Origin`.
+    pub origin: Option<String>,
+    /// `Last-Event-ID` (SSE resume).
+    pub last_event_id: Option<String>,
+}
+
+/// A parsed request with its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Method.
+    pub method: Method,
+    /// Path without the query, still percent-encoded.
+    pub path: String,
+    /// Raw query string (after `?`), may be empty.
+    pub query: String,
+    /// Headers of interest.
+    pub headers: Headers,
+    /// The body (`Content-Length` bytes).
+    pub body: Vec<u8>,
+}
+
+/// A request that cannot be served; answered with the given status, then the connection closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpError {
+    /// Malformed request line or headers (400).
+    Malformed(&'static str),
+    /// Header block over the limit (431).
+    HeadersTooLarge,
+    /// Body over the limit (413).
+    BodyTooLarge,
+}
+
+impl HttpError {
+    /// Status code.
+    pub fn status(self) -> u16 {
+        match self {
+            HttpError::Malformed(_) => 400,
+            HttpError::HeadersTooLarge => 431,
+            HttpError::BodyTooLarge => 413,
+        }
+    }
+
+    /// Message for the JSON error body.
+    pub fn message(self) -> &'static str {
+        match self {
+            HttpError::Malformed(m) => m,
+            HttpError::HeadersTooLarge => "request headers too large",
+            HttpError::BodyTooLarge => "request body too large",
+        }
+    }
+}
+
+/// Size limits applied while parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest header block (request line + headers), bytes.
+    pub max_header_bytes: usize,
+    /// Largest body, bytes.
+    pub max_body_bytes: usize,
+}
+
+fn contains_token(v: &str, token: &str) -> bool {
+    v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Parses one request from the start of `buf`. Returns the request and bytes consumed.
+pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(Request, usize)>, HttpError> {
+    let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut raw);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return if buf.len() > limits.max_header_bytes { Err(HttpError::HeadersTooLarge) } else { Ok(None) };
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
+        Err(_) => return Err(HttpError::Malformed("malformed HTTP request")),
+    };
+    if head_len > limits.max_header_bytes {
+        return Err(HttpError::HeadersTooLarge);
+    }
+    let method = match req.method.unwrap_or("") {
+        "GET" => Method::Get,
+        "HEAD" => Method::Head,
+        "POST" => Method::Post,
+        "DELETE" => Method::Delete,
+        _ => Method::Other,
+    };
+    let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut h = Headers { close: req.version == Some(0), ..Headers::default() };
+    for hd in req.headers.iter() {
+        let Ok(v) = std::str::from_utf8(hd.value) else {
+            return Err(HttpError::Malformed("non-UTF-8 header value"));
+        };
+        let name = hd.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let n = v.trim().parse::<usize>().map_err(|_| HttpError::Malformed("bad Content-Length"))?;
+            if h.content_length.is_some_and(|m| m != n) {
+                return Err(HttpError::Malformed("conflicting Content-Length"));
+            }
+            h.content_length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            h.transfer_encoding = true;
+        } else if name.eq_ignore_ascii_case("connection") {
+            if contains_token(v, "close") {
+                h.close = true;
+            }
+            if contains_token(v, "keep-alive") {
+                h.close = false;
+            }
+            h.connection_upgrade |= contains_token(v, "upgrade");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            h.upgrade_websocket |= contains_token(v, "websocket");
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            h.ws_key = Some(v.trim().to_owned());
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            h.ws_version = Some(v.trim().to_owned());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            h.authorization = Some(v.trim().to_owned());
+        } else if name.eq_ignore_ascii_case("origin") {
+            h.origin = Some(v.trim().to_owned());
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            h.last_event_id = Some(v.trim().to_owned());
+        }
+    }
+    if h.transfer_encoding {
+        return Err(HttpError::Malformed("Transfer-Encoding is not supported; send Content-Length"));
+    }
+    let body_len = h.content_length.unwrap_or(0);
+    if body_len > limits.max_body_bytes {
+        return Err(HttpError::BodyTooLarge);
+    }
+    if buf.len() - head_len < body_len {
+        return Ok(None);
+    }
+    let body = buf[head_len..head_len + body_len].to_vec();
+    let request = Request { method, path: path.to_owned(), query: query.to_owned(), headers: h, body };
+    Ok(Some((request, head_len + body_len)))
+}
+
+/// Decodes `%XX` escapes and `+` (as space). Invalid escapes are kept literally.
+pub fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.bytes().any(|b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |c: Option<&u8>| c.and_then(|c| (*c as char).to_digit(16));
+                match (hex(b.get(i + 1)), hex(b.get(i + 2))) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                        continue;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Iterates `key=value` pairs of a query string, percent-decoded.
+pub fn query_pairs(q: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+    q.split('&').filter(|p| !p.is_empty()).map(|p| {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        (percent_decode(k), percent_decode(v))
+    })
+}
+
+/// The first value of `key` in a query string.
+pub fn query_get<'a>(q: &'a str, key: &str) -> Option<Cow<'a, str>> {
+    query_pairs(q).find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// Reason phrase for a status.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Payload Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// Encodes a complete response with a body.
+pub fn response(status: u16, content_type: &str, extra: &[(&str, &str)], body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\nServer: ringcast\r\nContent-Type: ");
+    out.extend_from_slice(content_type.as_bytes());
+    out.extend_from_slice(b"\r\nContent-Length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(if keep_alive { b"\r\nConnection: keep-alive" as &[u8] } else { b"\r\nConnection: close" });
+    for (k, v) in extra {
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// A JSON response.
+pub fn json(status: u16, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    response(status, "application/json", &[], body, keep_alive)
+}
+
+/// A JSON error response `{"error":{"code","message"}}`.
+pub fn error(code: crate::proto::ErrorCode, message: &str, keep_alive: bool) -> Vec<u8> {
+    let body = crate::proto::http_error_body(code, message);
+    let extra: &[(&str, &str)] = if code == crate::proto::ErrorCode::MethodNotAllowed {
+        &[("Allow", "GET, POST, DELETE")]
+    } else {
+        &[]
+    };
+    response(code.http_status(), "application/json", extra, &body, keep_alive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const L: Limits = Limits { max_header_bytes: 8192, max_body_bytes: 1024 };
+
+    #[test]
+    fn parses_a_request_fed_one_byte_at_a_time() {
+        let wire = b"POST /publish?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nAuthorization: Bearer t\r\n\r\nhelloGET";
+        let mut got = None;
+        for end in 1..=wire.len() {
+            match parse_request(&wire[..end], L).unwrap() {
+                Some(r) => {
+                    got = Some((r, end));
+                    break;
+                }
+                None => continue,
+            }
+        }
+        let ((req, used), end) = got.unwrap();
+        assert_eq!(end, wire.len() - 3);
+        assert_eq!(used, end);
+        assert_eq!(req.method, Method::Post);
+        assert_eq!(req.path, "/publish");
+        assert_eq!(req.query, "x=1");
+        assert_eq!(req.body, b"hello");
+        assert_eq!(req.headers.authorization.as_deref(), Some("Bearer t"));
+        assert!(!req.headers.close);
+    }
+
+    #[test]
+    fn refuses_bad_and_oversized_requests() {
+        assert_eq!(parse_request(b"\x01\x02 / HTTP/1.1\r\n\r\n", L).unwrap_err().status(), 400);
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
+        assert_eq!(parse_request(big.as_bytes(), L).unwrap_err().status(), 431);
+        let body = b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
+        assert_eq!(parse_request(body, L).unwrap_err().status(), 413);
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(parse_request(chunked, L).unwrap_err().status(), 400);
+        let dup = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(parse_request(dup, L).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn reads_upgrade_headers_case_insensitively() {
+        let wire = b"GET /ws HTTP/1.1\r\nconnection: keep-alive, Upgrade\r\nUPGRADE: WebSocket\r\nSec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let (r, _) = parse_request(wire, L).unwrap().unwrap();
+        assert!(r.headers.connection_upgrade && r.headers.upgrade_websocket);
+        assert_eq!(r.headers.ws_key.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn query_strings_are_percent_decoded() {
+        let q = "subject=prices.%3E&subject=a.*&token=x+y&bad=%zz";
+        let subs: Vec<_> = query_pairs(q).filter(|(k, _)| k == "subject").map(|(_, v)| v.into_owned()).collect();
+        assert_eq!(subs, vec!["prices.>", "a.*"]);
+        assert_eq!(query_get(q, "token").as_deref(), Some("x y"));
+        assert_eq!(query_get(q, "bad").as_deref(), Some("%zz"));
+        assert_eq!(percent_decode("%4"), "%4");
+    }
+}

@@ -1,0 +1,51 @@
+//! ringcast: a realtime fanout gateway. Publishers push JSON messages onto subjects; ringcast
+//! sequences each one, encodes it once, and delivers it to every subscriber over WebSocket,
+//! in order, with history, snapshots and de-duplication.
+//!
+//! # Layout
+//!
+//! ```text
+//!  server   start-up: one pinned thread per core, each a monoio runtime (io_uring or epoll),
+//!           one SO_REUSEPORT listener per core; shutdown on SIGINT/SIGTERM
+//!  conn     a connection's life on its core: HTTP keep-alive, then WebSocket reader + writer
+//!  http     bytes -> HTTP request; responses            (pure, no sockets)
+//!  ws       bytes -> WebSocket frames -> messages       (pure, no sockets)
+//!  proto    message -> ClientOp; control replies        (pure, no sockets)
+//!  shard    Core: a core's subscriptions (trie + cache), connections, owned subjects
+//!  owner    SubjectState: seq, history ring, dedup window of one subject (owner core only)
+//!  frame    Frame: one message encoded once (WebSocket bytes + rkyv envelope), shared by Arc
+//!  outbound OutboundQueue/WriteBatch: bounded per-connection queue, coalesced writev
+//!  bus      the only cross-core path: crossbeam channels + doorbells
+//!  trie     SubjectTrie: one level per token, `*` and `>` slots
+//!  subject  subject/pattern syntax, matching, coverage
+//!  metrics  per-core counters, close reasons, Prometheus text
+//!  config   flags and RINGCAST_* env vars
+//!  limits   start-up checks of OS limits (nofile, memlock, somaxconn)
+//! ```
+//!
+//! # Data flow of one publish
+//!
+//! ```text
+//!  client --pub--> core A (conn) --BusMsg::Publish--> core O = owner_of(subject)
+//!     core O: seq+1, ts, Frame::encode once, history ring, dedup   --PubDone--> core A --ok--> client
+//!     core O: Arc<Frame> --BusMsg::Deliver--> every core C (FIFO per core pair: seq order kept)
+//!        core C: trie match (cached) -> each matching conn once -> OutboundQueue (Rc ref)
+//!        conn writer: everything queued -> one writev
+//! ```
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod bus;
+pub mod config;
+pub mod conn;
+pub mod frame;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod outbound;
+pub mod owner;
+pub mod proto;
+pub mod server;
+pub mod shard;
+pub mod subject;
+pub mod trie;
+pub mod ws;

@@ -1,0 +1,51 @@
+//! The `ringcast` binary: parse flags, check OS limits, start the node, stop on SIGINT/SIGTERM.
+
+use clap::Parser;
+use ringcast::config::Config;
+use ringcast::server::Server;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGCAST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = Config::parse();
+    if let Err(e) = run(cfg) {
+        tracing::error!("{e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cfg: Config) -> std::io::Result<()> {
+    match ringcast::limits::raise_nofile() {
+        Ok(n) => tracing::debug!(nofile = n, "open-file limit"),
+        Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
+    }
+    for w in ringcast::limits::check(cfg.max_connections as u64, cfg.backlog) {
+        tracing::warn!("{w}");
+    }
+    if !cfg.listen.ip().is_loopback() {
+        tracing::warn!("auth is OFF and ringcast listens on a non-loopback address: anyone who can reach {} can read and publish", cfg.listen);
+    } else {
+        tracing::warn!("auth is OFF (no JWT key configured): fine on loopback for trying it out");
+    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let server = Server::start(cfg)?;
+    tracing::info!(addr = %server.local_addr(), driver = server.driver(), cores = server.cores(), "ringcast listening");
+    let stopper = server.stopper();
+    std::thread::Builder::new().name("ringcast-signals".into()).spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "shutting down");
+            stopper.stop();
+        }
+    })?;
+    server.join()?;
+    tracing::info!("stopped");
+    Ok(())
+}

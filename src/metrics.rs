@@ -1,0 +1,175 @@
+//! Per-core counters and the Prometheus text rendering of `/metrics`.
+//!
+//! Each core owns one cache-line-aligned `CoreMetrics` and is its only writer (plain
+//! load+store, no locked instructions on the hot path); any core may read all of them to render
+//! `/metrics`. Why connections closed is a [`CloseReason`], counted per reason.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why a connection ended. Feeds the `ringcast_closes_total{reason}` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed (EOF or close frame).
+    ClientClosed,
+    /// Node shutting down (close 1001).
+    Shutdown,
+    /// Outbound queue over its limit (close 4008).
+    SlowConsumer,
+    /// RFC 6455 violation (close 1002).
+    ProtocolError,
+    /// Message over `--max-frame-bytes` (close 1009).
+    TooBig,
+    /// Invalid UTF-8 text (close 1007).
+    BadUtf8,
+    /// Silent peer: no answer to our ping, or no request in time.
+    Timeout,
+    /// A socket error.
+    IoError,
+    /// A bad HTTP request or upgrade.
+    BadRequest,
+}
+
+impl CloseReason {
+    /// All reasons, in metric order.
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::ClientClosed,
+        CloseReason::Shutdown,
+        CloseReason::SlowConsumer,
+        CloseReason::ProtocolError,
+        CloseReason::TooBig,
+        CloseReason::BadUtf8,
+        CloseReason::Timeout,
+        CloseReason::IoError,
+        CloseReason::BadRequest,
+    ];
+
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::TooBig => "too_big",
+            CloseReason::BadUtf8 => "bad_utf8",
+            CloseReason::Timeout => "timeout",
+            CloseReason::IoError => "io_error",
+            CloseReason::BadRequest => "bad_request",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).expect("listed")
+    }
+}
+
+/// Counters of one core. Written only by that core's thread.
+#[derive(Default)]
+#[repr(align(128))]
+pub struct CoreMetrics {
+    /// Open connections (gauge).
+    pub connections: AtomicU64,
+    /// Open WebSocket connections (gauge).
+    pub websockets: AtomicU64,
+    /// Active subscriptions (gauge).
+    pub subscriptions: AtomicU64,
+    /// Publishes accepted and sequenced by this core as subject owner.
+    pub published: AtomicU64,
+    /// Publishes answered as duplicates by this core as subject owner.
+    pub duplicates: AtomicU64,
+    /// Messages queued to local connections.
+    pub delivered: AtomicU64,
+    /// Messages dropped: replaced by conflation or discarded with a slow consumer's queue.
+    pub dropped: AtomicU64,
+    /// Bytes written to sockets.
+    pub bytes_out: AtomicU64,
+    /// Socket writes (each carries one or more frames).
+    pub writes: AtomicU64,
+    /// HTTP requests served.
+    pub http_requests: AtomicU64,
+    /// Connections refused because the node is full.
+    pub rejected: AtomicU64,
+    closes: [AtomicU64; CloseReason::ALL.len()],
+}
+
+/// Adds `n` to a counter that only the calling thread writes (no locked instruction).
+#[inline]
+pub fn add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Subtracts `n` from a single-writer gauge.
+#[inline]
+pub fn sub(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_sub(n), Relaxed);
+}
+
+impl CoreMetrics {
+    /// Counts one close.
+    pub fn closed(&self, reason: CloseReason) {
+        add(&self.closes[reason.index()], 1);
+    }
+
+    /// Closes counted for a reason.
+    pub fn closes(&self, reason: CloseReason) -> u64 {
+        self.closes[reason.index()].load(Relaxed)
+    }
+}
+
+/// Renders all cores' counters in the Prometheus text exposition format.
+pub fn render(cores: &[CoreMetrics]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(4096);
+    let series: [(&str, &str, &str, fn(&CoreMetrics) -> u64); 11] = [
+        ("ringcast_connections", "gauge", "Open connections.", |m| m.connections.load(Relaxed)),
+        ("ringcast_websockets", "gauge", "Open WebSocket connections.", |m| m.websockets.load(Relaxed)),
+        ("ringcast_subscriptions", "gauge", "Active subscriptions.", |m| m.subscriptions.load(Relaxed)),
+        ("ringcast_published_total", "counter", "Publishes sequenced (by owner core).", |m| m.published.load(Relaxed)),
+        ("ringcast_duplicates_total", "counter", "Publishes answered as duplicates.", |m| m.duplicates.load(Relaxed)),
+        ("ringcast_delivered_total", "counter", "Messages queued to connections.", |m| m.delivered.load(Relaxed)),
+        ("ringcast_dropped_total", "counter", "Messages conflated away or discarded.", |m| m.dropped.load(Relaxed)),
+        ("ringcast_bytes_out_total", "counter", "Bytes written to sockets.", |m| m.bytes_out.load(Relaxed)),
+        ("ringcast_writes_total", "counter", "Socket writes (coalesced frames).", |m| m.writes.load(Relaxed)),
+        ("ringcast_http_requests_total", "counter", "HTTP requests served.", |m| m.http_requests.load(Relaxed)),
+        ("ringcast_rejected_total", "counter", "Connections refused (node full).", |m| m.rejected.load(Relaxed)),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (i, m) in cores.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", get(m));
+        }
+    }
+    let _ = writeln!(out, "# HELP ringcast_slow_consumer_closes_total Connections closed as slow consumers.");
+    let _ = writeln!(out, "# TYPE ringcast_slow_consumer_closes_total counter");
+    for (i, m) in cores.iter().enumerate() {
+        let _ = writeln!(out, "ringcast_slow_consumer_closes_total{{core=\"{i}\"}} {}", m.closes(CloseReason::SlowConsumer));
+    }
+    let _ = writeln!(out, "# HELP ringcast_closes_total Connections closed, by reason.");
+    let _ = writeln!(out, "# TYPE ringcast_closes_total counter");
+    for (i, m) in cores.iter().enumerate() {
+        for r in CloseReason::ALL {
+            let _ = writeln!(out, "ringcast_closes_total{{core=\"{i}\",reason=\"{}\"}} {}", r.label(), m.closes(r));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_core_in_prometheus_text() {
+        let cores: Vec<CoreMetrics> = (0..2).map(|_| CoreMetrics::default()).collect();
+        add(&cores[1].delivered, 5);
+        cores[0].closed(CloseReason::SlowConsumer);
+        let text = render(&cores);
+        assert!(text.contains("ringcast_delivered_total{core=\"1\"} 5"));
+        assert!(text.contains("ringcast_slow_consumer_closes_total{core=\"0\"} 1"));
+        assert!(text.contains("ringcast_closes_total{core=\"0\",reason=\"slow_consumer\"} 1"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, v) = line.rsplit_once(' ').unwrap();
+            v.parse::<u64>().unwrap();
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! `SubjectState`: what a subject's owner core keeps for it: the sequence counter, the bounded
+//! history ring (which also gives the latest value), and the publish de-duplication window.
+//!
+//! Every subject has exactly one owner core (`bus::owner_of`); only that core's thread touches
+//! its `SubjectState`, so sequencing needs no lock and seq is strictly increasing.
+
+use crate::frame::Frame;
+use hashbrown::HashMap;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Limits of one subject's state.
+#[derive(Debug, Clone, Copy)]
+pub struct SubjectLimits {
+    /// Messages kept in the history ring (`--history`).
+    pub history: usize,
+    /// Most `msg_id`s remembered (`--dedup-window`).
+    pub dedup_ids: usize,
+    /// How long a `msg_id` is remembered (`--dedup-secs`).
+    pub dedup_ttl: Duration,
+}
+
+/// The outcome of offering a publish to the owner.
+#[derive(Debug)]
+pub enum Accepted {
+    /// A new message: sequenced, retained, to be delivered.
+    New(Arc<Frame>),
+    /// A repeated `msg_id`: the original seq/ts; nothing is delivered.
+    Duplicate {
+        /// Original seq.
+        seq: u64,
+        /// Original ts.
+        ts: u64,
+    },
+}
+
+/// Replay of retained messages after a given seq.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Missing range `(from, to)` that history no longer holds.
+    pub gap: Option<(u64, u64)>,
+    /// Retained frames with seq > since, oldest first.
+    pub frames: Vec<Arc<Frame>>,
+}
+
+/// Recently seen `msg_id`s of one subject, bounded by count and age.
+#[derive(Default)]
+struct Dedup {
+    seen: HashMap<Rc<str>, (u64, u64)>,
+    order: VecDeque<(Rc<str>, Instant)>,
+}
+
+impl Dedup {
+    fn expire(&mut self, now: Instant, limits: &SubjectLimits) {
+        while let Some((id, at)) = self.order.front() {
+            if self.order.len() > limits.dedup_ids || now.duration_since(*at) > limits.dedup_ttl {
+                self.seen.remove(id);
+                self.order.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// State of one subject on its owner core.
+pub struct SubjectState {
+    last_seq: u64,
+    last_ts: u64,
+    history: VecDeque<Arc<Frame>>,
+    dedup: Dedup,
+}
+
+impl Default for SubjectState {
+    fn default() -> Self {
+        SubjectState { last_seq: 0, last_ts: 0, history: VecDeque::new(), dedup: Dedup::default() }
+    }
+}
+
+impl SubjectState {
+    /// Sequences a publish: assigns seq and ts, encodes the frame once, retains it.
+    /// `now_us` is the acceptance time; ts never goes backwards within a subject.
+    pub fn accept(
+        &mut self,
+        subject: &str,
+        data: &[u8],
+        msg_id: Option<&str>,
+        now_us: u64,
+        now: Instant,
+        limits: &SubjectLimits,
+    ) -> Accepted {
+        if let Some(id) = msg_id {
+            self.dedup.expire(now, limits);
+            if let Some(&(seq, ts)) = self.dedup.seen.get(id) {
+                return Accepted::Duplicate { seq, ts };
+            }
+        }
+        let seq = self.last_seq + 1;
+        let ts = now_us.max(self.last_ts);
+        let frame = Arc::new(Frame::encode(subject, seq, ts, data, msg_id));
+        self.last_seq = seq;
+        self.last_ts = ts;
+        if limits.history > 0 {
+            if self.history.len() >= limits.history {
+                self.history.pop_front();
+            }
+            self.history.push_back(frame.clone());
+        }
+        if let Some(id) = msg_id {
+            let id: Rc<str> = Rc::from(id);
+            self.dedup.seen.insert(id.clone(), (seq, ts));
+            self.dedup.order.push_back((id, now));
+            self.dedup.expire(now, limits);
+        }
+        Accepted::New(frame)
+    }
+
+    /// Highest seq assigned so far (0: never published).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Seq of the oldest retained message (`last_seq + 1` when none is retained).
+    pub fn first_retained(&self) -> u64 {
+        self.history.front().map_or(self.last_seq + 1, |f| f.seq())
+    }
+
+    /// The latest retained message.
+    pub fn latest(&self) -> Option<&Arc<Frame>> {
+        self.history.back()
+    }
+
+    /// Retained frames with seq > `since`, at most `limit`, oldest first.
+    pub fn after(&self, since: u64, limit: usize) -> impl Iterator<Item = &Arc<Frame>> {
+        // seqs in the ring are contiguous, so the start index is arithmetic.
+        let first = self.first_retained();
+        let skip = since.saturating_add(1).saturating_sub(first) as usize;
+        self.history.iter().skip(skip).take(limit)
+    }
+
+    /// Everything a `since` subscriber needs: the gap (if history no longer reaches back) and
+    /// the retained frames after `since`.
+    pub fn replay_since(&self, since: u64) -> Replay {
+        let first = self.first_retained();
+        let gap = (since + 1 < first && since < self.last_seq).then(|| (since + 1, first - 1));
+        Replay { gap, frames: self.after(since, usize::MAX).cloned().collect() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(history: usize) -> SubjectLimits {
+        SubjectLimits { history, dedup_ids: 3, dedup_ttl: Duration::from_secs(60) }
+    }
+
+    fn publish(s: &mut SubjectState, l: &SubjectLimits, id: Option<&str>, now: Instant) -> (u64, bool) {
+        match s.accept("a", b"1", id, 10, now, l) {
+            Accepted::New(f) => (f.seq(), false),
+            Accepted::Duplicate { seq, .. } => (seq, true),
+        }
+    }
+
+    #[test]
+    fn seq_starts_at_one_and_increments() {
+        let l = limits(4);
+        let mut s = SubjectState::default();
+        let now = Instant::now();
+        let seqs: Vec<_> = (0..6).map(|_| publish(&mut s, &l, None, now).0).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(s.first_retained(), 3);
+        assert_eq!(s.latest().unwrap().seq(), 6);
+    }
+
+    #[test]
+    fn replay_reports_the_gap_history_cannot_fill() {
+        let l = limits(4);
+        let mut s = SubjectState::default();
+        let now = Instant::now();
+        (0..10).for_each(|_| drop(publish(&mut s, &l, None, now)));
+        let r = s.replay_since(2);
+        assert_eq!(r.gap, Some((3, 6)));
+        assert_eq!(r.frames.iter().map(|f| f.seq()).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+        let r = s.replay_since(8);
+        assert_eq!((r.gap, r.frames.len()), (None, 2));
+        let r = s.replay_since(10);
+        assert_eq!((r.gap, r.frames.len()), (None, 0));
+        assert_eq!(s.after(0, 2).map(|f| f.seq()).collect::<Vec<_>>(), vec![7, 8]);
+    }
+
+    #[test]
+    fn duplicate_ids_return_the_original_within_the_window() {
+        let l = limits(4);
+        let mut s = SubjectState::default();
+        let now = Instant::now();
+        assert_eq!(publish(&mut s, &l, Some("x"), now), (1, false));
+        assert_eq!(publish(&mut s, &l, Some("x"), now), (1, true));
+        // Window by count: three newer ids push "x" out.
+        for id in ["a", "b", "c"] {
+            publish(&mut s, &l, Some(id), now);
+        }
+        assert_eq!(publish(&mut s, &l, Some("x"), now), (5, false));
+        // Window by age.
+        let later = now + Duration::from_secs(61);
+        assert_eq!(publish(&mut s, &l, Some("c"), later), (6, false));
+    }
+}

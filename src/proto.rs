@@ -1,0 +1,405 @@
+//! Client operations and server replies of the WebSocket protocol (v1), as JSON.
+//!
+//! Owns the `bytes -> ClientOp` step and the encoders of the small control replies (`hello`,
+//! `ok`, `err`, `pong`, `gap`). Pure functions: no sockets, no core state; called on the core
+//! thread that owns the connection. `msg` bodies are not built here but once per message in
+//! [`crate::frame`].
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Error codes of the protocol (`err` ops and HTTP error bodies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// Malformed input, bad subject, missing field.
+    BadRequest,
+    /// Missing, invalid or expired token.
+    Unauthorized,
+    /// Token valid but the operation is not permitted.
+    Forbidden,
+    /// Unknown path (HTTP only).
+    NotFound,
+    /// Wrong method (HTTP only).
+    MethodNotAllowed,
+    /// Body, frame or header over its limit.
+    TooLarge,
+    /// Too many requests.
+    RateLimited,
+    /// A `resume` for a session that is unknown or expired.
+    SessionExpired,
+    /// Node overloaded or a required backend unavailable.
+    Overloaded,
+    /// A bug or an internal failure.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::SessionExpired => "session_expired",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// The HTTP status that carries this code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest | ErrorCode::SessionExpired => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Overloaded => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// A parsed client operation. Borrows from the frame it was parsed from.
+#[derive(Debug)]
+pub enum ClientOp<'a> {
+    /// `auth`: present or refresh a token.
+    Auth {
+        /// The JWT.
+        token: Cow<'a, str>,
+    },
+    /// `sub`: subscribe to a pattern.
+    Sub {
+        /// Subject pattern (validated).
+        subject: Cow<'a, str>,
+        /// Replay retained messages with seq > since (concrete subjects only).
+        since: Option<u64>,
+        /// First deliver the latest retained message of every matching subject.
+        snapshot: bool,
+        /// Conflate per subject instead of disconnecting when behind.
+        conflate: bool,
+    },
+    /// `unsub`: drop a subscription.
+    Unsub {
+        /// The pattern given to `sub`.
+        subject: Cow<'a, str>,
+    },
+    /// `pub`: publish `data` on a concrete subject.
+    Pub {
+        /// Concrete subject (validated).
+        subject: Cow<'a, str>,
+        /// Raw JSON, published verbatim.
+        data: &'a RawValue,
+        /// Publisher's de-duplication id.
+        msg_id: Option<Cow<'a, str>>,
+    },
+    /// `ping`.
+    Ping,
+    /// `resume`: restore a disconnected session.
+    Resume {
+        /// Session id from `hello`.
+        session: Cow<'a, str>,
+        /// Number of `msg` ops received on that session.
+        received: u64,
+    },
+}
+
+/// A parsed operation and its request id (raw JSON, echoed verbatim; `None` means `null`).
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// The client's `id`, raw.
+    pub id: Option<&'a RawValue>,
+    /// The operation.
+    pub op: ClientOp<'a>,
+}
+
+/// Why an operation was refused, with the id to answer to (when it could be read).
+#[derive(Debug)]
+pub struct OpError<'a> {
+    /// The client's `id`, if the frame was a JSON object with one.
+    pub id: Option<&'a RawValue>,
+    /// Error code.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: Cow<'static, str>,
+}
+
+/// Longest accepted `msg_id`, in bytes: ids are kept in the dedup window, so they are bounded.
+pub const MAX_MSG_ID_BYTES: usize = 256;
+
+fn raw_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow)]
+    op: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    subject: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "raw_present")]
+    data: Option<&'a RawValue>,
+    #[serde(borrow)]
+    msg_id: Option<Cow<'a, str>>,
+    since: Option<u64>,
+    snapshot: Option<bool>,
+    conflate: Option<bool>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    session: Option<Cow<'a, str>>,
+    received: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct IdOnly<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+}
+
+fn bad<'a>(id: Option<&'a RawValue>, message: impl Into<Cow<'static, str>>) -> OpError<'a> {
+    OpError { id, code: ErrorCode::BadRequest, message: message.into() }
+}
+
+/// Parses one client text frame into a [`Request`].
+pub fn parse_op(text: &[u8]) -> Result<Request<'_>, OpError<'_>> {
+    let w: Wire<'_> = match serde_json::from_slice(text) {
+        Ok(w) => w,
+        Err(e) => {
+            // Keep the id if the frame is at least an object with a readable `id`.
+            let id = serde_json::from_slice::<IdOnly<'_>>(text).ok().and_then(|o| o.id);
+            let msg = if e.is_syntax() || e.is_eof() {
+                format!("malformed JSON: {e}")
+            } else {
+                format!("invalid field: {e}")
+            };
+            return Err(bad(id, msg));
+        }
+    };
+    let id = w.id.filter(|r| r.get() != "null");
+    let Some(op) = w.op else { return Err(bad(id, "missing field 'op'")) };
+    let subject = |pattern: bool| -> Result<Cow<'_, str>, OpError<'_>> {
+        let s = w.subject.clone().ok_or_else(|| bad(id, "missing field 'subject'"))?;
+        let r = if pattern {
+            crate::subject::validate_pattern(&s)
+        } else {
+            crate::subject::validate_subject(&s)
+        };
+        r.map_err(|e| bad(id, e.to_string()))?;
+        Ok(s)
+    };
+    let op = match &*op {
+        "sub" => {
+            let s = subject(true)?;
+            if w.since.is_some() && !crate::subject::is_literal(&s) {
+                return Err(bad(id, "'since' needs a concrete subject"));
+            }
+            ClientOp::Sub {
+                subject: s,
+                since: w.since,
+                snapshot: w.snapshot.unwrap_or(false),
+                conflate: w.conflate.unwrap_or(false),
+            }
+        }
+        "unsub" => ClientOp::Unsub { subject: subject(true)? },
+        "pub" => {
+            let s = subject(false)?;
+            let data = w.data.ok_or_else(|| bad(id, "missing field 'data'"))?;
+            if let Some(m) = &w.msg_id {
+                if m.is_empty() || m.len() > MAX_MSG_ID_BYTES {
+                    return Err(bad(id, "'msg_id' must be 1..=256 bytes"));
+                }
+            }
+            ClientOp::Pub { subject: s, data, msg_id: w.msg_id }
+        }
+        "ping" => ClientOp::Ping,
+        "auth" => ClientOp::Auth { token: w.token.ok_or_else(|| bad(id, "missing field 'token'"))? },
+        "resume" => ClientOp::Resume {
+            session: w.session.ok_or_else(|| bad(id, "missing field 'session'"))?,
+            received: w.received.ok_or_else(|| bad(id, "missing field 'received'"))?,
+        },
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(bad(id, format!("unknown op '{shown}'")));
+        }
+    };
+    Ok(Request { id, op })
+}
+
+fn put_id(out: &mut Vec<u8>, id: Option<&str>) {
+    out.extend_from_slice(id.unwrap_or("null").as_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+}
+
+/// `{"op":"hello","session":ID,"version":1}`
+pub fn hello(out: &mut Vec<u8>, session: &str) {
+    out.extend_from_slice(br#"{"op":"hello","session":"#);
+    put_str(out, session);
+    out.extend_from_slice(br#","version":1}"#);
+}
+
+/// `{"op":"ok","id":I}`; `id` is the client's raw JSON id (`None`: `null`).
+pub fn ok(out: &mut Vec<u8>, id: Option<&str>) {
+    out.extend_from_slice(br#"{"op":"ok","id":"#);
+    put_id(out, id);
+    out.push(b'}');
+}
+
+/// `{"op":"ok","id":I,"seq":N,"ts":T}` (+ `"duplicate":true`)
+pub fn ok_pub(out: &mut Vec<u8>, id: Option<&str>, seq: u64, ts: u64, duplicate: bool) {
+    out.extend_from_slice(br#"{"op":"ok","id":"#);
+    put_id(out, id);
+    out.extend_from_slice(br#","seq":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
+    out.extend_from_slice(br#","ts":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
+    if duplicate {
+        out.extend_from_slice(br#","duplicate":true"#);
+    }
+    out.push(b'}');
+}
+
+/// `{"op":"pong","id":I}`
+pub fn pong(out: &mut Vec<u8>, id: Option<&str>) {
+    out.extend_from_slice(br#"{"op":"pong","id":"#);
+    put_id(out, id);
+    out.push(b'}');
+}
+
+/// `{"op":"err","id":I,"code":C,"message":M}`
+pub fn err(out: &mut Vec<u8>, id: Option<&str>, code: ErrorCode, message: &str) {
+    out.extend_from_slice(br#"{"op":"err","id":"#);
+    put_id(out, id);
+    out.extend_from_slice(br#","code":""#);
+    out.extend_from_slice(code.as_str().as_bytes());
+    out.extend_from_slice(br#"","message":"#);
+    put_str(out, message);
+    out.push(b'}');
+}
+
+/// `{"op":"gap","subject":S,"from":F,"to":T}`
+pub fn gap(out: &mut Vec<u8>, subject: &str, from: u64, to: u64) {
+    out.extend_from_slice(br#"{"op":"gap","subject":"#);
+    put_str(out, subject);
+    out.extend_from_slice(br#","from":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(from).as_bytes());
+    out.extend_from_slice(br#","to":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(to).as_bytes());
+    out.push(b'}');
+}
+
+/// HTTP error body: `{"error":{"code":C,"message":M}}`
+pub fn http_error_body(code: ErrorCode, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + message.len());
+    out.extend_from_slice(br#"{"error":{"code":""#);
+    out.extend_from_slice(code.as_str().as_bytes());
+    out.extend_from_slice(br#"","message":"#);
+    put_str(&mut out, message);
+    out.extend_from_slice(b"}}");
+    out
+}
+
+#[cfg(test)]
+impl PartialEq for ClientOp<'_> {
+    /// Raw JSON values compare by their text; enough for tests.
+    fn eq(&self, other: &Self) -> bool {
+        format!("{self:?}") == format!("{other:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(s: &str) -> ClientOp<'_> {
+        parse_op(s.as_bytes()).unwrap().op
+    }
+
+    fn err_of(s: &str) -> (Option<String>, ErrorCode, String) {
+        let e = parse_op(s.as_bytes()).unwrap_err();
+        (e.id.map(|r| r.get().to_string()), e.code, e.message.into_owned())
+    }
+
+    #[test]
+    fn parses_every_op() {
+        assert_eq!(
+            op(r#"{"op":"sub","id":1,"subject":"prices.*","snapshot":true}"#),
+            ClientOp::Sub { subject: "prices.*".into(), since: None, snapshot: true, conflate: false }
+        );
+        assert_eq!(
+            op(r#"{"op":"sub","id":1,"subject":"a.b","since":5,"conflate":true}"#),
+            ClientOp::Sub { subject: "a.b".into(), since: Some(5), snapshot: false, conflate: true }
+        );
+        assert_eq!(op(r#"{"op":"unsub","id":2,"subject":"a.>"}"#), ClientOp::Unsub { subject: "a.>".into() });
+        match op(r#"{"op":"pub","id":"x","subject":"a.b","data":{"p":[1,2]},"msg_id":"m1"}"#) {
+            ClientOp::Pub { subject, data, msg_id } => {
+                assert_eq!((&*subject, data.get(), msg_id.as_deref()), ("a.b", r#"{"p":[1,2]}"#, Some("m1")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(op(r#"{"op":"ping","id":3}"#), ClientOp::Ping);
+        assert_eq!(op(r#"{"op":"auth","id":3,"token":"t"}"#), ClientOp::Auth { token: "t".into() });
+        assert_eq!(
+            op(r#"{"op":"resume","id":3,"session":"s","received":9}"#),
+            ClientOp::Resume { session: "s".into(), received: 9 }
+        );
+    }
+
+    #[test]
+    fn null_data_is_data() {
+        match op(r#"{"op":"pub","subject":"a","data":null}"#) {
+            ClientOp::Pub { data, .. } => assert_eq!(data.get(), "null"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn ids_are_echoed_raw() {
+        let r = parse_op(br#"{"op":"ping","id":"abc"}"#).unwrap();
+        let mut out = Vec::new();
+        pong(&mut out, r.id.map(|r| r.get()));
+        assert_eq!(out, br#"{"op":"pong","id":"abc"}"#);
+    }
+
+    #[test]
+    fn bad_input_is_bad_request_with_the_id_when_readable() {
+        assert_eq!(err_of("{nope").1, ErrorCode::BadRequest);
+        assert_eq!(err_of("{nope").0, None);
+        assert_eq!(err_of(r#"{"op":"sub","id":7,"subject":"a..b"}"#).0.as_deref(), Some("7"));
+        assert_eq!(err_of(r#"{"op":"sub","id":7,"since":"x","subject":"a"}"#).0.as_deref(), Some("7"));
+        assert!(err_of(r#"{"op":"fly","id":1}"#).2.contains("unknown op"));
+        assert!(err_of(r#"{"id":1}"#).2.contains("'op'"));
+        assert!(err_of(r#"{"op":"pub","id":1,"subject":"a"}"#).2.contains("'data'"));
+        assert!(err_of(r#"{"op":"pub","id":1,"subject":"a.*","data":1}"#).2.contains("wildcard"));
+        assert!(err_of(r#"{"op":"sub","id":1,"subject":"a.*","since":1}"#).2.contains("since"));
+        assert!(err_of("[1,2]").2.contains("invalid"));
+        assert!(err_of("").2.contains("malformed"));
+    }
+
+    #[test]
+    fn replies_are_valid_json() {
+        let mut out = Vec::new();
+        err(&mut out, None, ErrorCode::Forbidden, "no \"way\"");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["code"], "forbidden");
+        assert_eq!(v["message"], "no \"way\"");
+        out.clear();
+        ok_pub(&mut out, None, 5, 6, true);
+        assert_eq!(out, br#"{"op":"ok","id":null,"seq":5,"ts":6,"duplicate":true}"#);
+        out.clear();
+        gap(&mut out, "a", 2, 9);
+        assert_eq!(out, br#"{"op":"gap","subject":"a","from":2,"to":9}"#);
+    }
+}

@@ -1,0 +1,234 @@
+//! Start-up and shutdown of a node: one named, pinned thread per core, each running its own
+//! monoio runtime (io_uring when the kernel has it, else the legacy epoll driver, logged), each
+//! with its own SO_REUSEPORT listener and its own shard.
+//!
+//! Owns the core threads. [`Server::start`] runs on the caller's thread; everything after runs
+//! on the core threads. Shutdown is a [`BusMsg::Shutdown`] to every core: stop accepting, close
+//! WebSockets with 1001, wait (bounded) for them to flush, exit.
+
+use crate::bus::{Bus, BusMsg};
+use crate::config::{Config, DriverChoice};
+use crate::metrics::CoreMetrics;
+use crate::shard::{Core, Shared};
+use monoio::net::TcpListener;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// io_uring submission queue entries per core.
+const URING_ENTRIES: u32 = 4096;
+
+/// Period of the per-core sweeper (pings, half-open detection, close deadlines).
+const SWEEP_TICK: Duration = Duration::from_millis(250);
+
+/// A running node.
+pub struct Server {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<io::Result<()>>>,
+}
+
+fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(backlog.min(i32::MAX as u32) as i32)?;
+    Ok(s.into())
+}
+
+/// The CPUs this process may run on, in order (for pinning core i to the i-th allowed CPU).
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
+    }
+}
+
+impl Server {
+    /// Binds the listeners and starts one thread per core. Returns once every core is serving.
+    pub fn start(cfg: Config) -> io::Result<Server> {
+        let cores = cfg.core_count();
+        let driver = match cfg.driver {
+            DriverChoice::Legacy => false,
+            DriverChoice::Uring => true,
+            DriverChoice::Auto => {
+                let ok = monoio::utils::detect_uring();
+                if !ok {
+                    tracing::warn!("io_uring is not available in this kernel; using the legacy epoll driver");
+                }
+                ok
+            }
+        };
+        let first = bind(cfg.listen, cfg.backlog)?;
+        let addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..cores {
+            listeners.push(bind(addr, cfg.backlog)?);
+        }
+        let (bus, receivers) = Bus::new(cores);
+        let shared = Arc::new(Shared {
+            cfg: Arc::new(cfg),
+            bus,
+            metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
+            connections: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            driver: if driver { "io_uring" } else { "epoll" },
+        });
+        let cpus = allowed_cpus();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<()>>(cores);
+        let mut threads = Vec::with_capacity(cores);
+        for (id, (rx, listener)) in receivers.into_iter().zip(listeners).enumerate() {
+            let shared = shared.clone();
+            let cpu = cpus.get(id % cpus.len().max(1)).copied();
+            let ready = ready_tx.clone();
+            let t = std::thread::Builder::new().name(format!("ringcast-core-{id}")).spawn(move || {
+                if let Some(cpu) = cpu {
+                    if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+                        tracing::warn!(core = id, cpu, "could not pin core thread: {e:?}");
+                    }
+                }
+                let run = run_core(id, shared, rx, listener, ready.clone());
+                let res = if driver {
+                    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                        .with_entries(URING_ENTRIES)
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(run))
+                } else {
+                    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(run))
+                };
+                match res {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready.send(Err(io::Error::new(e.kind(), format!("runtime: {e}"))));
+                        Err(e)
+                    }
+                }
+            })?;
+            threads.push(t);
+        }
+        drop(ready_tx);
+        for _ in 0..cores {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(io::Error::other("a core thread exited during start-up")),
+            }
+        }
+        Ok(Server { addr, shared, threads })
+    }
+
+    /// The bound address (the real port when `--listen` used port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `io_uring` or `epoll`.
+    pub fn driver(&self) -> &'static str {
+        self.shared.driver
+    }
+
+    /// Number of cores.
+    pub fn cores(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// A handle that can stop the node from any thread (e.g. a signal handler thread).
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.shared.clone())
+    }
+
+    /// Begins graceful shutdown (idempotent).
+    pub fn shutdown(&self) {
+        self.stopper().stop();
+    }
+
+    /// Waits for every core to finish.
+    pub fn join(self) -> io::Result<()> {
+        let mut result = Ok(());
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(_) => result = Err(io::Error::other("a core thread panicked")),
+            }
+        }
+        result
+    }
+}
+
+/// Stops a node from any thread.
+#[derive(Clone)]
+pub struct Stopper(Arc<Shared>);
+
+impl Stopper {
+    /// Begins graceful shutdown (idempotent).
+    pub fn stop(&self) {
+        if !self.0.shutting_down.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            for core in 0..self.0.bus.cores() {
+                self.0.bus.send(core, BusMsg::Shutdown);
+            }
+        }
+    }
+}
+
+async fn run_core(
+    id: usize,
+    shared: Arc<Shared>,
+    rx: crossbeam_channel::Receiver<BusMsg>,
+    listener: std::net::TcpListener,
+    ready: crossbeam_channel::Sender<io::Result<()>>,
+) -> io::Result<()> {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(io::Error::new(e.kind(), format!("listener: {e}"))));
+            return Err(e);
+        }
+    };
+    let grace = Duration::from_millis(shared.cfg.shutdown_grace_ms);
+    let core = Core::new(id, shared, rx);
+    monoio::spawn(core.clone().run_bus());
+    monoio::spawn(sweeper(core.clone()));
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    loop {
+        monoio::select! {
+            _ = core.shutdown.wait() => break,
+            r = listener.accept() => match r {
+                Ok((stream, _peer)) => {
+                    monoio::spawn(crate::conn::serve(core.clone(), stream));
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE and friends: back off instead of spinning.
+                    tracing::warn!(core = id, "accept failed: {e}");
+                    monoio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    drop(listener);
+    let deadline = Instant::now() + grace;
+    while core.connection_count() > 0 && Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+async fn sweeper(core: Rc<Core>) {
+    loop {
+        monoio::time::sleep(SWEEP_TICK).await;
+        core.sweep();
+    }
+}

@@ -1,0 +1,889 @@
+//! `Core`: one core's shard of the node, and everything that runs on its event loop.
+//!
+//! Owns, for this core only: the subject trie of local subscriptions (and its match cache), the
+//! registry of local connections, the `SubjectState` of every subject this core owns
+//! (sequencing, history, dedup), and the table of requests waiting for another core's answer.
+//! Everything here is touched only by this core's thread (`Rc`/`RefCell`, no locks); other cores
+//! are reached only through [`crate::bus`].
+//!
+//! Data flow of a publish: the receiving core forwards it to the subject's owner (or handles it
+//! itself); the owner sequences it, encodes the frame once, and sends the `Arc<Frame>` to every
+//! core; each core matches the subject against its trie and queues one reference per matching
+//! connection, each connection at most once.
+
+use crate::bus::{owner_of, Bus, BusMsg, PubAck, ReplayKind};
+use crate::config::Config;
+use crate::frame::Frame;
+use crate::metrics::{self, CloseReason, CoreMetrics};
+use crate::outbound::{LocalFrame, LocalNotify, OutboundQueue, Pushed, WriteBatch};
+use crate::owner::{Accepted, Replay, SubjectLimits, SubjectState};
+use crate::proto::{self, ErrorCode};
+use crate::trie::SubjectTrie;
+use crossbeam_channel::Receiver;
+use hashbrown::HashMap;
+use std::cell::{Cell, RefCell};
+use std::future::poll_fn;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Subjects whose match result is cached per core. The cache is dropped whole when any local
+/// subscription changes or when it reaches this size; 8192 covers a few thousand instruments.
+pub const MATCH_CACHE_ENTRIES: usize = 8192;
+
+/// Bus messages handled per loop turn before the core yields to socket I/O.
+pub const BUS_BATCH: usize = 4096;
+
+/// Spare write batches kept per core for reuse.
+const BATCH_POOL: usize = 256;
+
+/// Spare read buffers kept per core; a connection borrows one only while data is ready.
+const READ_POOL: usize = 64;
+
+/// Size of a pooled read buffer.
+pub const READ_BUF_BYTES: usize = 16 << 10;
+
+/// State shared by all cores of a node (read-mostly).
+pub struct Shared {
+    /// Configuration.
+    pub cfg: Arc<Config>,
+    /// The cross-core bus.
+    pub bus: Arc<Bus>,
+    /// Per-core counters, indexed by core id.
+    pub metrics: Box<[CoreMetrics]>,
+    /// Open connections on the whole node (admission control at accept; not on the message path).
+    pub connections: AtomicUsize,
+    /// Set once shutdown has begun.
+    pub shutting_down: AtomicBool,
+    /// The I/O driver the cores run on (`io_uring` or `epoll`).
+    pub driver: &'static str,
+}
+
+/// One subscription of one connection.
+pub struct SubState {
+    /// The pattern.
+    pub pattern: Box<str>,
+    /// Conflate instead of disconnecting when behind.
+    pub conflate: Cell<bool>,
+    /// Cores whose replay (`since`/`snapshot`) has not arrived yet: their live messages are
+    /// skipped, the replay covers them.
+    pending: Cell<u64>,
+    /// False once unsubscribed or closed.
+    active: Cell<bool>,
+}
+
+/// A trie entry: which connection, through which subscription.
+#[derive(Clone)]
+pub struct SubEntry {
+    conn: Rc<Conn>,
+    sub: Rc<SubState>,
+}
+
+impl PartialEq for SubEntry {
+    fn eq(&self, other: &Self) -> bool {
+        Rc::ptr_eq(&self.sub, &other.sub)
+    }
+}
+
+/// The core-visible state of one connection (WebSocket or HTTP); the socket itself lives in the
+/// connection's tasks (see [`crate::conn`]).
+pub struct Conn {
+    /// Node-unique id (core in the top bits).
+    pub id: u64,
+    /// Session id sent in `hello`.
+    pub session: Box<str>,
+    /// Pending outbound bytes.
+    out: RefCell<OutboundQueue>,
+    /// Wakes the writer task.
+    pub wake: LocalNotify,
+    /// Delivery stamp: equal to the core's current stamp when this message was already queued.
+    stamp: Cell<u64>,
+    closing: Cell<Option<CloseReason>>,
+    subs: RefCell<HashMap<Box<str>, Rc<SubState>>>,
+    /// Highest seq queued per subject; only tracked once the connection used `since`/`snapshot`,
+    /// so replays and live messages never duplicate or reorder.
+    hwm: RefCell<Option<HashMap<Box<str>, u64>>>,
+    queue_limit: usize,
+    websocket: bool,
+    /// The socket, for a forced shutdown when a close cannot be flushed in time.
+    fd: Cell<i32>,
+    /// Core clock (ms) of the last bytes received.
+    last_rx: Cell<u64>,
+    /// A keep-alive ping is outstanding.
+    ping_sent: Cell<bool>,
+    /// Core clock (ms) when the close was decided.
+    closed_at: Cell<u64>,
+}
+
+impl Conn {
+    /// Records that the peer sent something (it is alive).
+    pub fn touch(&self, now_ms: u64) {
+        self.last_rx.set(now_ms);
+        self.ping_sent.set(false);
+    }
+
+    /// Sets the socket descriptor used for forced shutdown.
+    pub fn set_fd(&self, fd: i32) {
+        self.fd.set(fd);
+    }
+
+    /// Shuts the socket down in both directions: in-flight reads and writes fail, so the
+    /// connection's tasks end. Used when a close could not be flushed within its grace period.
+    pub fn force_shutdown(&self) {
+        let fd = self.fd.get();
+        if fd >= 0 {
+            // SAFETY: the fd stays open while the connection is registered (its reader holds it).
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
+
+    /// True once a close has been decided; nothing new is queued after that.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.closing.get()
+    }
+
+    /// True when the writer has something to send.
+    pub fn has_output(&self) -> bool {
+        !self.out.borrow().is_empty()
+    }
+
+    /// Moves pending output into `batch`.
+    pub fn fill(&self, batch: &mut WriteBatch) {
+        self.out.borrow_mut().fill(batch);
+    }
+
+    /// Number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.borrow().len()
+    }
+
+    /// Queues a control reply (JSON); WebSocket connections get it as a text frame.
+    pub fn send_json(&self, m: &CoreMetrics, json: &[u8]) {
+        if self.closing.get().is_some() {
+            return;
+        }
+        let bytes: Box<[u8]> = if self.websocket {
+            let mut v = Vec::with_capacity(json.len() + 4);
+            crate::ws::encode_frame(&mut v, crate::ws::OP_TEXT, json);
+            v.into()
+        } else {
+            json.into()
+        };
+        self.send_raw(m, bytes);
+    }
+
+    /// Queues raw bytes (already framed).
+    pub fn send_raw(&self, m: &CoreMetrics, bytes: Box<[u8]>) {
+        if self.closing.get().is_some() {
+            return;
+        }
+        let was_empty = self.out.borrow().is_empty();
+        if !self.out.borrow_mut().push_raw(bytes, self.queue_limit) {
+            self.close(m, CloseReason::SlowConsumer, crate::ws::close::SLOW_CONSUMER, "slow consumer");
+        } else if was_empty {
+            self.wake.notify();
+        }
+    }
+
+    /// Queues an `err` reply.
+    pub fn send_err(&self, m: &CoreMetrics, id: Option<&str>, code: ErrorCode, message: &str) {
+        let mut b = Vec::with_capacity(64 + message.len());
+        proto::err(&mut b, id, code, message);
+        self.send_json(m, &b);
+    }
+
+    /// Decides to close: discards pending messages, queues the close frame (WebSocket), wakes the
+    /// writer, which flushes it and shuts the socket down. Idempotent.
+    pub fn close(&self, m: &CoreMetrics, reason: CloseReason, code: u16, text: &str) {
+        if self.closing.get().is_some() {
+            return;
+        }
+        let dropped = self.out.borrow_mut().clear();
+        metrics::add(&m.dropped, dropped as u64);
+        if self.websocket {
+            // Past the limit on purpose: the close frame must go out even for a slow consumer.
+            self.out.borrow_mut().push_raw(crate::ws::close_frame(code, text).into(), usize::MAX / 8);
+        }
+        self.closing.set(Some(reason));
+        m.closed(reason);
+        self.wake.notify();
+        self.closed_at.set(CLOCK_MS.with(|c| c.get()));
+    }
+
+    /// Queues a message frame unless already queued for this delivery (`stamp`) or older than
+    /// what this connection already got. Returns true if queued.
+    #[inline]
+    fn push_msg(&self, m: &CoreMetrics, frame: &LocalFrame, conflate: bool) -> bool {
+        if self.closing.get().is_some() {
+            return false;
+        }
+        if let Some(hwm) = self.hwm.borrow_mut().as_mut() {
+            let seq = frame.seq();
+            match hwm.get_mut(frame.subject()) {
+                Some(h) if *h >= seq => return false,
+                Some(h) => *h = seq,
+                None => {
+                    hwm.insert(frame.subject().into(), seq);
+                }
+            }
+        }
+        let was_empty = self.out.borrow().is_empty();
+        let pushed = self.out.borrow_mut().push_msg(frame, conflate, self.queue_limit);
+        match pushed {
+            Pushed::Queued => {
+                if was_empty {
+                    self.wake.notify();
+                }
+                true
+            }
+            Pushed::Conflated => {
+                metrics::add(&m.dropped, 1);
+                true
+            }
+            Pushed::Overflow => {
+                metrics::add(&m.dropped, 1);
+                self.close(m, CloseReason::SlowConsumer, crate::ws::close::SLOW_CONSUMER, "slow consumer");
+                false
+            }
+        }
+    }
+}
+
+/// A one-shot, core-local answer for an HTTP request waiting on another core.
+pub struct Slot<T> {
+    value: RefCell<Option<T>>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Slot { value: RefCell::new(None), waker: Cell::new(None) }
+    }
+}
+
+impl<T> Slot<T> {
+    fn fill(&self, v: T) {
+        *self.value.borrow_mut() = Some(v);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Waits for the value.
+    pub async fn wait(&self) -> T {
+        poll_fn(|cx| match self.value.borrow_mut().take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Who is waiting for another core's answer.
+enum Waiter {
+    /// A WebSocket `pub`: answer with `ok` + seq/ts.
+    WsPub { conn: Rc<Conn>, id: Option<Box<str>> },
+    /// An HTTP publish.
+    HttpPub(Rc<Slot<PubAck>>),
+    /// A `since`/`snapshot` replay for a subscription.
+    Replay { conn: Rc<Conn>, sub: Rc<SubState> },
+    /// An HTTP `/history` request.
+    History(Rc<Slot<Vec<u8>>>),
+}
+
+/// Outcome of a subscribe request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubError {
+    /// Too many subscriptions on this connection.
+    TooMany,
+}
+
+/// Most subscriptions per connection (bounded: each one is a trie entry and cache weight).
+pub const MAX_SUBS_PER_CONN: usize = 1000;
+
+/// One core's shard and event-loop state.
+pub struct Core {
+    /// This core's index.
+    pub id: usize,
+    /// Node-wide shared state.
+    pub shared: Arc<Shared>,
+    rx: Receiver<BusMsg>,
+    trie: RefCell<SubjectTrie<SubEntry>>,
+    cache: RefCell<HashMap<Box<str>, Rc<[SubEntry]>>>,
+    conns: RefCell<HashMap<u64, Rc<Conn>>>,
+    owned: RefCell<HashMap<Box<str>, SubjectState>>,
+    waiters: RefCell<HashMap<u64, Waiter>>,
+    next_token: Cell<u64>,
+    next_conn: Cell<u64>,
+    stamp: Cell<u64>,
+    limits: SubjectLimits,
+    batches: RefCell<Vec<WriteBatch>>,
+    read_bufs: RefCell<Vec<Vec<u8>>>,
+    /// Notified when shutdown begins (accept loop and connections watch it).
+    pub shutdown: LocalNotify,
+    shutting_down: Cell<bool>,
+    clock_ms: Cell<u64>,
+    started: Instant,
+}
+
+thread_local! {
+    /// This core's coarse clock (ms since the core started), advanced by the sweeper.
+    static CLOCK_MS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How long a connection may take to flush its close frame before its socket is shut down.
+pub const CLOSE_GRACE_MS: u64 = 2_000;
+
+fn now_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: writes at most 8 bytes into `b`.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, 8, 0) };
+    if n != 8 {
+        // getrandom cannot fail for 8 bytes after boot; fall back to time mixed with an address.
+        return now_us() ^ (&b as *const _ as u64).rotate_left(32);
+    }
+    u64::from_ne_bytes(b)
+}
+
+impl Core {
+    /// Builds core `id`'s state.
+    pub fn new(id: usize, shared: Arc<Shared>, rx: Receiver<BusMsg>) -> Rc<Core> {
+        let cfg = &shared.cfg;
+        let limits = SubjectLimits {
+            history: cfg.history,
+            dedup_ids: cfg.dedup_window,
+            dedup_ttl: Duration::from_secs(cfg.dedup_secs),
+        };
+        Rc::new(Core {
+            id,
+            shared,
+            rx,
+            trie: RefCell::new(SubjectTrie::new()),
+            cache: RefCell::new(HashMap::new()),
+            conns: RefCell::new(HashMap::new()),
+            owned: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            next_conn: Cell::new(1),
+            stamp: Cell::new(0),
+            limits,
+            batches: RefCell::new(Vec::new()),
+            read_bufs: RefCell::new(Vec::new()),
+            shutdown: LocalNotify::default(),
+            shutting_down: Cell::new(false),
+            clock_ms: Cell::new(0),
+            started: Instant::now(),
+        })
+    }
+
+    /// This core's counters.
+    #[inline]
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.shared.metrics[self.id]
+    }
+
+    /// The node configuration.
+    pub fn cfg(&self) -> &Config {
+        &self.shared.cfg
+    }
+
+    /// True once shutdown began on this core.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Number of cores in the node.
+    pub fn cores(&self) -> usize {
+        self.shared.bus.cores()
+    }
+
+    /// Open connections on this core.
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Registers a new connection on this core.
+    pub fn register(&self, websocket: bool) -> Rc<Conn> {
+        let n = self.next_conn.get();
+        self.next_conn.set(n + 1);
+        let id = ((self.id as u64) << 48) | n;
+        // Session ids are unguessable (resume hands over a session): core + 64 random bits.
+        let session = format!("{:x}{:016x}", self.id, random_u64()).into_boxed_str();
+        let conn = Rc::new(Conn {
+            id,
+            session,
+            out: RefCell::new(OutboundQueue::default()),
+            wake: LocalNotify::default(),
+            stamp: Cell::new(0),
+            closing: Cell::new(None),
+            subs: RefCell::new(HashMap::new()),
+            hwm: RefCell::new(None),
+            queue_limit: self.cfg().max_queue_bytes,
+            websocket,
+            fd: Cell::new(-1),
+            last_rx: Cell::new(self.clock_ms.get()),
+            ping_sent: Cell::new(false),
+            closed_at: Cell::new(0),
+        });
+        self.conns.borrow_mut().insert(id, conn.clone());
+        if websocket {
+            metrics::add(&self.metrics().websockets, 1);
+        }
+        conn
+    }
+
+    /// Removes a finished connection and all its subscriptions.
+    pub fn unregister(&self, conn: &Rc<Conn>) {
+        if self.conns.borrow_mut().remove(&conn.id).is_none() {
+            return;
+        }
+        if conn.closing.get().is_none() {
+            conn.closing.set(Some(CloseReason::ClientClosed));
+            self.metrics().closed(CloseReason::ClientClosed);
+        }
+        conn.out.borrow_mut().clear();
+        let subs: Vec<Rc<SubState>> = conn.subs.borrow_mut().drain().map(|(_, s)| s).collect();
+        for sub in subs {
+            self.remove_sub(conn, &sub);
+        }
+        if conn.websocket {
+            metrics::sub(&self.metrics().websockets, 1);
+        }
+    }
+
+    fn remove_sub(&self, conn: &Rc<Conn>, sub: &Rc<SubState>) {
+        sub.active.set(false);
+        let entry = SubEntry { conn: conn.clone(), sub: sub.clone() };
+        if self.trie.borrow_mut().remove(&sub.pattern, &entry) {
+            self.cache.borrow_mut().clear();
+            metrics::sub(&self.metrics().subscriptions, 1);
+        }
+    }
+
+    fn park(&self, w: Waiter) -> u64 {
+        let t = self.next_token.get();
+        self.next_token.set(t + 1);
+        self.waiters.borrow_mut().insert(t, w);
+        t
+    }
+
+    // ---- subscriptions -------------------------------------------------------------------
+
+    /// `sub`: adds (or updates) a subscription, answers `ok`, then starts any replay.
+    pub fn subscribe(
+        &self,
+        conn: &Rc<Conn>,
+        id: Option<&str>,
+        pattern: &str,
+        since: Option<u64>,
+        snapshot: bool,
+        conflate: bool,
+    ) -> Result<(), SubError> {
+        let existing = conn.subs.borrow().get(pattern).cloned();
+        let sub = match existing {
+            Some(s) => {
+                s.conflate.set(conflate);
+                s
+            }
+            None => {
+                if conn.subs.borrow().len() >= MAX_SUBS_PER_CONN {
+                    return Err(SubError::TooMany);
+                }
+                let s = Rc::new(SubState {
+                    pattern: pattern.into(),
+                    conflate: Cell::new(conflate),
+                    pending: Cell::new(0),
+                    active: Cell::new(true),
+                });
+                conn.subs.borrow_mut().insert(pattern.into(), s.clone());
+                self.trie.borrow_mut().insert(pattern, SubEntry { conn: conn.clone(), sub: s.clone() });
+                self.cache.borrow_mut().clear();
+                metrics::add(&self.metrics().subscriptions, 1);
+                s
+            }
+        };
+        let mut b = Vec::with_capacity(32);
+        proto::ok(&mut b, id);
+        conn.send_json(self.metrics(), &b);
+        let kind = match (since, snapshot) {
+            (Some(n), _) => ReplayKind::Since(n),
+            (None, true) => ReplayKind::Snapshot,
+            (None, false) => return Ok(()),
+        };
+        conn.hwm.borrow_mut().get_or_insert_with(HashMap::new);
+        let owners: Vec<usize> = match kind {
+            ReplayKind::Since(_) => vec![owner_of(pattern, self.cores())],
+            ReplayKind::Snapshot if crate::subject::is_literal(pattern) => vec![owner_of(pattern, self.cores())],
+            ReplayKind::Snapshot => (0..self.cores()).collect(),
+        };
+        for owner in owners {
+            if owner == self.id {
+                let replay = self.replay_owned(pattern, &kind);
+                self.apply_replay(conn, &sub, replay);
+            } else {
+                sub.pending.set(sub.pending.get() | 1 << owner);
+                let token = self.park(Waiter::Replay { conn: conn.clone(), sub: sub.clone() });
+                let msg = BusMsg::Replay { pattern: pattern.into(), kind: kind.clone(), from: self.id, token };
+                self.shared.bus.send(owner, msg);
+            }
+        }
+        Ok(())
+    }
+
+    /// `unsub`: true if the connection had that subscription.
+    pub fn unsubscribe(&self, conn: &Rc<Conn>, pattern: &str) -> bool {
+        let sub = conn.subs.borrow_mut().remove(pattern);
+        match sub {
+            Some(sub) => {
+                self.remove_sub(conn, &sub);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn replay_owned(&self, pattern: &str, kind: &ReplayKind) -> Replay {
+        let owned = self.owned.borrow();
+        match kind {
+            ReplayKind::Since(n) => owned.get(pattern).map(|s| s.replay_since(*n)).unwrap_or_default(),
+            ReplayKind::Snapshot => {
+                let mut frames: Vec<Arc<Frame>> = if crate::subject::is_literal(pattern) {
+                    owned.get(pattern).and_then(|s| s.latest()).cloned().into_iter().collect()
+                } else {
+                    owned
+                        .iter()
+                        .filter(|(subj, _)| crate::subject::matches(pattern, subj))
+                        .filter_map(|(_, s)| s.latest().cloned())
+                        .collect()
+                };
+                frames.sort_by(|a, b| a.subject().cmp(b.subject()));
+                Replay { gap: None, frames }
+            }
+        }
+    }
+
+    fn apply_replay(&self, conn: &Rc<Conn>, sub: &Rc<SubState>, replay: Replay) {
+        if !sub.active.get() || conn.closing.get().is_some() {
+            return;
+        }
+        let m = self.metrics();
+        if let Some((from, to)) = replay.gap {
+            // Gaps only come from `since`, whose pattern is a concrete subject.
+            let mut b = Vec::with_capacity(64);
+            proto::gap(&mut b, &sub.pattern, from, to);
+            conn.send_json(m, &b);
+        }
+        let mut n = 0;
+        for f in replay.frames {
+            if conn.push_msg(m, &Rc::new(f), sub.conflate.get()) {
+                n += 1;
+            }
+        }
+        metrics::add(&m.delivered, n);
+    }
+
+    // ---- publishing ----------------------------------------------------------------------
+
+    /// Publishes from a WebSocket `pub`; the `ok` reply is queued when the owner answers.
+    pub fn publish_ws(&self, conn: &Rc<Conn>, id: Option<&str>, subject: &str, data: &[u8], msg_id: Option<&str>) {
+        let owner = owner_of(subject, self.cores());
+        if owner == self.id {
+            let ack = self.sequence(subject, data, msg_id);
+            reply_pub(self.metrics(), conn, id, ack);
+        } else {
+            let token = self.park(Waiter::WsPub { conn: conn.clone(), id: id.map(Into::into) });
+            self.forward_publish(owner, subject, data, msg_id, token);
+        }
+    }
+
+    /// Publishes from HTTP; resolves when the owner has sequenced it.
+    pub async fn publish_http(&self, subject: &str, data: &[u8], msg_id: Option<&str>) -> PubAck {
+        let owner = owner_of(subject, self.cores());
+        if owner == self.id {
+            return self.sequence(subject, data, msg_id);
+        }
+        let slot = Rc::new(Slot::default());
+        let token = self.park(Waiter::HttpPub(slot.clone()));
+        self.forward_publish(owner, subject, data, msg_id, token);
+        slot.wait().await
+    }
+
+    fn forward_publish(&self, owner: usize, subject: &str, data: &[u8], msg_id: Option<&str>, token: u64) {
+        let msg = BusMsg::Publish {
+            subject: subject.into(),
+            data: data.into(),
+            msg_id: msg_id.map(Into::into),
+            from: self.id,
+            token,
+        };
+        self.shared.bus.send(owner, msg);
+    }
+
+    /// Owner side: sequence, retain, encode once, fan out to every core.
+    fn sequence(&self, subject: &str, data: &[u8], msg_id: Option<&str>) -> PubAck {
+        let accepted = {
+            let mut owned = self.owned.borrow_mut();
+            let state = owned.entry_ref(subject).or_default();
+            state.accept(subject, data, msg_id, now_us(), Instant::now(), &self.limits)
+        };
+        match accepted {
+            Accepted::Duplicate { seq, ts } => {
+                metrics::add(&self.metrics().duplicates, 1);
+                PubAck { seq, ts, duplicate: true }
+            }
+            Accepted::New(frame) => {
+                metrics::add(&self.metrics().published, 1);
+                let ack = PubAck { seq: frame.seq(), ts: frame.ts(), duplicate: false };
+                for core in 0..self.cores() {
+                    if core != self.id {
+                        self.shared.bus.send(core, BusMsg::Deliver { frame: frame.clone(), from: self.id });
+                    }
+                }
+                self.deliver(frame, self.id);
+                ack
+            }
+        }
+    }
+
+    /// Queues `frame` to every matching local connection, once per connection.
+    pub fn deliver(&self, frame: Arc<Frame>, from: usize) {
+        let entries = self.matches(frame.subject());
+        if entries.is_empty() {
+            return;
+        }
+        let stamp = self.stamp.get() + 1;
+        self.stamp.set(stamp);
+        let m = self.metrics();
+        let local: LocalFrame = Rc::new(frame);
+        let bit = 1u64 << from;
+        let mut n = 0;
+        for e in entries.iter() {
+            if e.sub.pending.get() & bit != 0 || e.conn.stamp.get() == stamp {
+                continue;
+            }
+            e.conn.stamp.set(stamp);
+            if e.conn.push_msg(m, &local, e.sub.conflate.get()) {
+                n += 1;
+            }
+        }
+        metrics::add(&m.delivered, n);
+    }
+
+    fn matches(&self, subject: &str) -> Rc<[SubEntry]> {
+        if let Some(hit) = self.cache.borrow().get(subject) {
+            return hit.clone();
+        }
+        let mut v = Vec::new();
+        self.trie.borrow().for_each_match(subject, |e| v.push(e.clone()));
+        let v: Rc<[SubEntry]> = v.into();
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= MATCH_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(subject.into(), v.clone());
+        v
+    }
+
+    // ---- history -------------------------------------------------------------------------
+
+    /// `/history/{subject}` body, from the owner core.
+    pub async fn history(&self, subject: &str, since: u64, limit: usize) -> Vec<u8> {
+        let owner = owner_of(subject, self.cores());
+        if owner == self.id {
+            return self.history_body(subject, since, limit);
+        }
+        let slot = Rc::new(Slot::default());
+        let token = self.park(Waiter::History(slot.clone()));
+        let msg = BusMsg::History { subject: subject.into(), since, limit, from: self.id, token };
+        self.shared.bus.send(owner, msg);
+        slot.wait().await
+    }
+
+    fn history_body(&self, subject: &str, since: u64, limit: usize) -> Vec<u8> {
+        let owned = self.owned.borrow();
+        let (first, last) = owned.get(subject).map_or((1, 0), |s| (s.first_retained(), s.last_seq()));
+        let mut out = Vec::with_capacity(128);
+        out.extend_from_slice(b"{\"subject\":");
+        serde_json::to_writer(&mut out, subject).expect("Vec write");
+        out.extend_from_slice(format!(",\"first_seq\":{first},\"last_seq\":{last},\"messages\":[").as_bytes());
+        if let Some(s) = owned.get(subject) {
+            for (i, f) in s.after(since, limit).enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(format!("{{\"seq\":{},\"ts\":{},\"data\":", f.seq(), f.ts()).as_bytes());
+                out.extend_from_slice(f.data());
+                out.push(b'}');
+            }
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+
+    // ---- the bus -------------------------------------------------------------------------
+
+    /// Handles one message from another core.
+    pub fn handle_bus(&self, msg: BusMsg) {
+        match msg {
+            BusMsg::Deliver { frame, from } => self.deliver(frame, from),
+            BusMsg::Publish { subject, data, msg_id, from, token } => {
+                let ack = self.sequence(&subject, &data, msg_id.as_deref());
+                self.shared.bus.send(from, BusMsg::PubDone { token, ack });
+            }
+            BusMsg::PubDone { token, ack } => match self.waiters.borrow_mut().remove(&token) {
+                Some(Waiter::WsPub { conn, id }) => reply_pub(self.metrics(), &conn, id.as_deref(), ack),
+                Some(Waiter::HttpPub(slot)) => slot.fill(ack),
+                _ => {}
+            },
+            BusMsg::Replay { pattern, kind, from, token } => {
+                let replay = self.replay_owned(&pattern, &kind);
+                self.shared.bus.send(from, BusMsg::ReplayDone { token, owner: self.id, replay });
+            }
+            BusMsg::ReplayDone { token, owner, replay } => {
+                if let Some(Waiter::Replay { conn, sub }) = self.waiters.borrow_mut().remove(&token) {
+                    sub.pending.set(sub.pending.get() & !(1 << owner));
+                    self.apply_replay(&conn, &sub, replay);
+                }
+            }
+            BusMsg::History { subject, since, limit, from, token } => {
+                let body = self.history_body(&subject, since, limit);
+                self.shared.bus.send(from, BusMsg::HistoryDone { token, body });
+            }
+            BusMsg::HistoryDone { token, body } => {
+                if let Some(Waiter::History(slot)) = self.waiters.borrow_mut().remove(&token) {
+                    slot.fill(body);
+                }
+            }
+            BusMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    /// Drains the bus forever: one batch per loop turn, then yields to socket I/O.
+    pub async fn run_bus(self: Rc<Self>) {
+        let doorbell = self.shared.bus.doorbell(self.id).clone();
+        loop {
+            doorbell.wait().await;
+            let mut n = 0;
+            while let Ok(msg) = self.rx.try_recv() {
+                self.handle_bus(msg);
+                n += 1;
+                if n == BUS_BATCH {
+                    doorbell.ring();
+                    break;
+                }
+            }
+            if n == BUS_BATCH {
+                yield_now().await;
+            }
+        }
+    }
+
+    /// Starts shutdown on this core: every connection gets close 1001.
+    pub fn begin_shutdown(&self) {
+        if self.shutting_down.replace(true) {
+            return;
+        }
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        for c in conns {
+            c.close(self.metrics(), CloseReason::Shutdown, crate::ws::close::GOING_AWAY, "server shutting down");
+        }
+        self.shutdown.notify();
+    }
+
+    /// Core clock: ms since this core started, advanced by [`Core::sweep`].
+    pub fn now_ms(&self) -> u64 {
+        self.clock_ms.get()
+    }
+
+    /// Periodic housekeeping (called every tick by the sweeper task): pings silent WebSockets,
+    /// closes those that stay silent (half-open peers), and shuts down sockets whose close did
+    /// not flush within [`CLOSE_GRACE_MS`] (a peer that stopped reading).
+    pub fn sweep(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.clock_ms.set(now);
+        CLOCK_MS.with(|c| c.set(now));
+        let interval = self.cfg().ping_interval_ms.max(1);
+        let m = self.metrics();
+        let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        for c in conns {
+            if c.closing.get().is_some() {
+                if now.saturating_sub(c.closed_at.get()) >= CLOSE_GRACE_MS {
+                    c.force_shutdown();
+                }
+                continue;
+            }
+            if !c.websocket {
+                continue;
+            }
+            let silent = now.saturating_sub(c.last_rx.get());
+            if c.ping_sent.get() && silent >= 2 * interval {
+                c.close(m, CloseReason::Timeout, crate::ws::close::POLICY, "no response to ping");
+            } else if !c.ping_sent.get() && silent >= interval {
+                c.ping_sent.set(true);
+                let mut f = Vec::with_capacity(2);
+                crate::ws::encode_frame(&mut f, crate::ws::OP_PING, b"");
+                c.send_raw(m, f.into());
+            }
+        }
+    }
+
+    // ---- buffer pools --------------------------------------------------------------------
+
+    /// Takes a write batch from the pool.
+    pub fn take_batch(&self) -> WriteBatch {
+        self.batches.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a write batch to the pool.
+    pub fn put_batch(&self, mut b: WriteBatch) {
+        b.clear();
+        let mut pool = self.batches.borrow_mut();
+        if pool.len() < BATCH_POOL {
+            pool.push(b);
+        }
+    }
+
+    /// Takes an empty read buffer of [`READ_BUF_BYTES`] capacity.
+    pub fn take_read_buf(&self) -> Vec<u8> {
+        self.read_bufs.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(READ_BUF_BYTES))
+    }
+
+    /// Returns a read buffer to the pool.
+    pub fn put_read_buf(&self, mut b: Vec<u8>) {
+        b.clear();
+        let mut pool = self.read_bufs.borrow_mut();
+        if pool.len() < READ_POOL && b.capacity() == READ_BUF_BYTES {
+            pool.push(b);
+        }
+    }
+}
+
+fn reply_pub(m: &CoreMetrics, conn: &Conn, id: Option<&str>, ack: PubAck) {
+    let mut b = Vec::with_capacity(80);
+    proto::ok_pub(&mut b, id, ack.seq, ack.ts, ack.duplicate);
+    conn.send_json(m, &b);
+}
+
+/// Yields once to the scheduler so other tasks (socket I/O) run.
+pub async fn yield_now() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
