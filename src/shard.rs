@@ -519,7 +519,15 @@ impl Core {
             (None, true) => ReplayKind::Snapshot,
             (None, false) => return Ok(()),
         };
-        conn.hwm.borrow_mut().get_or_insert_with(HashMap::new);
+        {
+            let mut hwm = conn.hwm.borrow_mut();
+            let hwm = hwm.get_or_insert_with(HashMap::new);
+            if let ReplayKind::Since(n) = kind {
+                // Nothing at or below `since` is delivered, live or replayed.
+                let h = hwm.entry_ref(pattern).or_insert(0);
+                *h = (*h).max(n);
+            }
+        }
         let owners: Vec<usize> = match kind {
             ReplayKind::Since(_) => vec![owner_of(pattern, self.cores())],
             ReplayKind::Snapshot if crate::subject::is_literal(pattern) => vec![owner_of(pattern, self.cores())],

@@ -1,0 +1,286 @@
+//! Test harness: starts real nodes on loopback port 0 and speaks raw wire bytes to them.
+#![allow(dead_code)]
+
+use ringcast::config::{Config, DriverChoice};
+use ringcast::server::Server;
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Upper bound for any single blocking read in tests: a hung server fails the test instead of
+/// hanging CI. Not a performance assertion.
+pub const IO_BOUND: Duration = Duration::from_secs(20);
+
+/// A node with test defaults (2 cores, port 0), adjusted by `f`.
+pub fn start(driver: DriverChoice, f: impl FnOnce(&mut Config)) -> Node {
+    let mut cfg = Config::default();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.cores = Some(2);
+    cfg.driver = driver;
+    f(&mut cfg);
+    let server = Server::start(cfg).expect("server starts");
+    Node { addr: server.local_addr(), server: Some(server) }
+}
+
+/// A running node, stopped on drop.
+pub struct Node {
+    pub addr: SocketAddr,
+    server: Option<Server>,
+}
+
+impl Node {
+    pub fn ws(&self) -> Ws {
+        Ws::connect(self.addr)
+    }
+
+    pub fn metric(&self, name: &str) -> u64 {
+        let (_, _, body) = http(self.addr, "GET", "/metrics", &[], b"");
+        let text = String::from_utf8(body).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum()
+    }
+
+    pub fn metric_per_core(&self, name: &str) -> Vec<u64> {
+        let (_, _, body) = http(self.addr, "GET", "/metrics", &[], b"");
+        let text = String::from_utf8(body).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .collect()
+    }
+
+    pub fn publish(&self, subject: &str, data: &str) -> Value {
+        let body = format!(r#"{{"subject":"{subject}","data":{data}}}"#);
+        let (status, _, body) = http(self.addr, "POST", "/publish", &[], body.as_bytes());
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown();
+            s.join().unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, head, body).
+pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(IO_BOUND)).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    read_response(&mut s)
+}
+
+/// Reads one response (Content-Length framed) from `s`.
+pub fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).expect("response body");
+                assert!(n > 0, "connection closed mid-body");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return (status, head, buf[end + 4..end + 4 + len].to_vec());
+        }
+        let n = s.read(&mut chunk).expect("response head");
+        assert!(n > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A frame from the server.
+#[derive(Debug)]
+pub enum Frame {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<u16>),
+}
+
+/// A blocking WebSocket client speaking raw frames.
+pub struct Ws {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pub session: String,
+}
+
+impl Ws {
+    pub fn connect(addr: SocketAddr) -> Ws {
+        let mut ws = Self::connect_raw(addr, |_| {});
+        let hello = ws.recv_json();
+        assert_eq!(hello["op"], "hello");
+        assert_eq!(hello["version"], 1);
+        ws.session = hello["session"].as_str().unwrap().to_string();
+        ws
+    }
+
+    /// Connects with socket options set by `f` before the handshake; does not read `hello`.
+    pub fn connect_raw(addr: SocketAddr, f: impl FnOnce(&socket2::Socket)) -> Ws {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        f(&sock);
+        sock.connect(&addr.into()).unwrap();
+        let mut stream: TcpStream = sock.into();
+        stream.set_read_timeout(Some(IO_BOUND)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let req = "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        stream.write_all(req.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let end = loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                break end;
+            }
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0);
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        buf.drain(..end + 4);
+        Ws { stream, buf, session: String::new() }
+    }
+
+    pub fn send_frame(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
+        let f = ringcast::ws::client_frame(opcode, fin, payload, [0x11, 0x22, 0x33, 0x44]);
+        self.stream.write_all(&f).unwrap();
+    }
+
+    pub fn send(&mut self, json: &str) {
+        self.send_frame(0x1, true, json.as_bytes());
+    }
+
+    /// Next frame; `None` on EOF.
+    pub fn recv_frame(&mut self) -> Option<Frame> {
+        loop {
+            if self.buf.len() >= 2 {
+                let b0 = self.buf[0];
+                let (len, hl) = match self.buf[1] & 0x7f {
+                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
+                    127 if self.buf.len() >= 10 => (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10),
+                    126 | 127 => (usize::MAX, 0),
+                    l => (l as usize, 2),
+                };
+                assert_eq!(self.buf[1] & 0x80, 0, "server frames are unmasked");
+                if len != usize::MAX && self.buf.len() >= hl + len {
+                    assert_eq!(b0 & 0x80, 0x80, "server frames are final");
+                    let payload = self.buf[hl..hl + len].to_vec();
+                    self.buf.drain(..hl + len);
+                    return Some(match b0 & 0x0f {
+                        1 => Frame::Text(String::from_utf8(payload).unwrap()),
+                        2 => Frame::Binary(payload),
+                        8 => Frame::Close((payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))),
+                        9 => Frame::Ping(payload),
+                        10 => Frame::Pong(payload),
+                        op => panic!("unexpected opcode {op}"),
+                    });
+                }
+            }
+            let mut chunk = [0u8; 65536];
+            let n = match self.stream.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                Err(e) => panic!("read: {e}"),
+            };
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Next text frame as JSON (answers pings, fails on close).
+    pub fn recv_json(&mut self) -> Value {
+        loop {
+            match self.recv_frame() {
+                Some(Frame::Text(t)) => return serde_json::from_str(&t).unwrap(),
+                Some(Frame::Ping(p)) => self.send_frame(0xA, true, &p),
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends an op and returns the reply with the same id (messages before it are returned too).
+    pub fn request(&mut self, json: &str) -> (Value, Vec<Value>) {
+        let id = serde_json::from_str::<Value>(json).unwrap()["id"].clone();
+        self.send(json);
+        let mut before = Vec::new();
+        loop {
+            let v = self.recv_json();
+            if v["id"] == id && v["op"] != "msg" {
+                return (v, before);
+            }
+            before.push(v);
+        }
+    }
+
+    pub fn sub(&mut self, id: u64, pattern: &str) {
+        let (r, _) = self.request(&format!(r#"{{"op":"sub","id":{id},"subject":"{pattern}"}}"#));
+        assert_eq!(r["op"], "ok", "{r}");
+    }
+
+    /// Waits for the close frame, skipping anything before it; returns its code.
+    pub fn recv_close(&mut self) -> Option<u16> {
+        loop {
+            match self.recv_frame() {
+                Some(Frame::Close(code)) => return code,
+                Some(_) => continue,
+                None => panic!("connection ended without a close frame"),
+            }
+        }
+    }
+
+    /// Reads `n` `msg` ops (skipping other ops).
+    pub fn recv_msgs(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let v = self.recv_json();
+            if v["op"] == "msg" {
+                out.push(v);
+            }
+        }
+        out
+    }
+}
+
+/// Defines each listed test once per I/O driver: `auto` (io_uring here) and `legacy` (epoll).
+#[macro_export]
+macro_rules! on_both_drivers {
+    ($($name:ident),* $(,)?) => {
+        mod io_uring {
+            $( #[test] fn $name() { super::$name(ringcast::config::DriverChoice::Auto) } )*
+        }
+        mod epoll {
+            $( #[test] fn $name() { super::$name(ringcast::config::DriverChoice::Legacy) } )*
+        }
+    };
+}
