@@ -59,6 +59,10 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
         let req = match read.await {
             Err(_) => {
                 core.metrics().closed(CloseReason::Timeout);
+                // The abandoned read may still be in flight (io_uring) and keeps the socket
+                // open until it completes: shut the socket down so it completes now.
+                // SAFETY: `stream` owns this fd for the whole call.
+                unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
                 return;
             }
             Ok(Err(ReadError::Closed)) => return,

@@ -14,6 +14,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("RINGCAST_LOG").unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cfg = Config::parse();
     if let Err(e) = run(cfg) {

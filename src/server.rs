@@ -43,6 +43,28 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
+/// One SO_REUSEPORT listener per core on the same address.
+///
+/// Port 0 is resolved first with a plain (non-reuseport) probe socket: the kernel may hand an
+/// automatically chosen port that other SO_REUSEPORT sockets of this user already hold, which
+/// would silently share their traffic with another node.
+fn bind_all(addr: SocketAddr, backlog: u32, cores: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    const PORT_PROBES: usize = 16;
+    let mut last_err = None;
+    for _ in 0..if addr.port() == 0 { PORT_PROBES } else { 1 } {
+        let mut target = addr;
+        if addr.port() == 0 {
+            target.set_port(std::net::TcpListener::bind(addr)?.local_addr()?.port());
+        }
+        match (0..cores).map(|_| bind(target, backlog)).collect::<io::Result<Vec<_>>>() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+}
+
 /// The CPUs this process may run on, in order (for pinning core i to the i-th allowed CPU).
 fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
@@ -70,12 +92,8 @@ impl Server {
                 ok
             }
         };
-        let first = bind(cfg.listen, cfg.backlog)?;
-        let addr = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..cores {
-            listeners.push(bind(addr, cfg.backlog)?);
-        }
+        let listeners = bind_all(cfg.listen, cfg.backlog, cores)?;
+        let addr = listeners[0].local_addr()?;
         let (bus, receivers) = Bus::new(cores);
         let shared = Arc::new(Shared {
             cfg: Arc::new(cfg),

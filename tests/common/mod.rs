@@ -43,6 +43,16 @@ impl Node {
             .sum()
     }
 
+    /// Sum of a metric's series whose labels contain `label`.
+    pub fn metric_labelled(&self, name: &str, label: &str) -> u64 {
+        let (_, _, body) = http(self.addr, "GET", "/metrics", &[], b"");
+        let text = String::from_utf8(body).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(label))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum()
+    }
+
     pub fn metric_per_core(&self, name: &str) -> Vec<u64> {
         let (_, _, body) = http(self.addr, "GET", "/metrics", &[], b"");
         let text = String::from_utf8(body).unwrap();
@@ -89,10 +99,14 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
 
 /// Reads one response (Content-Length framed) from `s`.
 pub fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
-    let mut buf = Vec::new();
+    read_response_buf(s, &mut Vec::new())
+}
+
+/// Reads one response from `s`, keeping bytes of later (pipelined) responses in `buf`.
+pub fn read_response_buf(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String, Vec<u8>) {
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(end) = find(&buf, b"\r\n\r\n") {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
             let len = head
@@ -100,15 +114,27 @@ pub fn read_response(s: &mut TcpStream) -> (u16, String, Vec<u8>) {
                 .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
-                let n = s.read(&mut chunk).expect("response body");
+                let n = read_some(s, &mut chunk).expect("response body");
                 assert!(n > 0, "connection closed mid-body");
                 buf.extend_from_slice(&chunk[..n]);
             }
-            return (status, head, buf[end + 4..end + 4 + len].to_vec());
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return (status, head, body);
         }
-        let n = s.read(&mut chunk).expect("response head");
+        let n = read_some(s, &mut chunk).expect("response head");
         assert!(n > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&buf));
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `read` that retries when a signal interrupts it.
+pub fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => return r,
+        }
     }
 }
 
@@ -159,7 +185,7 @@ impl Ws {
             if let Some(end) = find(&buf, b"\r\n\r\n") {
                 break end;
             }
-            let n = stream.read(&mut chunk).unwrap();
+            let n = read_some(&mut stream, &mut chunk).unwrap();
             assert!(n > 0);
             buf.extend_from_slice(&chunk[..n]);
         };
@@ -206,7 +232,7 @@ impl Ws {
                 }
             }
             let mut chunk = [0u8; 65536];
-            let n = match self.stream.read(&mut chunk) {
+            let n = match read_some(&mut self.stream, &mut chunk) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
                 Err(e) => panic!("read: {e}"),

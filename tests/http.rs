@@ -1,0 +1,137 @@
+//! The HTTP side of the port: health, metrics, publish, history, errors, limits, keep-alive.
+
+mod common;
+
+use common::{http, read_response, start};
+use ringcast::config::DriverChoice;
+use serde_json::Value;
+use std::io::Write;
+use std::net::TcpStream;
+
+fn json(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap()
+}
+
+fn error_code(status_body: (u16, String, Vec<u8>)) -> (u16, String) {
+    let (status, _, body) = status_body;
+    let v = json(&body);
+    (status, v["error"]["code"].as_str().unwrap().to_string())
+}
+
+fn healthz_and_metrics_answer(d: DriverChoice) {
+    let node = start(d, |_| {});
+    let (status, _, body) = http(node.addr, "GET", "/healthz", &[], b"");
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    node.publish("m.x", "1");
+    let (status, head, body) = http(node.addr, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    assert!(head.contains("text/plain"));
+    let text = String::from_utf8(body).unwrap();
+    for name in [
+        "ringcast_connections",
+        "ringcast_subscriptions",
+        "ringcast_published_total",
+        "ringcast_delivered_total",
+        "ringcast_dropped_total",
+        "ringcast_slow_consumer_closes_total",
+    ] {
+        assert!(text.contains(&format!("{name}{{core=\"0\"}}")), "{name} per core");
+        assert!(text.contains(&format!("{name}{{core=\"1\"}}")), "{name} per core");
+    }
+    assert_eq!(node.metric("ringcast_published_total"), 1);
+}
+
+fn publish_then_history(d: DriverChoice) {
+    let node = start(d, |c| c.history = 3);
+    for i in 1..=5 {
+        let r = node.publish("h.s", &format!(r#"{{"n":{i}}}"#));
+        assert_eq!(r["seq"], i);
+        assert_eq!(r["subject"], "h.s");
+    }
+    let (status, _, body) = http(node.addr, "GET", "/history/h.s", &[], b"");
+    assert_eq!(status, 200);
+    let v = json(&body);
+    assert_eq!((v["subject"].as_str(), v["first_seq"].as_u64(), v["last_seq"].as_u64()), (Some("h.s"), Some(3), Some(5)));
+    let seqs: Vec<u64> = v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, vec![3, 4, 5]);
+    assert_eq!(v["messages"][0]["data"]["n"], 3);
+    let (_, _, body) = http(node.addr, "GET", "/history/h.s?since=3&limit=1", &[], b"");
+    let v = json(&body);
+    assert_eq!(v["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(v["messages"][0]["seq"], 4);
+    let (_, _, body) = http(node.addr, "GET", "/history/never.published", &[], b"");
+    assert_eq!(json(&body)["messages"].as_array().unwrap().len(), 0);
+}
+
+fn http_errors_have_status_and_json_body(d: DriverChoice) {
+    let node = start(d, |c| {
+        c.max_body_bytes = 1024;
+        c.max_header_bytes = 2048;
+    });
+    let a = node.addr;
+    assert_eq!(error_code(http(a, "GET", "/nope", &[], b"")), (404, "not_found".into()));
+    assert_eq!(error_code(http(a, "GET", "/publish", &[], b"")), (405, "method_not_allowed".into()));
+    assert_eq!(error_code(http(a, "POST", "/healthz", &[], b"")), (405, "method_not_allowed".into()));
+    assert_eq!(error_code(http(a, "POST", "/publish", &[], b"{oops")), (400, "bad_request".into()));
+    assert_eq!(error_code(http(a, "POST", "/publish", &[], br#"{"subject":"a.>","data":1}"#)), (400, "bad_request".into()));
+    assert_eq!(error_code(http(a, "POST", "/publish", &[], br#"{"subject":"a"}"#)), (400, "bad_request".into()));
+    assert_eq!(error_code(http(a, "GET", "/history/a.*", &[], b"")), (400, "bad_request".into()));
+    assert_eq!(error_code(http(a, "GET", "/history/a?since=-1", &[], b"")), (400, "bad_request".into()));
+    let big = vec![b'x'; 2000];
+    assert_eq!(error_code(http(a, "POST", "/publish", &[], &big)), (413, "too_large".into()));
+    let long = "y".repeat(3000);
+    assert_eq!(error_code(http(a, "GET", "/healthz", &[("X-Long", &long)], b"")), (431, "too_large".into()));
+    let (status, _, _) = {
+        let mut s = TcpStream::connect(a).unwrap();
+        s.write_all(b"GARBAGE\x01\x02\r\n\r\n").unwrap();
+        read_response(&mut s)
+    };
+    assert_eq!(status, 400);
+    // Still serving.
+    assert_eq!(http(a, "GET", "/healthz", &[], b"").0, 200);
+}
+
+fn keep_alive_serves_several_requests_on_one_connection(d: DriverChoice) {
+    let node = start(d, |_| {});
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(common::IO_BOUND)).unwrap();
+    // Two pipelined requests, then a third after the answers.
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\nPOST /publish HTTP/1.1\r\nHost: a\r\nContent-Length: 27\r\n\r\n{\"subject\":\"k\",\"data\":true}").unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(common::read_response_buf(&mut s, &mut buf).0, 200);
+    let (status, head, body) = common::read_response_buf(&mut s, &mut buf);
+    assert_eq!(status, 200);
+    assert!(head.contains("Connection: keep-alive"));
+    assert_eq!(json(&body)["seq"], 1);
+    s.write_all(b"GET /history/k HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let (status, _, body) = common::read_response_buf(&mut s, &mut buf);
+    assert_eq!(status, 200);
+    assert_eq!(json(&body)["messages"][0]["data"], true);
+}
+
+fn connections_over_the_limit_get_503(d: DriverChoice) {
+    let node = start(d, |c| c.max_connections = 3);
+    let held: Vec<_> = (0..3).map(|_| node.ws()).collect();
+    let (status, _, body) = http(node.addr, "GET", "/healthz", &[], b"");
+    assert_eq!(status, 503);
+    assert_eq!(json(&body)["error"]["code"], "overloaded");
+    // Free the slots; the node notices the closes and admits again (bounded wait).
+    drop(held);
+    let admitted = (0..500).any(|_| {
+        let ok = http(node.addr, "GET", "/healthz", &[], b"").0 == 200;
+        if !ok {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        ok
+    });
+    assert!(admitted, "admits again once connections closed");
+    assert!(node.metric("ringcast_rejected_total") >= 1);
+}
+
+on_both_drivers!(
+    healthz_and_metrics_answer,
+    publish_then_history,
+    http_errors_have_status_and_json_body,
+    keep_alive_serves_several_requests_on_one_connection,
+    connections_over_the_limit_get_503,
+);
