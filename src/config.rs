@@ -113,6 +113,9 @@ impl Config {
 
     /// HTTP parse limits.
     pub fn http_limits(&self) -> crate::http::Limits {
-        crate::http::Limits { max_header_bytes: self.max_header_bytes, max_body_bytes: self.max_body_bytes }
+        crate::http::Limits {
+            max_header_bytes: self.max_header_bytes,
+            max_body_bytes: self.max_body_bytes,
+        }
     }
 }

@@ -11,10 +11,10 @@
 use crate::http::{self, Method, Request};
 use crate::metrics::{self, CloseReason};
 use crate::proto::{self, ClientOp, ErrorCode};
-use crate::shard::{Conn, Core, SubError};
+use crate::shard::{Conn, Core, SubError, WriteHalf};
 use crate::ws::{self, WsDecoder, WsError, WsEvent};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -24,15 +24,15 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
 /// Bytes read per call while in the HTTP phase.
-const HTTP_READ_CHUNK: usize = 4096;
+const HTTP_READ_CHUNK: usize = 512;
 
 /// Default and maximum `limit` of `/history`.
 const HISTORY_LIMIT_MAX: usize = 10_000;
 
 /// Decrements the node's connection count when a connection ends.
-struct Admission<'a>(&'a Core);
+struct Admission(Rc<Core>);
 
-impl Drop for Admission<'_> {
+impl Drop for Admission {
     fn drop(&mut self) {
         self.0.shared.connections.fetch_sub(1, Ordering::Relaxed);
         metrics::sub(&self.0.metrics().connections, 1);
@@ -44,7 +44,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     let shared = &core.shared;
     let open = shared.connections.fetch_add(1, Ordering::Relaxed) + 1;
     metrics::add(&core.metrics().connections, 1);
-    let _admission = Admission(&core);
+    let admission = Admission(core.clone());
     let _ = stream.set_nodelay(true);
     if open > shared.cfg.max_connections {
         metrics::add(&core.metrics().rejected, 1);
@@ -55,7 +55,12 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     let limits = core.cfg().http_limits();
     let mut inbuf: Vec<u8> = Vec::new();
     loop {
-        let read = monoio::time::timeout(core.cfg().handshake_timeout(), read_request(&mut stream, &mut inbuf, limits));
+        // Boxed for the same reason as the endpoints: the timer entry and read operation are
+        // only needed while a request is being read.
+        let read = Box::pin(monoio::time::timeout(
+            core.cfg().handshake_timeout(),
+            read_request(&mut stream, &mut inbuf, limits),
+        ));
         let req = match read.await {
             Err(_) => {
                 core.metrics().closed(CloseReason::Timeout);
@@ -74,7 +79,13 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
                 };
                 let mut resp = http::error(code, e.message(), false);
                 if e.status() == 431 {
-                    resp = http::response(431, "application/json", &[], &proto::http_error_body(code, e.message()), false);
+                    resp = http::response(
+                        431,
+                        "application/json",
+                        &[],
+                        &proto::http_error_body(code, e.message()),
+                        false,
+                    );
                 }
                 let _ = stream.write_all(resp).await;
                 return;
@@ -86,8 +97,25 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
         if req.path == "/ws" && req.method == Method::Get {
             match upgrade_response(&req) {
                 Ok(resp) => {
+                    // Nothing from the HTTP phase may stay allocated for the WebSocket's life:
+                    // keep leftover bytes only if the client already sent frames.
                     let leftover = std::mem::take(&mut inbuf);
-                    return run_websocket(core.clone(), stream, resp, leftover).await;
+                    let leftover = if leftover.is_empty() {
+                        Vec::new()
+                    } else {
+                        leftover
+                    };
+                    drop(req);
+                    // The WebSocket runs as its own (small) task; this HTTP-phase task ends, so
+                    // its larger future is not kept for the connection's life.
+                    monoio::spawn(run_websocket(
+                        core.clone(),
+                        stream,
+                        resp,
+                        leftover,
+                        admission,
+                    ));
+                    return;
                 }
                 Err(resp) => {
                     core.metrics().closed(CloseReason::BadRequest);
@@ -96,7 +124,9 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
                 }
             }
         }
-        let resp = route(&core, &req, keep_alive).await;
+        // Boxed: endpoint futures are large and rare; the task of every connection would
+        // otherwise be sized for them.
+        let resp = Box::pin(route(&core, &req, keep_alive)).await;
         let (res, _) = stream.write_all(resp).await;
         if res.is_err() || !keep_alive {
             return;
@@ -112,7 +142,11 @@ enum ReadError {
     Http(http::HttpError),
 }
 
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, limits: http::Limits) -> Result<Request, ReadError> {
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: http::Limits,
+) -> Result<Request, ReadError> {
     loop {
         if !buf.is_empty() {
             match http::parse_request(buf, limits) {
@@ -140,11 +174,20 @@ fn upgrade_response(req: &Request) -> Result<Vec<u8>, Vec<u8>> {
     let h = &req.headers;
     let bad = |m: &str| http::error(ErrorCode::BadRequest, m, false);
     if !h.upgrade_websocket || !h.connection_upgrade {
-        return Err(bad("WebSocket upgrade requires 'Upgrade: websocket' and 'Connection: Upgrade'"));
+        return Err(bad(
+            "WebSocket upgrade requires 'Upgrade: websocket' and 'Connection: Upgrade'",
+        ));
     }
     if h.ws_version.as_deref() != Some("13") {
-        let body = proto::http_error_body(ErrorCode::BadRequest, "Sec-WebSocket-Version must be 13");
-        return Err(http::response(400, "application/json", &[("Sec-WebSocket-Version", "13")], &body, false));
+        let body =
+            proto::http_error_body(ErrorCode::BadRequest, "Sec-WebSocket-Version must be 13");
+        return Err(http::response(
+            400,
+            "application/json",
+            &[("Sec-WebSocket-Version", "13")],
+            &body,
+            false,
+        ));
     }
     let key = match &h.ws_key {
         Some(k) if k.len() == 24 && k.ends_with("==") => k,
@@ -161,7 +204,13 @@ fn upgrade_response(req: &Request) -> Result<Vec<u8>, Vec<u8>> {
 async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
     let path = req.path.as_str();
     let method = req.method;
-    let not_allowed = || http::error(ErrorCode::MethodNotAllowed, "method not allowed", keep_alive);
+    let not_allowed = || {
+        http::error(
+            ErrorCode::MethodNotAllowed,
+            "method not allowed",
+            keep_alive,
+        )
+    };
     match path {
         "/healthz" => match method {
             Method::Get | Method::Head => http::response(200, "text/plain", &[], b"ok", keep_alive),
@@ -170,7 +219,13 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
         "/metrics" => match method {
             Method::Get => {
                 let text = crate::metrics::render(&core.shared.metrics);
-                http::response(200, "text/plain; version=0.0.4", &[], text.as_bytes(), keep_alive)
+                http::response(
+                    200,
+                    "text/plain; version=0.0.4",
+                    &[],
+                    text.as_bytes(),
+                    keep_alive,
+                )
             }
             _ => not_allowed(),
         },
@@ -180,7 +235,9 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
         },
         "/ws" => not_allowed(),
         p if p.starts_with("/history/") => match method {
-            Method::Get => http_history(core, &p["/history/".len()..], &req.query, keep_alive).await,
+            Method::Get => {
+                http_history(core, &p["/history/".len()..], &req.query, keep_alive).await
+            }
             _ => not_allowed(),
         },
         _ => http::error(ErrorCode::NotFound, "no such endpoint", keep_alive),
@@ -207,20 +264,30 @@ async fn http_publish(core: &Core, body: &[u8], keep_alive: bool) -> Vec<u8> {
         Ok(b) => b,
         Err(e) => return bad(&format!("invalid JSON body: {e}")),
     };
-    let Some(subject) = b.subject else { return bad("missing field 'subject'") };
+    let Some(subject) = b.subject else {
+        return bad("missing field 'subject'");
+    };
     if let Err(e) = crate::subject::validate_subject(&subject) {
         return bad(&e.to_string());
     }
-    let Some(data) = b.data else { return bad("missing field 'data'") };
+    let Some(data) = b.data else {
+        return bad("missing field 'data'");
+    };
     if data.get().len() > core.cfg().max_frame_bytes {
-        return http::error(ErrorCode::TooLarge, "data larger than --max-frame-bytes", keep_alive);
+        return http::error(
+            ErrorCode::TooLarge,
+            "data larger than --max-frame-bytes",
+            keep_alive,
+        );
     }
     if let Some(m) = &b.msg_id {
         if m.is_empty() || m.len() > proto::MAX_MSG_ID_BYTES {
             return bad("'msg_id' must be 1..=256 bytes");
         }
     }
-    let ack = core.publish_http(&subject, data.get().as_bytes(), b.msg_id.as_deref()).await;
+    let ack = core
+        .publish_http(&subject, data.get().as_bytes(), b.msg_id.as_deref())
+        .await;
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(b"{\"subject\":");
     serde_json::to_writer(&mut out, &*subject).expect("Vec write");
@@ -241,7 +308,11 @@ async fn http_history(core: &Core, raw_subject: &str, query: &str, keep_alive: b
         match http::query_get(query, key) {
             None => Ok(None),
             Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
-                http::error(ErrorCode::BadRequest, &format!("'{key}' must be a non-negative integer"), keep_alive)
+                http::error(
+                    ErrorCode::BadRequest,
+                    &format!("'{key}' must be a non-negative integer"),
+                    keep_alive,
+                )
             }),
         }
     };
@@ -259,7 +330,13 @@ async fn http_history(core: &Core, raw_subject: &str, query: &str, keep_alive: b
 
 // ---- WebSocket ----------------------------------------------------------------------------
 
-async fn run_websocket(core: Rc<Core>, stream: TcpStream, upgrade: Vec<u8>, leftover: Vec<u8>) {
+async fn run_websocket(
+    core: Rc<Core>,
+    stream: TcpStream,
+    upgrade: Vec<u8>,
+    leftover: Vec<u8>,
+    _admission: Admission,
+) {
     let conn = core.register(true);
     conn.set_fd(stream.as_raw_fd());
     conn.touch(core.now_ms());
@@ -269,27 +346,30 @@ async fn run_websocket(core: Rc<Core>, stream: TcpStream, upgrade: Vec<u8>, left
         proto::hello(&mut hello, &conn.session);
         ws::encode_frame(&mut first, ws::OP_TEXT, &hello);
     }
-    conn.send_raw(core.metrics(), first.into());
     let (rh, wh) = stream.into_split();
-    monoio::spawn(write_loop(core.clone(), conn.clone(), wh));
+    conn.park_writer(wh);
+    conn.send_raw(core.metrics(), first.into());
     read_loop(&core, &conn, rh, leftover).await;
     core.unregister(&conn);
 }
 
-/// Writes everything queued, one coalesced `writev` at a time, until the connection closes.
-async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut wh: OwnedWriteHalf<TcpStream>) {
+/// Writes everything queued, one coalesced `writev` at a time. Spawned when a connection gets
+/// output; when the queue is empty it gives the write half back to the connection and ends
+/// (or, once closing, shuts the socket's write side down).
+pub(crate) async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut wh: WriteHalf) {
     let m = core.metrics();
     loop {
-        while !conn.has_output() {
+        if !conn.has_output() {
             if conn.closing().is_some() {
                 let _ = wh.shutdown().await;
-                return;
+            } else {
+                conn.park_writer(wh);
             }
-            conn.wake.wait().await;
+            return;
         }
         let mut batch = core.take_batch();
         conn.fill(&mut batch);
-        let (bytes, msgs) = (batch.remaining(), batch.messages());
+        let bytes = batch.remaining();
         while batch.remaining() > 0 {
             let (res, b) = wh.writev(batch).await;
             batch = b;
@@ -306,12 +386,16 @@ async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut wh: OwnedWriteHalf<TcpSt
         core.put_batch(batch);
         metrics::add(&m.writes, 1);
         metrics::add(&m.bytes_out, bytes as u64);
-        let _ = msgs;
     }
 }
 
 /// Reads and handles client frames until EOF or a fatal error.
-async fn read_loop(core: &Core, conn: &Rc<Conn>, mut rh: OwnedReadHalf<TcpStream>, mut pending: Vec<u8>) {
+async fn read_loop(
+    core: &Core,
+    conn: &Rc<Conn>,
+    rh: OwnedReadHalf<TcpStream>,
+    mut pending: Vec<u8>,
+) {
     let m = core.metrics();
     let mut decoder = WsDecoder::new(core.cfg().max_frame_bytes);
     if !pending.is_empty() {
@@ -319,16 +403,19 @@ async fn read_loop(core: &Core, conn: &Rc<Conn>, mut rh: OwnedReadHalf<TcpStream
             fail(core, conn, e);
         }
     }
+    let fd = rh.0.as_ref();
+    // SAFETY: the read half keeps the socket open for as long as this function runs.
+    let fd = unsafe { &*fd.get() }.as_raw_fd();
     loop {
-        // Wait for readiness without holding a buffer, then borrow one from the pool.
-        // SAFETY: readiness polling only reads the fd; the write half never touches reads.
+        // Wait for readiness without holding a buffer; then read what is there into a pooled
+        // buffer with a non-blocking recv (no second loop turn for a read operation).
+        // SAFETY: readiness polling only inspects the fd; the write half never reads.
         let ready = unsafe { &*rh.0.get() }.readable(false).await;
         if ready.is_err() {
             break;
         }
-        let buf = core.take_read_buf();
-        let (res, mut buf) = rh.read(buf).await;
-        let n = match res {
+        let mut buf = core.take_read_buf();
+        let n = match recv_now(fd, &mut buf) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 core.put_read_buf(buf);
@@ -370,6 +457,31 @@ async fn read_loop(core: &Core, conn: &Rc<Conn>, mut rh: OwnedReadHalf<TcpStream
     }
 }
 
+/// One non-blocking `recv` into the spare capacity of `buf`; 0 means EOF.
+fn recv_now(fd: i32, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    loop {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: writes at most `spare.len()` bytes into memory `buf` owns.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                spare.as_mut_ptr() as *mut libc::c_void,
+                spare.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            // SAFETY: the kernel initialised `n` bytes.
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 fn fail(core: &Core, conn: &Conn, e: WsError) {
     let reason = match e {
         WsError::Protocol(_) => CloseReason::ProtocolError,
@@ -380,10 +492,17 @@ fn fail(core: &Core, conn: &Conn, e: WsError) {
 }
 
 /// Decodes and handles every complete frame in `buf`, leaving a trailing partial frame in it.
-fn process_frames(core: &Core, conn: &Rc<Conn>, decoder: &mut WsDecoder, buf: &mut Vec<u8>) -> Result<(), WsError> {
+fn process_frames(
+    core: &Core,
+    conn: &Rc<Conn>,
+    decoder: &mut WsDecoder,
+    buf: &mut Vec<u8>,
+) -> Result<(), WsError> {
     let mut off = 0;
     while off < buf.len() && conn.closing().is_none() {
-        let Some((event, used)) = decoder.decode(&mut buf[off..])? else { break };
+        let Some((event, used)) = decoder.decode(&mut buf[off..])? else {
+            break;
+        };
         if let Some(event) = event {
             let input = &buf[off..off + used];
             handle_event(core, conn, event, input);
@@ -402,7 +521,12 @@ fn handle_event(core: &Core, conn: &Rc<Conn>, event: WsEvent, input: &[u8]) {
     let m = core.metrics();
     match event {
         WsEvent::Text(p) => handle_op(core, conn, p.bytes(input)),
-        WsEvent::Binary(_) => conn.send_err(m, None, ErrorCode::BadRequest, "binary frames are not supported; send JSON text"),
+        WsEvent::Binary(_) => conn.send_err(
+            m,
+            None,
+            ErrorCode::BadRequest,
+            "binary frames are not supported; send JSON text",
+        ),
         WsEvent::Ping(p) => {
             let mut f = Vec::with_capacity(2 + 125);
             ws::encode_frame(&mut f, ws::OP_PONG, p.bytes(input));
@@ -425,9 +549,21 @@ fn handle_op(core: &Core, conn: &Rc<Conn>, text: &[u8]) {
     };
     let id = req.id.map(|r| r.get());
     match req.op {
-        ClientOp::Sub { subject, since, snapshot, conflate } => {
-            if let Err(SubError::TooMany) = core.subscribe(conn, id, &subject, since, snapshot, conflate) {
-                conn.send_err(m, id, ErrorCode::BadRequest, "too many subscriptions on this connection");
+        ClientOp::Sub {
+            subject,
+            since,
+            snapshot,
+            conflate,
+        } => {
+            if let Err(SubError::TooMany) =
+                core.subscribe(conn, id, &subject, since, snapshot, conflate)
+            {
+                conn.send_err(
+                    m,
+                    id,
+                    ErrorCode::BadRequest,
+                    "too many subscriptions on this connection",
+                );
             }
         }
         ClientOp::Unsub { subject } => {
@@ -436,10 +572,19 @@ fn handle_op(core: &Core, conn: &Rc<Conn>, text: &[u8]) {
                 proto::ok(&mut b, id);
                 conn.send_json(m, &b);
             } else {
-                conn.send_err(m, id, ErrorCode::BadRequest, "not subscribed to that pattern");
+                conn.send_err(
+                    m,
+                    id,
+                    ErrorCode::BadRequest,
+                    "not subscribed to that pattern",
+                );
             }
         }
-        ClientOp::Pub { subject, data, msg_id } => {
+        ClientOp::Pub {
+            subject,
+            data,
+            msg_id,
+        } => {
             core.publish_ws(conn, id, &subject, data.get().as_bytes(), msg_id.as_deref());
         }
         ClientOp::Ping => {
@@ -454,7 +599,12 @@ fn handle_op(core: &Core, conn: &Rc<Conn>, text: &[u8]) {
             conn.send_json(m, &b);
         }
         ClientOp::Resume { .. } => {
-            conn.send_err(m, id, ErrorCode::SessionExpired, "session is not retained on this node");
+            conn.send_err(
+                m,
+                id,
+                ErrorCode::SessionExpired,
+                "session is not retained on this node",
+            );
         }
     }
 }

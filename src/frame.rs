@@ -45,7 +45,10 @@ pub struct Frame {
 
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Frame").field("subject", &self.subject()).field("seq", &self.seq).finish()
+        f.debug_struct("Frame")
+            .field("subject", &self.subject())
+            .field("seq", &self.seq)
+            .finish()
     }
 }
 
@@ -159,11 +162,22 @@ impl Frame {
             || json_off > ws_len
             || data_off.checked_add(data_len).is_none_or(|e| e > ws_len)
             || subject_off + subject_len > ws_len
-            || buf[subject_off as usize..(subject_off + subject_len) as usize] != *env.subject.as_bytes()
+            || buf[subject_off as usize..(subject_off + subject_len) as usize]
+                != *env.subject.as_bytes()
         {
             return Err(FrameDecodeError);
         }
-        Ok(Frame { buf, ws_len, json_off, subject_off, subject_len, data_off, data_len, seq, ts })
+        Ok(Frame {
+            buf,
+            ws_len,
+            json_off,
+            subject_off,
+            subject_len,
+            data_off,
+            data_len,
+            seq,
+            ts,
+        })
     }
 
     /// The whole self-describing buffer (WebSocket frame + archived envelope).
@@ -199,7 +213,8 @@ impl Frame {
     /// The concrete subject.
     #[inline]
     pub fn subject(&self) -> &str {
-        let b = &self.buf[self.subject_off as usize..(self.subject_off + self.subject_len) as usize];
+        let b =
+            &self.buf[self.subject_off as usize..(self.subject_off + self.subject_len) as usize];
         // SAFETY: copied from a `&str` in `encode`, or checked equal to the archived
         // (validated UTF-8) subject in `from_stored`.
         unsafe { std::str::from_utf8_unchecked(b) }
@@ -242,7 +257,13 @@ mod tests {
 
     #[test]
     fn encodes_the_msg_body_and_a_websocket_text_frame() {
-        let f = Frame::encode("prices.EURUSD", 7, 1_700_000_000_000_000, br#"{"bid":1.1}"#, None);
+        let f = Frame::encode(
+            "prices.EURUSD",
+            7,
+            1_700_000_000_000_000,
+            br#"{"bid":1.1}"#,
+            None,
+        );
         let json = br#"{"op":"msg","subject":"prices.EURUSD","seq":7,"ts":1700000000000000,"data":{"bid":1.1}}"#;
         assert_eq!(f.json(), json);
         assert_eq!(f.ws_bytes()[0], 0x81);
@@ -262,7 +283,10 @@ mod tests {
             let ws = f.ws_bytes();
             let (len, hdr) = match ws[1] {
                 126 => (u16::from_be_bytes([ws[2], ws[3]]) as usize, 4),
-                127 => (u64::from_be_bytes(ws[2..10].try_into().unwrap()) as usize, 10),
+                127 => (
+                    u64::from_be_bytes(ws[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
                 l => (l as usize, 2),
             };
             assert_eq!(len, ws.len() - hdr);
@@ -277,7 +301,10 @@ mod tests {
         assert_eq!(f.envelope().msg_id.as_deref(), Some("id-1"));
         let g = Frame::from_stored(f.stored_bytes()).unwrap();
         assert_eq!(g.ws_bytes(), f.ws_bytes());
-        assert_eq!((g.subject(), g.seq(), g.ts(), g.data()), ("a.b", 3, 4, &b"[1,2]"[..]));
+        assert_eq!(
+            (g.subject(), g.seq(), g.ts(), g.data()),
+            ("a.b", 3, 4, &b"[1,2]"[..])
+        );
         assert!(Frame::from_stored(&f.stored_bytes()[..10]).is_err());
     }
 }

@@ -115,7 +115,11 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(Request, usiz
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
-            return if buf.len() > limits.max_header_bytes { Err(HttpError::HeadersTooLarge) } else { Ok(None) };
+            return if buf.len() > limits.max_header_bytes {
+                Err(HttpError::HeadersTooLarge)
+            } else {
+                Ok(None)
+            };
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadersTooLarge),
         Err(_) => return Err(HttpError::Malformed("malformed HTTP request")),
@@ -132,14 +136,20 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(Request, usiz
     };
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut h = Headers { close: req.version == Some(0), ..Headers::default() };
+    let mut h = Headers {
+        close: req.version == Some(0),
+        ..Headers::default()
+    };
     for hd in req.headers.iter() {
         let Ok(v) = std::str::from_utf8(hd.value) else {
             return Err(HttpError::Malformed("non-UTF-8 header value"));
         };
         let name = hd.name;
         if name.eq_ignore_ascii_case("content-length") {
-            let n = v.trim().parse::<usize>().map_err(|_| HttpError::Malformed("bad Content-Length"))?;
+            let n = v
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| HttpError::Malformed("bad Content-Length"))?;
             if h.content_length.is_some_and(|m| m != n) {
                 return Err(HttpError::Malformed("conflicting Content-Length"));
             }
@@ -169,7 +179,9 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(Request, usiz
         }
     }
     if h.transfer_encoding {
-        return Err(HttpError::Malformed("Transfer-Encoding is not supported; send Content-Length"));
+        return Err(HttpError::Malformed(
+            "Transfer-Encoding is not supported; send Content-Length",
+        ));
     }
     let body_len = h.content_length.unwrap_or(0);
     if body_len > limits.max_body_bytes {
@@ -179,7 +191,13 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(Request, usiz
         return Ok(None);
     }
     let body = buf[head_len..head_len + body_len].to_vec();
-    let request = Request { method, path: path.to_owned(), query: query.to_owned(), headers: h, body };
+    let request = Request {
+        method,
+        path: path.to_owned(),
+        query: query.to_owned(),
+        headers: h,
+        body,
+    };
     Ok(Some((request, head_len + body_len)))
 }
 
@@ -249,7 +267,13 @@ pub fn reason(status: u16) -> &'static str {
 }
 
 /// Encodes a complete response with a body.
-pub fn response(status: u16, content_type: &str, extra: &[(&str, &str)], body: &[u8], keep_alive: bool) -> Vec<u8> {
+pub fn response(
+    status: u16,
+    content_type: &str,
+    extra: &[(&str, &str)],
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(160 + body.len());
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
@@ -259,7 +283,11 @@ pub fn response(status: u16, content_type: &str, extra: &[(&str, &str)], body: &
     out.extend_from_slice(content_type.as_bytes());
     out.extend_from_slice(b"\r\nContent-Length: ");
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
-    out.extend_from_slice(if keep_alive { b"\r\nConnection: keep-alive" as &[u8] } else { b"\r\nConnection: close" });
+    out.extend_from_slice(if keep_alive {
+        b"\r\nConnection: keep-alive" as &[u8]
+    } else {
+        b"\r\nConnection: close"
+    });
     for (k, v) in extra {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(k.as_bytes());
@@ -284,14 +312,23 @@ pub fn error(code: crate::proto::ErrorCode, message: &str, keep_alive: bool) -> 
     } else {
         &[]
     };
-    response(code.http_status(), "application/json", extra, &body, keep_alive)
+    response(
+        code.http_status(),
+        "application/json",
+        extra,
+        &body,
+        keep_alive,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const L: Limits = Limits { max_header_bytes: 8192, max_body_bytes: 1024 };
+    const L: Limits = Limits {
+        max_header_bytes: 8192,
+        max_body_bytes: 1024,
+    };
 
     #[test]
     fn parses_a_request_fed_one_byte_at_a_time() {
@@ -319,7 +356,12 @@ mod tests {
 
     #[test]
     fn refuses_bad_and_oversized_requests() {
-        assert_eq!(parse_request(b"\x01\x02 / HTTP/1.1\r\n\r\n", L).unwrap_err().status(), 400);
+        assert_eq!(
+            parse_request(b"\x01\x02 / HTTP/1.1\r\n\r\n", L)
+                .unwrap_err()
+                .status(),
+            400
+        );
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
         assert_eq!(parse_request(big.as_bytes(), L).unwrap_err().status(), 431);
         let body = b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
@@ -341,7 +383,10 @@ mod tests {
     #[test]
     fn query_strings_are_percent_decoded() {
         let q = "subject=prices.%3E&subject=a.*&token=x+y&bad=%zz";
-        let subs: Vec<_> = query_pairs(q).filter(|(k, _)| k == "subject").map(|(_, v)| v.into_owned()).collect();
+        let subs: Vec<_> = query_pairs(q)
+            .filter(|(k, _)| k == "subject")
+            .map(|(_, v)| v.into_owned())
+            .collect();
         assert_eq!(subs, vec!["prices.>", "a.*"]);
         assert_eq!(query_get(q, "token").as_deref(), Some("x y"));
         assert_eq!(query_get(q, "bad").as_deref(), Some("%zz"));

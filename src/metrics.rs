@@ -120,18 +120,76 @@ impl CoreMetrics {
 pub fn render(cores: &[CoreMetrics]) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(4096);
-    let series: [(&str, &str, &str, fn(&CoreMetrics) -> u64); 11] = [
-        ("ringcast_connections", "gauge", "Open connections.", |m| m.connections.load(Relaxed)),
-        ("ringcast_websockets", "gauge", "Open WebSocket connections.", |m| m.websockets.load(Relaxed)),
-        ("ringcast_subscriptions", "gauge", "Active subscriptions.", |m| m.subscriptions.load(Relaxed)),
-        ("ringcast_published_total", "counter", "Publishes sequenced (by owner core).", |m| m.published.load(Relaxed)),
-        ("ringcast_duplicates_total", "counter", "Publishes answered as duplicates.", |m| m.duplicates.load(Relaxed)),
-        ("ringcast_delivered_total", "counter", "Messages queued to connections.", |m| m.delivered.load(Relaxed)),
-        ("ringcast_dropped_total", "counter", "Messages conflated away or discarded.", |m| m.dropped.load(Relaxed)),
-        ("ringcast_bytes_out_total", "counter", "Bytes written to sockets.", |m| m.bytes_out.load(Relaxed)),
-        ("ringcast_writes_total", "counter", "Socket writes (coalesced frames).", |m| m.writes.load(Relaxed)),
-        ("ringcast_http_requests_total", "counter", "HTTP requests served.", |m| m.http_requests.load(Relaxed)),
-        ("ringcast_rejected_total", "counter", "Connections refused (node full).", |m| m.rejected.load(Relaxed)),
+    type Series = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&CoreMetrics) -> u64,
+    );
+    let series: [Series; 11] = [
+        ("ringcast_connections", "gauge", "Open connections.", |m| {
+            m.connections.load(Relaxed)
+        }),
+        (
+            "ringcast_websockets",
+            "gauge",
+            "Open WebSocket connections.",
+            |m| m.websockets.load(Relaxed),
+        ),
+        (
+            "ringcast_subscriptions",
+            "gauge",
+            "Active subscriptions.",
+            |m| m.subscriptions.load(Relaxed),
+        ),
+        (
+            "ringcast_published_total",
+            "counter",
+            "Publishes sequenced (by owner core).",
+            |m| m.published.load(Relaxed),
+        ),
+        (
+            "ringcast_duplicates_total",
+            "counter",
+            "Publishes answered as duplicates.",
+            |m| m.duplicates.load(Relaxed),
+        ),
+        (
+            "ringcast_delivered_total",
+            "counter",
+            "Messages queued to connections.",
+            |m| m.delivered.load(Relaxed),
+        ),
+        (
+            "ringcast_dropped_total",
+            "counter",
+            "Messages conflated away or discarded.",
+            |m| m.dropped.load(Relaxed),
+        ),
+        (
+            "ringcast_bytes_out_total",
+            "counter",
+            "Bytes written to sockets.",
+            |m| m.bytes_out.load(Relaxed),
+        ),
+        (
+            "ringcast_writes_total",
+            "counter",
+            "Socket writes (coalesced frames).",
+            |m| m.writes.load(Relaxed),
+        ),
+        (
+            "ringcast_http_requests_total",
+            "counter",
+            "HTTP requests served.",
+            |m| m.http_requests.load(Relaxed),
+        ),
+        (
+            "ringcast_rejected_total",
+            "counter",
+            "Connections refused (node full).",
+            |m| m.rejected.load(Relaxed),
+        ),
     ];
     for (name, kind, help, get) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -139,16 +197,31 @@ pub fn render(cores: &[CoreMetrics]) -> String {
             let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", get(m));
         }
     }
-    let _ = writeln!(out, "# HELP ringcast_slow_consumer_closes_total Connections closed as slow consumers.");
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_slow_consumer_closes_total Connections closed as slow consumers."
+    );
     let _ = writeln!(out, "# TYPE ringcast_slow_consumer_closes_total counter");
     for (i, m) in cores.iter().enumerate() {
-        let _ = writeln!(out, "ringcast_slow_consumer_closes_total{{core=\"{i}\"}} {}", m.closes(CloseReason::SlowConsumer));
+        let _ = writeln!(
+            out,
+            "ringcast_slow_consumer_closes_total{{core=\"{i}\"}} {}",
+            m.closes(CloseReason::SlowConsumer)
+        );
     }
-    let _ = writeln!(out, "# HELP ringcast_closes_total Connections closed, by reason.");
+    let _ = writeln!(
+        out,
+        "# HELP ringcast_closes_total Connections closed, by reason."
+    );
     let _ = writeln!(out, "# TYPE ringcast_closes_total counter");
     for (i, m) in cores.iter().enumerate() {
         for r in CloseReason::ALL {
-            let _ = writeln!(out, "ringcast_closes_total{{core=\"{i}\",reason=\"{}\"}} {}", r.label(), m.closes(r));
+            let _ = writeln!(
+                out,
+                "ringcast_closes_total{{core=\"{i}\",reason=\"{}\"}} {}",
+                r.label(),
+                m.closes(r)
+            );
         }
     }
     out

@@ -80,7 +80,11 @@ impl OutboundQueue {
         if self.bytes + len > limit {
             if conflate {
                 let subject = frame.subject();
-                let slot = self.items.iter_mut().rev().find(|o| matches!(o, Out::Msg(f) if f.subject() == subject));
+                let slot = self
+                    .items
+                    .iter_mut()
+                    .rev()
+                    .find(|o| matches!(o, Out::Msg(f) if f.subject() == subject));
                 if let Some(slot) = slot {
                     let old = std::mem::replace(slot, Out::Msg(frame.clone()));
                     self.bytes = self.bytes - old.bytes().len() + len;
@@ -111,7 +115,11 @@ impl OutboundQueue {
 
     /// Drops everything queued; returns how many message frames were discarded.
     pub fn clear(&mut self) -> usize {
-        let msgs = self.items.iter().filter(|o| matches!(o, Out::Msg(_))).count();
+        let msgs = self
+            .items
+            .iter()
+            .filter(|o| matches!(o, Out::Msg(_)))
+            .count();
         self.items.clear();
         self.items.shrink_to(0);
         self.bytes = 0;
@@ -122,10 +130,15 @@ impl OutboundQueue {
     pub fn fill(&mut self, batch: &mut WriteBatch) {
         batch.clear();
         while batch.items.len() < MAX_IOVECS {
-            let Some(item) = self.items.pop_front() else { break };
+            let Some(item) = self.items.pop_front() else {
+                break;
+            };
             let b = item.bytes();
             self.bytes -= b.len();
-            batch.iov.push(libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() });
+            batch.iov.push(libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            });
             batch.total += b.len();
             batch.items.push(item);
         }
@@ -138,17 +151,12 @@ impl OutboundQueue {
 
 /// One coalesced write: the items it carries and the iovecs pointing into them. The items own
 /// the memory the iovecs point at, so the batch may be handed to the kernel (io_uring) as is.
+#[derive(Default)]
 pub struct WriteBatch {
     items: Vec<Out>,
     iov: Vec<libc::iovec>,
     start: usize,
     total: usize,
-}
-
-impl Default for WriteBatch {
-    fn default() -> Self {
-        WriteBatch { items: Vec::new(), iov: Vec::new(), start: 0, total: 0 }
-    }
 }
 
 impl WriteBatch {
@@ -167,7 +175,10 @@ impl WriteBatch {
 
     /// Message frames carried.
     pub fn messages(&self) -> usize {
-        self.items.iter().filter(|o| matches!(o, Out::Msg(_))).count()
+        self.items
+            .iter()
+            .filter(|o| matches!(o, Out::Msg(_)))
+            .count()
     }
 
     /// Records that the kernel took `n` bytes; the batch then describes the rest.
@@ -269,7 +280,14 @@ mod tests {
         assert_eq!(q.push_msg(&frame("a", 3), true, limit), Pushed::Conflated);
         let mut b = WriteBatch::default();
         q.fill(&mut b);
-        let seqs: Vec<_> = b.items.iter().map(|o| match o { Out::Msg(f) => (f.subject().to_string(), f.seq()), Out::Raw(_) => unreachable!() }).collect();
+        let seqs: Vec<_> = b
+            .items
+            .iter()
+            .map(|o| match o {
+                Out::Msg(f) => (f.subject().to_string(), f.seq()),
+                Out::Raw(_) => unreachable!(),
+            })
+            .collect();
         assert_eq!(seqs, vec![("a".to_string(), 3), ("b".to_string(), 1)]);
     }
 

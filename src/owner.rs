@@ -66,17 +66,12 @@ impl Dedup {
 }
 
 /// State of one subject on its owner core.
+#[derive(Default)]
 pub struct SubjectState {
     last_seq: u64,
     last_ts: u64,
     history: VecDeque<Arc<Frame>>,
     dedup: Dedup,
-}
-
-impl Default for SubjectState {
-    fn default() -> Self {
-        SubjectState { last_seq: 0, last_ts: 0, history: VecDeque::new(), dedup: Dedup::default() }
-    }
 }
 
 impl SubjectState {
@@ -145,7 +140,10 @@ impl SubjectState {
     pub fn replay_since(&self, since: u64) -> Replay {
         let first = self.first_retained();
         let gap = (since + 1 < first && since < self.last_seq).then(|| (since + 1, first - 1));
-        Replay { gap, frames: self.after(since, usize::MAX).cloned().collect() }
+        Replay {
+            gap,
+            frames: self.after(since, usize::MAX).cloned().collect(),
+        }
     }
 }
 
@@ -154,10 +152,19 @@ mod tests {
     use super::*;
 
     fn limits(history: usize) -> SubjectLimits {
-        SubjectLimits { history, dedup_ids: 3, dedup_ttl: Duration::from_secs(60) }
+        SubjectLimits {
+            history,
+            dedup_ids: 3,
+            dedup_ttl: Duration::from_secs(60),
+        }
     }
 
-    fn publish(s: &mut SubjectState, l: &SubjectLimits, id: Option<&str>, now: Instant) -> (u64, bool) {
+    fn publish(
+        s: &mut SubjectState,
+        l: &SubjectLimits,
+        id: Option<&str>,
+        now: Instant,
+    ) -> (u64, bool) {
         match s.accept("a", b"1", id, 10, now, l) {
             Accepted::New(f) => (f.seq(), false),
             Accepted::Duplicate { seq, .. } => (seq, true),
@@ -180,15 +187,23 @@ mod tests {
         let l = limits(4);
         let mut s = SubjectState::default();
         let now = Instant::now();
-        (0..10).for_each(|_| drop(publish(&mut s, &l, None, now)));
+        for _ in 0..10 {
+            publish(&mut s, &l, None, now);
+        }
         let r = s.replay_since(2);
         assert_eq!(r.gap, Some((3, 6)));
-        assert_eq!(r.frames.iter().map(|f| f.seq()).collect::<Vec<_>>(), vec![7, 8, 9, 10]);
+        assert_eq!(
+            r.frames.iter().map(|f| f.seq()).collect::<Vec<_>>(),
+            vec![7, 8, 9, 10]
+        );
         let r = s.replay_since(8);
         assert_eq!((r.gap, r.frames.len()), (None, 2));
         let r = s.replay_since(10);
         assert_eq!((r.gap, r.frames.len()), (None, 0));
-        assert_eq!(s.after(0, 2).map(|f| f.seq()).collect::<Vec<_>>(), vec![7, 8]);
+        assert_eq!(
+            s.after(0, 2).map(|f| f.seq()).collect::<Vec<_>>(),
+            vec![7, 8]
+        );
     }
 
     #[test]

@@ -167,7 +167,11 @@ struct IdOnly<'a> {
 }
 
 fn bad<'a>(id: Option<&'a RawValue>, message: impl Into<Cow<'static, str>>) -> OpError<'a> {
-    OpError { id, code: ErrorCode::BadRequest, message: message.into() }
+    OpError {
+        id,
+        code: ErrorCode::BadRequest,
+        message: message.into(),
+    }
 }
 
 /// Parses one client text frame into a [`Request`].
@@ -176,7 +180,9 @@ pub fn parse_op(text: &[u8]) -> Result<Request<'_>, OpError<'_>> {
         Ok(w) => w,
         Err(e) => {
             // Keep the id if the frame is at least an object with a readable `id`.
-            let id = serde_json::from_slice::<IdOnly<'_>>(text).ok().and_then(|o| o.id);
+            let id = serde_json::from_slice::<IdOnly<'_>>(text)
+                .ok()
+                .and_then(|o| o.id);
             let msg = if e.is_syntax() || e.is_eof() {
                 format!("malformed JSON: {e}")
             } else {
@@ -186,9 +192,14 @@ pub fn parse_op(text: &[u8]) -> Result<Request<'_>, OpError<'_>> {
         }
     };
     let id = w.id.filter(|r| r.get() != "null");
-    let Some(op) = w.op else { return Err(bad(id, "missing field 'op'")) };
+    let Some(op) = w.op else {
+        return Err(bad(id, "missing field 'op'"));
+    };
     let subject = |pattern: bool| -> Result<Cow<'_, str>, OpError<'_>> {
-        let s = w.subject.clone().ok_or_else(|| bad(id, "missing field 'subject'"))?;
+        let s = w
+            .subject
+            .clone()
+            .ok_or_else(|| bad(id, "missing field 'subject'"))?;
         let r = if pattern {
             crate::subject::validate_pattern(&s)
         } else {
@@ -210,7 +221,9 @@ pub fn parse_op(text: &[u8]) -> Result<Request<'_>, OpError<'_>> {
                 conflate: w.conflate.unwrap_or(false),
             }
         }
-        "unsub" => ClientOp::Unsub { subject: subject(true)? },
+        "unsub" => ClientOp::Unsub {
+            subject: subject(true)?,
+        },
         "pub" => {
             let s = subject(false)?;
             let data = w.data.ok_or_else(|| bad(id, "missing field 'data'"))?;
@@ -219,13 +232,23 @@ pub fn parse_op(text: &[u8]) -> Result<Request<'_>, OpError<'_>> {
                     return Err(bad(id, "'msg_id' must be 1..=256 bytes"));
                 }
             }
-            ClientOp::Pub { subject: s, data, msg_id: w.msg_id }
+            ClientOp::Pub {
+                subject: s,
+                data,
+                msg_id: w.msg_id,
+            }
         }
         "ping" => ClientOp::Ping,
-        "auth" => ClientOp::Auth { token: w.token.ok_or_else(|| bad(id, "missing field 'token'"))? },
+        "auth" => ClientOp::Auth {
+            token: w.token.ok_or_else(|| bad(id, "missing field 'token'"))?,
+        },
         "resume" => ClientOp::Resume {
-            session: w.session.ok_or_else(|| bad(id, "missing field 'session'"))?,
-            received: w.received.ok_or_else(|| bad(id, "missing field 'received'"))?,
+            session: w
+                .session
+                .ok_or_else(|| bad(id, "missing field 'session'"))?,
+            received: w
+                .received
+                .ok_or_else(|| bad(id, "missing field 'received'"))?,
         },
         other => {
             let shown: String = other.chars().take(32).collect();
@@ -329,31 +352,63 @@ mod tests {
 
     fn err_of(s: &str) -> (Option<String>, ErrorCode, String) {
         let e = parse_op(s.as_bytes()).unwrap_err();
-        (e.id.map(|r| r.get().to_string()), e.code, e.message.into_owned())
+        (
+            e.id.map(|r| r.get().to_string()),
+            e.code,
+            e.message.into_owned(),
+        )
     }
 
     #[test]
     fn parses_every_op() {
         assert_eq!(
             op(r#"{"op":"sub","id":1,"subject":"prices.*","snapshot":true}"#),
-            ClientOp::Sub { subject: "prices.*".into(), since: None, snapshot: true, conflate: false }
+            ClientOp::Sub {
+                subject: "prices.*".into(),
+                since: None,
+                snapshot: true,
+                conflate: false
+            }
         );
         assert_eq!(
             op(r#"{"op":"sub","id":1,"subject":"a.b","since":5,"conflate":true}"#),
-            ClientOp::Sub { subject: "a.b".into(), since: Some(5), snapshot: false, conflate: true }
+            ClientOp::Sub {
+                subject: "a.b".into(),
+                since: Some(5),
+                snapshot: false,
+                conflate: true
+            }
         );
-        assert_eq!(op(r#"{"op":"unsub","id":2,"subject":"a.>"}"#), ClientOp::Unsub { subject: "a.>".into() });
+        assert_eq!(
+            op(r#"{"op":"unsub","id":2,"subject":"a.>"}"#),
+            ClientOp::Unsub {
+                subject: "a.>".into()
+            }
+        );
         match op(r#"{"op":"pub","id":"x","subject":"a.b","data":{"p":[1,2]},"msg_id":"m1"}"#) {
-            ClientOp::Pub { subject, data, msg_id } => {
-                assert_eq!((&*subject, data.get(), msg_id.as_deref()), ("a.b", r#"{"p":[1,2]}"#, Some("m1")));
+            ClientOp::Pub {
+                subject,
+                data,
+                msg_id,
+            } => {
+                assert_eq!(
+                    (&*subject, data.get(), msg_id.as_deref()),
+                    ("a.b", r#"{"p":[1,2]}"#, Some("m1"))
+                );
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(op(r#"{"op":"ping","id":3}"#), ClientOp::Ping);
-        assert_eq!(op(r#"{"op":"auth","id":3,"token":"t"}"#), ClientOp::Auth { token: "t".into() });
+        assert_eq!(
+            op(r#"{"op":"auth","id":3,"token":"t"}"#),
+            ClientOp::Auth { token: "t".into() }
+        );
         assert_eq!(
             op(r#"{"op":"resume","id":3,"session":"s","received":9}"#),
-            ClientOp::Resume { session: "s".into(), received: 9 }
+            ClientOp::Resume {
+                session: "s".into(),
+                received: 9
+            }
         );
     }
 
@@ -377,13 +432,29 @@ mod tests {
     fn bad_input_is_bad_request_with_the_id_when_readable() {
         assert_eq!(err_of("{nope").1, ErrorCode::BadRequest);
         assert_eq!(err_of("{nope").0, None);
-        assert_eq!(err_of(r#"{"op":"sub","id":7,"subject":"a..b"}"#).0.as_deref(), Some("7"));
-        assert_eq!(err_of(r#"{"op":"sub","id":7,"since":"x","subject":"a"}"#).0.as_deref(), Some("7"));
+        assert_eq!(
+            err_of(r#"{"op":"sub","id":7,"subject":"a..b"}"#)
+                .0
+                .as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            err_of(r#"{"op":"sub","id":7,"since":"x","subject":"a"}"#)
+                .0
+                .as_deref(),
+            Some("7")
+        );
         assert!(err_of(r#"{"op":"fly","id":1}"#).2.contains("unknown op"));
         assert!(err_of(r#"{"id":1}"#).2.contains("'op'"));
-        assert!(err_of(r#"{"op":"pub","id":1,"subject":"a"}"#).2.contains("'data'"));
-        assert!(err_of(r#"{"op":"pub","id":1,"subject":"a.*","data":1}"#).2.contains("wildcard"));
-        assert!(err_of(r#"{"op":"sub","id":1,"subject":"a.*","since":1}"#).2.contains("since"));
+        assert!(err_of(r#"{"op":"pub","id":1,"subject":"a"}"#)
+            .2
+            .contains("'data'"));
+        assert!(err_of(r#"{"op":"pub","id":1,"subject":"a.*","data":1}"#)
+            .2
+            .contains("wildcard"));
+        assert!(err_of(r#"{"op":"sub","id":1,"subject":"a.*","since":1}"#)
+            .2
+            .contains("since"));
         assert!(err_of("[1,2]").2.contains("invalid"));
         assert!(err_of("").2.contains("malformed"));
     }
@@ -397,7 +468,10 @@ mod tests {
         assert_eq!(v["message"], "no \"way\"");
         out.clear();
         ok_pub(&mut out, None, 5, 6, true);
-        assert_eq!(out, br#"{"op":"ok","id":null,"seq":5,"ts":6,"duplicate":true}"#);
+        assert_eq!(
+            out,
+            br#"{"op":"ok","id":null,"seq":5,"ts":6,"duplicate":true}"#
+        );
         out.clear();
         gap(&mut out, "a", 2, 9);
         assert_eq!(out, br#"{"op":"gap","subject":"a","from":2,"to":9}"#);

@@ -48,7 +48,11 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
 /// Port 0 is resolved first with a plain (non-reuseport) probe socket: the kernel may hand an
 /// automatically chosen port that other SO_REUSEPORT sockets of this user already hold, which
 /// would silently share their traffic with another node.
-fn bind_all(addr: SocketAddr, backlog: u32, cores: usize) -> io::Result<Vec<std::net::TcpListener>> {
+fn bind_all(
+    addr: SocketAddr,
+    backlog: u32,
+    cores: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
     const PORT_PROBES: usize = 16;
     let mut last_err = None;
     for _ in 0..if addr.port() == 0 { PORT_PROBES } else { 1 } {
@@ -56,9 +60,14 @@ fn bind_all(addr: SocketAddr, backlog: u32, cores: usize) -> io::Result<Vec<std:
         if addr.port() == 0 {
             target.set_port(std::net::TcpListener::bind(addr)?.local_addr()?.port());
         }
-        match (0..cores).map(|_| bind(target, backlog)).collect::<io::Result<Vec<_>>>() {
+        match (0..cores)
+            .map(|_| bind(target, backlog))
+            .collect::<io::Result<Vec<_>>>()
+        {
             Ok(v) => return Ok(v),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 => last_err = Some(e),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 => {
+                last_err = Some(e)
+            }
             Err(e) => return Err(e),
         }
     }
@@ -73,7 +82,9 @@ fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return Vec::new();
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &set))
+            .collect()
     }
 }
 
@@ -87,7 +98,9 @@ impl Server {
             DriverChoice::Auto => {
                 let ok = monoio::utils::detect_uring();
                 if !ok {
-                    tracing::warn!("io_uring is not available in this kernel; using the legacy epoll driver");
+                    tracing::warn!(
+                        "io_uring is not available in this kernel; using the legacy epoll driver"
+                    );
                 }
                 ok
             }
@@ -110,30 +123,36 @@ impl Server {
             let shared = shared.clone();
             let cpu = cpus.get(id % cpus.len().max(1)).copied();
             let ready = ready_tx.clone();
-            let t = std::thread::Builder::new().name(format!("ringcast-core-{id}")).spawn(move || {
-                if let Some(cpu) = cpu {
-                    if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
-                        tracing::warn!(core = id, cpu, "could not pin core thread: {e:?}");
+            let t = std::thread::Builder::new()
+                .name(format!("ringcast-core-{id}"))
+                .spawn(move || {
+                    if let Some(cpu) = cpu {
+                        if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+                            tracing::warn!(core = id, cpu, "could not pin core thread: {e:?}");
+                        }
                     }
-                }
-                let run = run_core(id, shared, rx, listener, ready.clone());
-                let res = if driver {
-                    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                        .with_entries(URING_ENTRIES)
-                        .enable_timer()
-                        .build()
-                        .map(|mut rt| rt.block_on(run))
-                } else {
-                    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build().map(|mut rt| rt.block_on(run))
-                };
-                match res {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready.send(Err(io::Error::new(e.kind(), format!("runtime: {e}"))));
-                        Err(e)
+                    let run = run_core(id, shared, rx, listener, ready.clone());
+                    let res = if driver {
+                        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                            .with_entries(URING_ENTRIES)
+                            .enable_timer()
+                            .build()
+                            .map(|mut rt| rt.block_on(run))
+                    } else {
+                        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                            .enable_timer()
+                            .build()
+                            .map(|mut rt| rt.block_on(run))
+                    };
+                    match res {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let _ =
+                                ready.send(Err(io::Error::new(e.kind(), format!("runtime: {e}"))));
+                            Err(e)
+                        }
                     }
-                }
-            })?;
+                })?;
             threads.push(t);
         }
         drop(ready_tx);
@@ -144,7 +163,11 @@ impl Server {
                 Err(_) => return Err(io::Error::other("a core thread exited during start-up")),
             }
         }
-        Ok(Server { addr, shared, threads })
+        Ok(Server {
+            addr,
+            shared,
+            threads,
+        })
     }
 
     /// The bound address (the real port when `--listen` used port 0).
@@ -193,7 +216,11 @@ pub struct Stopper(Arc<Shared>);
 impl Stopper {
     /// Begins graceful shutdown (idempotent).
     pub fn stop(&self) {
-        if !self.0.shutting_down.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if !self
+            .0
+            .shutting_down
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             for core in 0..self.0.bus.cores() {
                 self.0.bus.send(core, BusMsg::Shutdown);
             }

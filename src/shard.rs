@@ -23,7 +23,7 @@ use crossbeam_channel::Receiver;
 use hashbrown::HashMap;
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -96,8 +96,14 @@ pub struct Conn {
     pub session: Box<str>,
     /// Pending outbound bytes.
     out: RefCell<OutboundQueue>,
-    /// Wakes the writer task.
-    pub wake: LocalNotify,
+    /// The socket's write half while no writer task runs. A writer task is spawned only when
+    /// there is something to send and gives the half back when the queue is empty, so an idle
+    /// connection costs no task (see [`crate::conn::write_loop`]).
+    writer: RefCell<Option<WriteHalf>>,
+    /// This connection, for spawning its writer.
+    me: Weak<Conn>,
+    /// Its core, for spawning its writer.
+    core: Weak<Core>,
     /// Delivery stamp: equal to the core's current stamp when this message was already queued.
     stamp: Cell<u64>,
     closing: Cell<Option<CloseReason>>,
@@ -117,7 +123,32 @@ pub struct Conn {
     closed_at: Cell<u64>,
 }
 
+/// The write half of a connection's socket.
+pub type WriteHalf = monoio::io::OwnedWriteHalf<monoio::net::TcpStream>;
+
 impl Conn {
+    /// Makes sure a writer task is running if there is anything to send or a close to finish.
+    #[inline]
+    fn kick(&self) {
+        let Some(wh) = self.writer.borrow_mut().take() else {
+            return;
+        };
+        match (self.core.upgrade(), self.me.upgrade()) {
+            (Some(core), Some(me)) => {
+                monoio::spawn(crate::conn::write_loop(core, me, wh));
+            }
+            _ => *self.writer.borrow_mut() = Some(wh),
+        }
+    }
+
+    /// Hands the write half to the connection (at upgrade, or when a writer task finishes).
+    pub fn park_writer(&self, wh: WriteHalf) {
+        *self.writer.borrow_mut() = Some(wh);
+        if self.has_output() || self.closing.get().is_some() {
+            self.kick();
+        }
+    }
+
     /// Records that the peer sent something (it is alive).
     pub fn touch(&self, now_ms: u64) {
         self.last_rx.set(now_ms);
@@ -181,9 +212,14 @@ impl Conn {
         }
         let was_empty = self.out.borrow().is_empty();
         if !self.out.borrow_mut().push_raw(bytes, self.queue_limit) {
-            self.close(m, CloseReason::SlowConsumer, crate::ws::close::SLOW_CONSUMER, "slow consumer");
+            self.close(
+                m,
+                CloseReason::SlowConsumer,
+                crate::ws::close::SLOW_CONSUMER,
+                "slow consumer",
+            );
         } else if was_empty {
-            self.wake.notify();
+            self.kick();
         }
     }
 
@@ -204,11 +240,13 @@ impl Conn {
         metrics::add(&m.dropped, dropped as u64);
         if self.websocket {
             // Past the limit on purpose: the close frame must go out even for a slow consumer.
-            self.out.borrow_mut().push_raw(crate::ws::close_frame(code, text).into(), usize::MAX / 8);
+            self.out
+                .borrow_mut()
+                .push_raw(crate::ws::close_frame(code, text).into(), usize::MAX / 8);
         }
         self.closing.set(Some(reason));
         m.closed(reason);
-        self.wake.notify();
+        self.kick();
         self.closed_at.set(CLOCK_MS.with(|c| c.get()));
     }
 
@@ -230,11 +268,14 @@ impl Conn {
             }
         }
         let was_empty = self.out.borrow().is_empty();
-        let pushed = self.out.borrow_mut().push_msg(frame, conflate, self.queue_limit);
+        let pushed = self
+            .out
+            .borrow_mut()
+            .push_msg(frame, conflate, self.queue_limit);
         match pushed {
             Pushed::Queued => {
                 if was_empty {
-                    self.wake.notify();
+                    self.kick();
                 }
                 true
             }
@@ -244,7 +285,12 @@ impl Conn {
             }
             Pushed::Overflow => {
                 metrics::add(&m.dropped, 1);
-                self.close(m, CloseReason::SlowConsumer, crate::ws::close::SLOW_CONSUMER, "slow consumer");
+                self.close(
+                    m,
+                    CloseReason::SlowConsumer,
+                    crate::ws::close::SLOW_CONSUMER,
+                    "slow consumer",
+                );
                 false
             }
         }
@@ -259,7 +305,10 @@ pub struct Slot<T> {
 
 impl<T> Default for Slot<T> {
     fn default() -> Self {
-        Slot { value: RefCell::new(None), waker: Cell::new(None) }
+        Slot {
+            value: RefCell::new(None),
+            waker: Cell::new(None),
+        }
     }
 }
 
@@ -287,7 +336,10 @@ impl<T> Slot<T> {
 /// Who is waiting for another core's answer.
 enum Waiter {
     /// A WebSocket `pub`: answer with `ok` + seq/ts.
-    WsPub { conn: Rc<Conn>, id: Option<Box<str>> },
+    WsPub {
+        conn: Rc<Conn>,
+        id: Option<Box<str>>,
+    },
     /// An HTTP publish.
     HttpPub(Rc<Slot<PubAck>>),
     /// A `since`/`snapshot` replay for a subscription.
@@ -340,7 +392,9 @@ thread_local! {
 pub const CLOSE_GRACE_MS: u64 = 2_000;
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn random_u64() -> u64 {
@@ -412,17 +466,19 @@ impl Core {
     }
 
     /// Registers a new connection on this core.
-    pub fn register(&self, websocket: bool) -> Rc<Conn> {
+    pub fn register(self: &Rc<Self>, websocket: bool) -> Rc<Conn> {
         let n = self.next_conn.get();
         self.next_conn.set(n + 1);
         let id = ((self.id as u64) << 48) | n;
         // Session ids are unguessable (resume hands over a session): core + 64 random bits.
         let session = format!("{:x}{:016x}", self.id, random_u64()).into_boxed_str();
-        let conn = Rc::new(Conn {
+        let conn = Rc::new_cyclic(|me| Conn {
             id,
             session,
             out: RefCell::new(OutboundQueue::default()),
-            wake: LocalNotify::default(),
+            writer: RefCell::new(None),
+            me: me.clone(),
+            core: Rc::downgrade(self),
             stamp: Cell::new(0),
             closing: Cell::new(None),
             subs: RefCell::new(HashMap::new()),
@@ -462,7 +518,10 @@ impl Core {
 
     fn remove_sub(&self, conn: &Rc<Conn>, sub: &Rc<SubState>) {
         sub.active.set(false);
-        let entry = SubEntry { conn: conn.clone(), sub: sub.clone() };
+        let entry = SubEntry {
+            conn: conn.clone(),
+            sub: sub.clone(),
+        };
         if self.trie.borrow_mut().remove(&sub.pattern, &entry) {
             self.cache.borrow_mut().clear();
             metrics::sub(&self.metrics().subscriptions, 1);
@@ -505,7 +564,13 @@ impl Core {
                     active: Cell::new(true),
                 });
                 conn.subs.borrow_mut().insert(pattern.into(), s.clone());
-                self.trie.borrow_mut().insert(pattern, SubEntry { conn: conn.clone(), sub: s.clone() });
+                self.trie.borrow_mut().insert(
+                    pattern,
+                    SubEntry {
+                        conn: conn.clone(),
+                        sub: s.clone(),
+                    },
+                );
                 self.cache.borrow_mut().clear();
                 metrics::add(&self.metrics().subscriptions, 1);
                 s
@@ -530,7 +595,9 @@ impl Core {
         }
         let owners: Vec<usize> = match kind {
             ReplayKind::Since(_) => vec![owner_of(pattern, self.cores())],
-            ReplayKind::Snapshot if crate::subject::is_literal(pattern) => vec![owner_of(pattern, self.cores())],
+            ReplayKind::Snapshot if crate::subject::is_literal(pattern) => {
+                vec![owner_of(pattern, self.cores())]
+            }
             ReplayKind::Snapshot => (0..self.cores()).collect(),
         };
         for owner in owners {
@@ -539,8 +606,16 @@ impl Core {
                 self.apply_replay(conn, &sub, replay);
             } else {
                 sub.pending.set(sub.pending.get() | 1 << owner);
-                let token = self.park(Waiter::Replay { conn: conn.clone(), sub: sub.clone() });
-                let msg = BusMsg::Replay { pattern: pattern.into(), kind: kind.clone(), from: self.id, token };
+                let token = self.park(Waiter::Replay {
+                    conn: conn.clone(),
+                    sub: sub.clone(),
+                });
+                let msg = BusMsg::Replay {
+                    pattern: pattern.into(),
+                    kind: kind.clone(),
+                    from: self.id,
+                    token,
+                };
                 self.shared.bus.send(owner, msg);
             }
         }
@@ -562,10 +637,18 @@ impl Core {
     fn replay_owned(&self, pattern: &str, kind: &ReplayKind) -> Replay {
         let owned = self.owned.borrow();
         match kind {
-            ReplayKind::Since(n) => owned.get(pattern).map(|s| s.replay_since(*n)).unwrap_or_default(),
+            ReplayKind::Since(n) => owned
+                .get(pattern)
+                .map(|s| s.replay_since(*n))
+                .unwrap_or_default(),
             ReplayKind::Snapshot => {
                 let mut frames: Vec<Arc<Frame>> = if crate::subject::is_literal(pattern) {
-                    owned.get(pattern).and_then(|s| s.latest()).cloned().into_iter().collect()
+                    owned
+                        .get(pattern)
+                        .and_then(|s| s.latest())
+                        .cloned()
+                        .into_iter()
+                        .collect()
                 } else {
                     owned
                         .iter()
@@ -602,13 +685,23 @@ impl Core {
     // ---- publishing ----------------------------------------------------------------------
 
     /// Publishes from a WebSocket `pub`; the `ok` reply is queued when the owner answers.
-    pub fn publish_ws(&self, conn: &Rc<Conn>, id: Option<&str>, subject: &str, data: &[u8], msg_id: Option<&str>) {
+    pub fn publish_ws(
+        &self,
+        conn: &Rc<Conn>,
+        id: Option<&str>,
+        subject: &str,
+        data: &[u8],
+        msg_id: Option<&str>,
+    ) {
         let owner = owner_of(subject, self.cores());
         if owner == self.id {
             let ack = self.sequence(subject, data, msg_id);
             reply_pub(self.metrics(), conn, id, ack);
         } else {
-            let token = self.park(Waiter::WsPub { conn: conn.clone(), id: id.map(Into::into) });
+            let token = self.park(Waiter::WsPub {
+                conn: conn.clone(),
+                id: id.map(Into::into),
+            });
             self.forward_publish(owner, subject, data, msg_id, token);
         }
     }
@@ -625,7 +718,14 @@ impl Core {
         slot.wait().await
     }
 
-    fn forward_publish(&self, owner: usize, subject: &str, data: &[u8], msg_id: Option<&str>, token: u64) {
+    fn forward_publish(
+        &self,
+        owner: usize,
+        subject: &str,
+        data: &[u8],
+        msg_id: Option<&str>,
+        token: u64,
+    ) {
         let msg = BusMsg::Publish {
             subject: subject.into(),
             data: data.into(),
@@ -641,19 +741,40 @@ impl Core {
         let accepted = {
             let mut owned = self.owned.borrow_mut();
             let state = owned.entry_ref(subject).or_default();
-            state.accept(subject, data, msg_id, now_us(), Instant::now(), &self.limits)
+            state.accept(
+                subject,
+                data,
+                msg_id,
+                now_us(),
+                Instant::now(),
+                &self.limits,
+            )
         };
         match accepted {
             Accepted::Duplicate { seq, ts } => {
                 metrics::add(&self.metrics().duplicates, 1);
-                PubAck { seq, ts, duplicate: true }
+                PubAck {
+                    seq,
+                    ts,
+                    duplicate: true,
+                }
             }
             Accepted::New(frame) => {
                 metrics::add(&self.metrics().published, 1);
-                let ack = PubAck { seq: frame.seq(), ts: frame.ts(), duplicate: false };
+                let ack = PubAck {
+                    seq: frame.seq(),
+                    ts: frame.ts(),
+                    duplicate: false,
+                };
                 for core in 0..self.cores() {
                     if core != self.id {
-                        self.shared.bus.send(core, BusMsg::Deliver { frame: frame.clone(), from: self.id });
+                        self.shared.bus.send(
+                            core,
+                            BusMsg::Deliver {
+                                frame: frame.clone(),
+                                from: self.id,
+                            },
+                        );
                     }
                 }
                 self.deliver(frame, self.id);
@@ -691,7 +812,9 @@ impl Core {
             return hit.clone();
         }
         let mut v = Vec::new();
-        self.trie.borrow().for_each_match(subject, |e| v.push(e.clone()));
+        self.trie
+            .borrow()
+            .for_each_match(subject, |e| v.push(e.clone()));
         let v: Rc<[SubEntry]> = v.into();
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= MATCH_CACHE_ENTRIES {
@@ -711,24 +834,36 @@ impl Core {
         }
         let slot = Rc::new(Slot::default());
         let token = self.park(Waiter::History(slot.clone()));
-        let msg = BusMsg::History { subject: subject.into(), since, limit, from: self.id, token };
+        let msg = BusMsg::History {
+            subject: subject.into(),
+            since,
+            limit,
+            from: self.id,
+            token,
+        };
         self.shared.bus.send(owner, msg);
         slot.wait().await
     }
 
     fn history_body(&self, subject: &str, since: u64, limit: usize) -> Vec<u8> {
         let owned = self.owned.borrow();
-        let (first, last) = owned.get(subject).map_or((1, 0), |s| (s.first_retained(), s.last_seq()));
+        let (first, last) = owned
+            .get(subject)
+            .map_or((1, 0), |s| (s.first_retained(), s.last_seq()));
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(b"{\"subject\":");
         serde_json::to_writer(&mut out, subject).expect("Vec write");
-        out.extend_from_slice(format!(",\"first_seq\":{first},\"last_seq\":{last},\"messages\":[").as_bytes());
+        out.extend_from_slice(
+            format!(",\"first_seq\":{first},\"last_seq\":{last},\"messages\":[").as_bytes(),
+        );
         if let Some(s) = owned.get(subject) {
             for (i, f) in s.after(since, limit).enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                out.extend_from_slice(format!("{{\"seq\":{},\"ts\":{},\"data\":", f.seq(), f.ts()).as_bytes());
+                out.extend_from_slice(
+                    format!("{{\"seq\":{},\"ts\":{},\"data\":", f.seq(), f.ts()).as_bytes(),
+                );
                 out.extend_from_slice(f.data());
                 out.push(b'}');
             }
@@ -743,28 +878,61 @@ impl Core {
     pub fn handle_bus(&self, msg: BusMsg) {
         match msg {
             BusMsg::Deliver { frame, from } => self.deliver(frame, from),
-            BusMsg::Publish { subject, data, msg_id, from, token } => {
+            BusMsg::Publish {
+                subject,
+                data,
+                msg_id,
+                from,
+                token,
+            } => {
                 let ack = self.sequence(&subject, &data, msg_id.as_deref());
                 self.shared.bus.send(from, BusMsg::PubDone { token, ack });
             }
             BusMsg::PubDone { token, ack } => match self.waiters.borrow_mut().remove(&token) {
-                Some(Waiter::WsPub { conn, id }) => reply_pub(self.metrics(), &conn, id.as_deref(), ack),
+                Some(Waiter::WsPub { conn, id }) => {
+                    reply_pub(self.metrics(), &conn, id.as_deref(), ack)
+                }
                 Some(Waiter::HttpPub(slot)) => slot.fill(ack),
                 _ => {}
             },
-            BusMsg::Replay { pattern, kind, from, token } => {
+            BusMsg::Replay {
+                pattern,
+                kind,
+                from,
+                token,
+            } => {
                 let replay = self.replay_owned(&pattern, &kind);
-                self.shared.bus.send(from, BusMsg::ReplayDone { token, owner: self.id, replay });
+                self.shared.bus.send(
+                    from,
+                    BusMsg::ReplayDone {
+                        token,
+                        owner: self.id,
+                        replay,
+                    },
+                );
             }
-            BusMsg::ReplayDone { token, owner, replay } => {
-                if let Some(Waiter::Replay { conn, sub }) = self.waiters.borrow_mut().remove(&token) {
+            BusMsg::ReplayDone {
+                token,
+                owner,
+                replay,
+            } => {
+                if let Some(Waiter::Replay { conn, sub }) = self.waiters.borrow_mut().remove(&token)
+                {
                     sub.pending.set(sub.pending.get() & !(1 << owner));
                     self.apply_replay(&conn, &sub, replay);
                 }
             }
-            BusMsg::History { subject, since, limit, from, token } => {
+            BusMsg::History {
+                subject,
+                since,
+                limit,
+                from,
+                token,
+            } => {
                 let body = self.history_body(&subject, since, limit);
-                self.shared.bus.send(from, BusMsg::HistoryDone { token, body });
+                self.shared
+                    .bus
+                    .send(from, BusMsg::HistoryDone { token, body });
             }
             BusMsg::HistoryDone { token, body } => {
                 if let Some(Waiter::History(slot)) = self.waiters.borrow_mut().remove(&token) {
@@ -802,7 +970,12 @@ impl Core {
         }
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
-            c.close(self.metrics(), CloseReason::Shutdown, crate::ws::close::GOING_AWAY, "server shutting down");
+            c.close(
+                self.metrics(),
+                CloseReason::Shutdown,
+                crate::ws::close::GOING_AWAY,
+                "server shutting down",
+            );
         }
         self.shutdown.notify();
     }
@@ -834,7 +1007,12 @@ impl Core {
             }
             let silent = now.saturating_sub(c.last_rx.get());
             if c.ping_sent.get() && silent >= 2 * interval {
-                c.close(m, CloseReason::Timeout, crate::ws::close::POLICY, "no response to ping");
+                c.close(
+                    m,
+                    CloseReason::Timeout,
+                    crate::ws::close::POLICY,
+                    "no response to ping",
+                );
             } else if !c.ping_sent.get() && silent >= interval {
                 c.ping_sent.set(true);
                 let mut f = Vec::with_capacity(2);
@@ -862,7 +1040,10 @@ impl Core {
 
     /// Takes an empty read buffer of [`READ_BUF_BYTES`] capacity.
     pub fn take_read_buf(&self) -> Vec<u8> {
-        self.read_bufs.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(READ_BUF_BYTES))
+        self.read_bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(READ_BUF_BYTES))
     }
 
     /// Returns a read buffer to the pool.

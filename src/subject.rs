@@ -43,7 +43,9 @@ impl fmt::Display for SubjectError {
             SubjectError::EmptyToken => "subject has an empty token",
             SubjectError::TokenTooLong => "subject token longer than 64 bytes",
             SubjectError::BadChar => "subject token has a character outside [A-Za-z0-9_-:]",
-            SubjectError::Wildcard => "wildcards are not allowed here; a concrete subject is required",
+            SubjectError::Wildcard => {
+                "wildcards are not allowed here; a concrete subject is required"
+            }
             SubjectError::FullWildcardNotLast => "'>' may only be the last token",
         })
     }
@@ -150,7 +152,12 @@ mod tests {
 
     #[test]
     fn concrete_subjects_are_accepted() {
-        for s in ["prices", "prices.EURUSD", "a-b_c:d.0", &"x.".repeat(15).add("y")] {
+        for s in [
+            "prices",
+            "prices.EURUSD",
+            "a-b_c:d.0",
+            &"x.".repeat(15).add("y"),
+        ] {
             assert_eq!(validate_subject(s), Ok(()), "{s}");
         }
     }
@@ -194,7 +201,10 @@ mod tests {
         assert_eq!(validate_pattern("prices.*"), Ok(()));
         assert_eq!(validate_pattern(">"), Ok(()));
         assert_eq!(validate_pattern("*.*.>"), Ok(()));
-        assert_eq!(validate_pattern("a.>.b"), Err(SubjectError::FullWildcardNotLast));
+        assert_eq!(
+            validate_pattern("a.>.b"),
+            Err(SubjectError::FullWildcardNotLast)
+        );
         assert_eq!(validate_pattern("a.b*"), Err(SubjectError::BadChar));
     }
 

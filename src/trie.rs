@@ -17,7 +17,10 @@ struct Node<V> {
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
-        Node { values: Vec::new(), next: None }
+        Node {
+            values: Vec::new(),
+            next: None,
+        }
     }
 }
 
@@ -36,7 +39,11 @@ struct Level<V> {
 
 impl<V> Default for Level<V> {
     fn default() -> Self {
-        Level { literal: HashMap::new(), pwc: None, fwc: None }
+        Level {
+            literal: HashMap::new(),
+            pwc: None,
+            fwc: None,
+        }
     }
 }
 
@@ -54,7 +61,10 @@ pub struct SubjectTrie<V> {
 
 impl<V> Default for SubjectTrie<V> {
     fn default() -> Self {
-        SubjectTrie { root: Level::default(), len: 0 }
+        SubjectTrie {
+            root: Level::default(),
+            len: 0,
+        }
     }
 }
 
@@ -127,7 +137,9 @@ impl<V: PartialEq> SubjectTrie<V> {
                     None => removed = false,
                 }
             } else {
-                let Some(next) = node.next.as_deref_mut() else { return false };
+                let Some(next) = node.next.as_deref_mut() else {
+                    return false;
+                };
                 removed = Self::remove_in(next, rest, value);
                 if next.is_empty() {
                     node.next = None;
@@ -155,7 +167,9 @@ impl<V: PartialEq> SubjectTrie<V> {
     }
 
     fn match_level(level: &Level<V>, tokens: &[&str], f: &mut impl FnMut(&V)) {
-        let Some((tok, rest)) = tokens.split_first() else { return };
+        let Some((tok, rest)) = tokens.split_first() else {
+            return;
+        };
         if let Some(fwc) = &level.fwc {
             fwc.values.iter().for_each(&mut *f);
         }
@@ -228,7 +242,10 @@ mod smallvec_tokens {
     /// Splits a valid subject; extra tokens beyond the protocol limit are ignored (the subject
     /// was validated before it reached the trie).
     pub(super) fn split(subject: &str) -> Tokens<'_> {
-        let mut t = Tokens { buf: [""; MAX_TOKENS], len: 0 };
+        let mut t = Tokens {
+            buf: [""; MAX_TOKENS],
+            len: 0,
+        };
         for tok in subject.split('.').take(MAX_TOKENS) {
             t.buf[t.len] = tok;
             t.len += 1;
@@ -298,6 +315,9 @@ mod tests {
         let mut all = Vec::new();
         t.for_each_entry(|p, v| all.push((p.to_string(), *v)));
         all.sort();
-        assert_eq!(all, vec![("*".into(), 3), ("a.>".into(), 2), ("a.b".into(), 1)]);
+        assert_eq!(
+            all,
+            vec![("*".into(), 3), ("a.>".into(), 2), ("a.b".into(), 1)]
+        );
     }
 }

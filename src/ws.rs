@@ -127,7 +127,10 @@ fn valid_close_code(code: u16) -> bool {
 impl WsDecoder {
     /// A decoder refusing messages over `max_message` bytes.
     pub fn new(max_message: usize) -> Self {
-        WsDecoder { max_message, fragment: None }
+        WsDecoder {
+            max_message,
+            fragment: None,
+        }
     }
 
     /// Bytes held by a partial fragmented message (for memory accounting).
@@ -139,7 +142,10 @@ impl WsDecoder {
     /// bytes consumed, `Ok(None)` when more input is needed. Data frames that continue a
     /// fragmented message are consumed and reported as `Ok(Some((None, n)))`.
     #[allow(clippy::type_complexity)]
-    pub fn decode(&mut self, input: &mut [u8]) -> Result<Option<(Option<WsEvent>, usize)>, WsError> {
+    pub fn decode(
+        &mut self,
+        input: &mut [u8],
+    ) -> Result<Option<(Option<WsEvent>, usize)>, WsError> {
         let mut cur = Cursor::new(&*input);
         let (hdr, len) = match FrameHeader::parse(&mut cur) {
             Ok(Some(x)) => x,
@@ -150,7 +156,9 @@ impl WsDecoder {
         if hdr.rsv1 || hdr.rsv2 || hdr.rsv3 {
             return Err(WsError::Protocol("reserved bits set"));
         }
-        let Some(mask) = hdr.mask else { return Err(WsError::Protocol("client frame not masked")) };
+        let Some(mask) = hdr.mask else {
+            return Err(WsError::Protocol("client frame not masked"));
+        };
         let is_control = matches!(hdr.opcode, OpCode::Control(_));
         if is_control && (len > 125 || !hdr.is_final) {
             return Err(WsError::Protocol("control frame too long or fragmented"));
@@ -162,7 +170,9 @@ impl WsDecoder {
         // Opcode checks before waiting for the payload, so violations fail fast.
         match hdr.opcode {
             OpCode::Data(Data::Continue) if self.fragment.is_none() => {
-                return Err(WsError::Protocol("continuation without a message to continue"))
+                return Err(WsError::Protocol(
+                    "continuation without a message to continue",
+                ))
             }
             OpCode::Data(Data::Text | Data::Binary) if self.fragment.is_some() => {
                 return Err(WsError::Protocol("new message inside a fragmented one"))
@@ -191,7 +201,11 @@ impl WsDecoder {
                         return Err(WsError::BadUtf8);
                     }
                     let p = Payload::InPlace(range);
-                    Some(if text { WsEvent::Text(p) } else { WsEvent::Binary(p) })
+                    Some(if text {
+                        WsEvent::Text(p)
+                    } else {
+                        WsEvent::Binary(p)
+                    })
                 } else {
                     self.fragment = Some((text, payload.to_vec()));
                     None
@@ -206,12 +220,18 @@ impl WsDecoder {
                         return Err(WsError::BadUtf8);
                     }
                     let p = Payload::Assembled(buf);
-                    Some(if text { WsEvent::Text(p) } else { WsEvent::Binary(p) })
+                    Some(if text {
+                        WsEvent::Text(p)
+                    } else {
+                        WsEvent::Binary(p)
+                    })
                 } else {
                     None
                 }
             }
-            OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => unreachable!(),
+            OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+                unreachable!()
+            }
         };
         Ok(Some((event, consumed)))
     }
@@ -236,7 +256,9 @@ fn parse_close(payload: &[u8]) -> Result<Option<u16>, WsError> {
 
 /// XORs `data` with the 4-byte mask, 8 bytes at a time.
 pub fn unmask(data: &mut [u8], mask: [u8; 4]) {
-    let m8 = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
+    let m8 = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
     let mut chunks = data.chunks_exact_mut(8);
     for c in &mut chunks {
         let v = u64::from_ne_bytes(c.try_into().expect("8 bytes")) ^ m8;
@@ -339,24 +361,53 @@ mod tests {
         wire.extend(client_frame(OP_PING, true, b"p", MASK));
         wire.extend(client_frame(0, false, b"l", MASK));
         wire.extend(client_frame(0, true, b"o", MASK));
-        assert_eq!(feed_bytewise(&mut d, &wire).unwrap(), vec![b"hello".to_vec()]);
+        assert_eq!(
+            feed_bytewise(&mut d, &wire).unwrap(),
+            vec![b"hello".to_vec()]
+        );
     }
 
     #[test]
     fn protocol_violations_map_to_close_codes() {
         let cases: Vec<(Vec<u8>, u16)> = vec![
-            ({ let mut f = client_frame(OP_TEXT, true, b"x", MASK); f[1] &= 0x7f; f.truncate(2); f.push(b'x'); f }, 1002),
+            (
+                {
+                    let mut f = client_frame(OP_TEXT, true, b"x", MASK);
+                    f[1] &= 0x7f;
+                    f.truncate(2);
+                    f.push(b'x');
+                    f
+                },
+                1002,
+            ),
             (client_frame(0, true, b"x", MASK), 1002),
             (client_frame(0x3, true, b"x", MASK), 1002),
             (client_frame(OP_PING, false, b"x", MASK), 1002),
             (client_frame(OP_PING, true, &[0; 126], MASK), 1002),
-            ({ let mut f = client_frame(OP_TEXT, true, b"x", MASK); f[0] |= 0x40; f }, 1002),
+            (
+                {
+                    let mut f = client_frame(OP_TEXT, true, b"x", MASK);
+                    f[0] |= 0x40;
+                    f
+                },
+                1002,
+            ),
             (client_frame(OP_TEXT, true, &[0xff, 0xfe], MASK), 1007),
             (client_frame(OP_TEXT, true, &[b'a'; 2000], MASK), 1009),
             (client_frame(OP_CLOSE, true, &[3], MASK), 1002),
             (client_frame(OP_CLOSE, true, &[0x03, 0xe7], MASK), 1002),
-            (client_frame(OP_CLOSE, true, &[0x03, 0xe8, 0xff], MASK), 1007),
-            ({ let mut f = client_frame(OP_TEXT, false, b"a", MASK); f.extend(client_frame(OP_TEXT, true, b"b", MASK)); f }, 1002),
+            (
+                client_frame(OP_CLOSE, true, &[0x03, 0xe8, 0xff], MASK),
+                1007,
+            ),
+            (
+                {
+                    let mut f = client_frame(OP_TEXT, false, b"a", MASK);
+                    f.extend(client_frame(OP_TEXT, true, b"b", MASK));
+                    f
+                },
+                1002,
+            ),
         ];
         for (i, (wire, code)) in cases.into_iter().enumerate() {
             let mut d = WsDecoder::new(1024);
@@ -389,7 +440,10 @@ mod tests {
     fn close_frames_report_their_code() {
         let mut d = WsDecoder::new(100);
         let mut f = client_frame(OP_CLOSE, true, &[0x03, 0xe8, b'b', b'y', b'e'], MASK);
-        assert_eq!(d.decode(&mut f).unwrap().unwrap().0, Some(WsEvent::Close(Some(1000))));
+        assert_eq!(
+            d.decode(&mut f).unwrap().unwrap().0,
+            Some(WsEvent::Close(Some(1000)))
+        );
         let f = close_frame(4008, "slow consumer");
         assert_eq!(&f[..4], &[0x88, 15, 0x0f, 0xa8]);
     }
@@ -399,7 +453,11 @@ mod tests {
         let data: Vec<u8> = (0..=255).collect();
         let mut a = data.clone();
         unmask(&mut a, [9, 8, 7, 6]);
-        let b: Vec<u8> = data.iter().enumerate().map(|(i, x)| x ^ [9, 8, 7, 6][i % 4]).collect();
+        let b: Vec<u8> = data
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x ^ [9, 8, 7, 6][i % 4])
+            .collect();
         assert_eq!(a, b);
     }
 }

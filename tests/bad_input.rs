@@ -20,11 +20,23 @@ fn malformed_ops_get_err_frames_and_the_connection_stays_open(d: DriverChoice) {
     let cases = [
         ("{not json", None, "malformed JSON"),
         (r#"{"op":"fly","id":1}"#, Some("1"), "unknown op"),
-        (r#"{"op":"sub","id":2,"subject":"a..b"}"#, Some("2"), "empty token"),
+        (
+            r#"{"op":"sub","id":2,"subject":"a..b"}"#,
+            Some("2"),
+            "empty token",
+        ),
         (r#"{"op":"sub","id":3}"#, Some("3"), "'subject'"),
-        (r#"{"op":"pub","id":4,"subject":"a.*","data":1}"#, Some("4"), "wildcard"),
+        (
+            r#"{"op":"pub","id":4,"subject":"a.*","data":1}"#,
+            Some("4"),
+            "wildcard",
+        ),
         (r#"{"op":"pub","id":5,"subject":"a"}"#, Some("5"), "'data'"),
-        (r#"{"op":"sub","id":6,"subject":"a","since":"x"}"#, Some("6"), "invalid field"),
+        (
+            r#"{"op":"sub","id":6,"subject":"a","since":"x"}"#,
+            Some("6"),
+            "invalid field",
+        ),
         (r#"{"id":7}"#, Some("7"), "'op'"),
         ("[]", None, "invalid"),
     ];
@@ -34,14 +46,22 @@ fn malformed_ops_get_err_frames_and_the_connection_stays_open(d: DriverChoice) {
         assert_eq!(e["op"], "err", "{input}");
         assert_eq!(e["code"], "bad_request", "{input}");
         assert_eq!(e["id"].to_string(), id.unwrap_or("null"), "{input}");
-        assert!(e["message"].as_str().unwrap().contains(needle), "{input}: {}", e["message"]);
+        assert!(
+            e["message"].as_str().unwrap().contains(needle),
+            "{input}: {}",
+            e["message"]
+        );
     }
     c.send_frame(0x2, true, b"\x00\x01");
     assert_eq!(c.recv_json()["code"], "bad_request");
     still_serves(&mut c);
 }
 
-fn close_code_after(d: DriverChoice, cfg: impl FnOnce(&mut ringcast::config::Config), send: impl FnOnce(&mut Ws)) -> Option<u16> {
+fn close_code_after(
+    d: DriverChoice,
+    cfg: impl FnOnce(&mut ringcast::config::Config),
+    send: impl FnOnce(&mut Ws),
+) -> Option<u16> {
     let node = start(d, cfg);
     let mut bystander = node.ws();
     let mut c = node.ws();
@@ -53,12 +73,20 @@ fn close_code_after(d: DriverChoice, cfg: impl FnOnce(&mut ringcast::config::Con
 }
 
 fn oversized_frames_close_with_1009(d: DriverChoice) {
-    let code = close_code_after(d, |c| c.max_frame_bytes = 1024, |c| c.send(&format!(r#"{{"op":"ping","id":"{}"}}"#, "x".repeat(2000))));
+    let code = close_code_after(
+        d,
+        |c| c.max_frame_bytes = 1024,
+        |c| c.send(&format!(r#"{{"op":"ping","id":"{}"}}"#, "x".repeat(2000))),
+    );
     assert_eq!(code, Some(1009));
 }
 
 fn invalid_utf8_text_closes_with_1007(d: DriverChoice) {
-    let code = close_code_after(d, |_| {}, |c| c.send_frame(0x1, true, b"{\"op\":\"\xff\xfe\"}"));
+    let code = close_code_after(
+        d,
+        |_| {},
+        |c| c.send_frame(0x1, true, b"{\"op\":\"\xff\xfe\"}"),
+    );
     assert_eq!(code, Some(1007));
 }
 
@@ -77,7 +105,10 @@ fn client_close_is_echoed(d: DriverChoice) {
     let mut c = node.ws();
     c.send_frame(0x8, true, &1000u16.to_be_bytes());
     assert_eq!(c.recv_close(), Some(1000));
-    assert!(c.recv_frame().is_none(), "server closes the TCP connection after the close handshake");
+    assert!(
+        c.recv_frame().is_none(),
+        "server closes the TCP connection after the close handshake"
+    );
 }
 
 fn ping_frames_get_pongs_with_the_same_payload(d: DriverChoice) {
@@ -92,9 +123,19 @@ fn ping_frames_get_pongs_with_the_same_payload(d: DriverChoice) {
 
 fn bad_upgrade_requests_get_400(d: DriverChoice) {
     let node = start(d, |_| {});
-    let base = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Version", "13"), ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")];
+    let base = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
     for drop in 0..base.len() {
-        let headers: Vec<(&str, &str)> = base.iter().enumerate().filter(|(i, _)| *i != drop).map(|(_, h)| *h).collect();
+        let headers: Vec<(&str, &str)> = base
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != drop)
+            .map(|(_, h)| *h)
+            .collect();
         let (status, _, body) = common::http(node.addr, "GET", "/ws", &headers, b"");
         assert_eq!(status, 400, "without {}", base[drop].0);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
@@ -121,7 +162,10 @@ fn a_silent_half_open_handshake_is_dropped(d: DriverChoice) {
         }
     };
     assert_eq!(n, 0);
-    assert_eq!(node.metric_labelled("ringcast_closes_total", "reason=\"timeout\""), 1);
+    assert_eq!(
+        node.metric_labelled("ringcast_closes_total", "reason=\"timeout\""),
+        1
+    );
     let mut c = node.ws();
     still_serves(&mut c);
 }

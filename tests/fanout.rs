@@ -18,7 +18,13 @@ fn assert_range(msgs: &[Value], first: u64, last: u64, ctx: &str) {
     let got = seqs(msgs);
     let want: Vec<u64> = (first..=last).collect();
     if let Some(i) = (0..got.len().max(want.len())).find(|i| got.get(*i) != want.get(*i)) {
-        panic!("{ctx}: at index {i} got {:?}, want {:?} ({} msgs, want {}..={last})", got.get(i), want.get(i), got.len(), first);
+        panic!(
+            "{ctx}: at index {i} got {:?}, want {:?} ({} msgs, want {}..={last})",
+            got.get(i),
+            want.get(i),
+            got.len(),
+            first
+        );
     }
 }
 
@@ -29,10 +35,15 @@ fn fanout_reaches_every_subscriber_on_both_cores(d: DriverChoice) {
         s.sub(1, "prices.EURUSD");
     }
     let per_core = node.metric_per_core("ringcast_websockets");
-    assert!(per_core.iter().all(|n| *n > 0), "subscribers spread over both cores: {per_core:?}");
+    assert!(
+        per_core.iter().all(|n| *n > 0),
+        "subscribers spread over both cores: {per_core:?}"
+    );
     let mut publisher = node.ws();
     for i in 0..50 {
-        let (ack, _) = publisher.request(&format!(r#"{{"op":"pub","id":{i},"subject":"prices.EURUSD","data":{{"bid":{i}}}}}"#));
+        let (ack, _) = publisher.request(&format!(
+            r#"{{"op":"pub","id":{i},"subject":"prices.EURUSD","data":{{"bid":{i}}}}}"#
+        ));
         assert_eq!(ack["op"], "ok");
         assert_eq!(ack["seq"], i + 1);
     }
@@ -41,32 +52,60 @@ fn fanout_reaches_every_subscriber_on_both_cores(d: DriverChoice) {
         assert_range(&msgs, 1, 50, "subscriber");
         assert_eq!(msgs[7]["data"]["bid"], 7);
         assert_eq!(msgs[7]["subject"], "prices.EURUSD");
-        assert!(msgs[7]["ts"].as_u64().unwrap() > 1_600_000_000_000_000, "ts is microseconds since the epoch");
+        assert!(
+            msgs[7]["ts"].as_u64().unwrap() > 1_600_000_000_000_000,
+            "ts is microseconds since the epoch"
+        );
     }
     assert_eq!(node.metric("ringcast_delivered_total"), 40 * 50);
 }
 
 fn wildcards_match_exactly_as_specified(d: DriverChoice) {
     let node = start(d, |_| {});
-    let patterns = ["prices.*", "prices.>", "*.EURUSD", "prices.EURUSD", "prices.*.bid", ">"];
+    let patterns = [
+        "prices.*",
+        "prices.>",
+        "*.EURUSD",
+        "prices.EURUSD",
+        "prices.*.bid",
+        ">",
+    ];
     let mut clients: Vec<(&str, Ws)> = patterns.iter().map(|p| (*p, node.ws())).collect();
     for (p, c) in &mut clients {
         c.sub(1, p);
         // A marker subject after which each client stops reading.
         c.sub(2, "end");
     }
-    let subjects = ["prices.EURUSD", "prices.EURUSD.bid", "prices", "news.EURUSD", "prices.GBPUSD"];
+    let subjects = [
+        "prices.EURUSD",
+        "prices.EURUSD.bid",
+        "prices",
+        "news.EURUSD",
+        "prices.GBPUSD",
+    ];
     for s in subjects {
         node.publish(s, "1");
     }
     node.publish("end", "0");
     let expected: BTreeMap<&str, Vec<&str>> = [
         ("prices.*", vec!["prices.EURUSD", "prices.GBPUSD"]),
-        ("prices.>", vec!["prices.EURUSD", "prices.EURUSD.bid", "prices.GBPUSD"]),
+        (
+            "prices.>",
+            vec!["prices.EURUSD", "prices.EURUSD.bid", "prices.GBPUSD"],
+        ),
         ("*.EURUSD", vec!["prices.EURUSD", "news.EURUSD"]),
         ("prices.EURUSD", vec!["prices.EURUSD"]),
         ("prices.*.bid", vec!["prices.EURUSD.bid"]),
-        (">", vec!["prices.EURUSD", "prices.EURUSD.bid", "prices", "news.EURUSD", "prices.GBPUSD"]),
+        (
+            ">",
+            vec![
+                "prices.EURUSD",
+                "prices.EURUSD.bid",
+                "prices",
+                "news.EURUSD",
+                "prices.GBPUSD",
+            ],
+        ),
     ]
     .into_iter()
     .collect();
@@ -149,7 +188,10 @@ fn since_replays_history_and_reports_the_gap(d: DriverChoice) {
     let (ok, _) = c.request(r#"{"op":"sub","id":"s","subject":"ticks.X","since":2}"#);
     assert_eq!(ok["op"], "ok");
     let gap = c.recv_json();
-    assert_eq!(gap, serde_json::json!({"op":"gap","subject":"ticks.X","from":3,"to":5}));
+    assert_eq!(
+        gap,
+        serde_json::json!({"op":"gap","subject":"ticks.X","from":3,"to":5})
+    );
     assert_eq!(seqs(&c.recv_msgs(5)), vec![6, 7, 8, 9, 10]);
     node.publish("ticks.X", "11");
     assert_eq!(seqs(&c.recv_msgs(1)), vec![11]);
@@ -168,7 +210,9 @@ fn since_is_exact_while_publishing_continues(d: DriverChoice) {
     let publisher = std::thread::spawn(move || {
         let mut p = Ws::connect(addr);
         for i in 0..2000 {
-            p.send(&format!(r#"{{"op":"pub","id":{i},"subject":"live.s","data":{i}}}"#));
+            p.send(&format!(
+                r#"{{"op":"pub","id":{i},"subject":"live.s","data":{i}}}"#
+            ));
         }
         let mut n = 0;
         while n < 2000 {
@@ -179,13 +223,21 @@ fn since_is_exact_while_publishing_continues(d: DriverChoice) {
     });
     let mut clients: Vec<Ws> = (0..6).map(|_| node.ws()).collect();
     for (k, c) in clients.iter_mut().enumerate() {
-        c.send(&format!(r#"{{"op":"sub","id":1,"subject":"live.s","since":{}}}"#, k * 10));
+        c.send(&format!(
+            r#"{{"op":"sub","id":1,"subject":"live.s","since":{}}}"#,
+            k * 10
+        ));
     }
     publisher.join().unwrap();
     for (k, c) in clients.iter_mut().enumerate() {
         let first = (k * 10 + 1) as u64;
         let msgs = c.recv_msgs(2000 - k * 10);
-        assert_range(&msgs, first, 2000, &format!("client {k}: every seq after since, once, in order"));
+        assert_range(
+            &msgs,
+            first,
+            2000,
+            &format!("client {k}: every seq after since, once, in order"),
+        );
     }
 }
 
@@ -198,14 +250,26 @@ fn snapshot_sends_the_latest_of_each_subject_then_live(d: DriverChoice) {
     let mut c = node.ws();
     c.request(r#"{"op":"sub","id":1,"subject":"fx.*","snapshot":true}"#);
     let snap = c.recv_msgs(3);
-    let got: BTreeSet<(String, u64)> =
-        snap.iter().map(|m| (m["subject"].as_str().unwrap().to_string(), m["seq"].as_u64().unwrap())).collect();
-    let want: BTreeSet<(String, u64)> =
-        ["fx.EURUSD", "fx.GBPUSD", "fx.USDJPY"].iter().map(|s| (s.to_string(), 2)).collect();
+    let got: BTreeSet<(String, u64)> = snap
+        .iter()
+        .map(|m| {
+            (
+                m["subject"].as_str().unwrap().to_string(),
+                m["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want: BTreeSet<(String, u64)> = ["fx.EURUSD", "fx.GBPUSD", "fx.USDJPY"]
+        .iter()
+        .map(|s| (s.to_string(), 2))
+        .collect();
     assert_eq!(got, want);
     node.publish("fx.EURUSD", "3");
     let live = c.recv_msgs(1);
-    assert_eq!((live[0]["subject"].as_str(), live[0]["seq"].as_u64()), (Some("fx.EURUSD"), Some(3)));
+    assert_eq!(
+        (live[0]["subject"].as_str(), live[0]["seq"].as_u64()),
+        (Some("fx.EURUSD"), Some(3))
+    );
 }
 
 fn duplicate_msg_ids_return_the_original_and_are_not_redelivered(d: DriverChoice) {
@@ -217,7 +281,10 @@ fn duplicate_msg_ids_return_the_original_and_are_not_redelivered(d: DriverChoice
     let (b, _) = p.request(r#"{"op":"pub","id":2,"subject":"orders.1","data":"y","msg_id":"m-1"}"#);
     assert_eq!(a["seq"], 1);
     assert!(a.get("duplicate").is_none());
-    assert_eq!((b["seq"].clone(), b["ts"].clone(), b["duplicate"].clone()), (a["seq"].clone(), a["ts"].clone(), Value::Bool(true)));
+    assert_eq!(
+        (b["seq"].clone(), b["ts"].clone(), b["duplicate"].clone()),
+        (a["seq"].clone(), a["ts"].clone(), Value::Bool(true))
+    );
     // The same id on another subject is a different message.
     let (c, _) = p.request(r#"{"op":"pub","id":3,"subject":"orders.2","data":"z","msg_id":"m-1"}"#);
     assert!(c.get("duplicate").is_none());
@@ -226,10 +293,16 @@ fn duplicate_msg_ids_return_the_original_and_are_not_redelivered(d: DriverChoice
     let (status, _, resp) = common::http(node.addr, "POST", "/publish", &[], body);
     assert_eq!(status, 200);
     let r: Value = serde_json::from_slice(&resp).unwrap();
-    assert_eq!((r["seq"].as_u64(), r["duplicate"].as_bool()), (Some(1), Some(true)));
+    assert_eq!(
+        (r["seq"].as_u64(), r["duplicate"].as_bool()),
+        (Some(1), Some(true))
+    );
     node.publish("orders.end", "0");
     let msgs = sub.recv_msgs(3);
-    let subjects: Vec<&str> = msgs.iter().map(|m| m["subject"].as_str().unwrap()).collect();
+    let subjects: Vec<&str> = msgs
+        .iter()
+        .map(|m| m["subject"].as_str().unwrap())
+        .collect();
     assert_eq!(subjects, vec!["orders.1", "orders.2", "orders.end"]);
     assert_eq!(msgs[0]["data"], "x");
 }
@@ -252,7 +325,9 @@ fn slow_consumer_is_closed_with_4008_while_a_fast_one_keeps_receiving(d: DriverC
         // Acknowledged one by one: a steady stream the fast reader keeps up with.
         let mut p = Ws::connect(addr);
         for i in 0..total {
-            let (ack, _) = p.request(&format!(r#"{{"op":"pub","id":{i},"subject":"big","data":{payload}}}"#));
+            let (ack, _) = p.request(&format!(
+                r#"{{"op":"pub","id":{i},"subject":"big","data":{payload}}}"#
+            ));
             assert_eq!(ack["op"], "ok");
         }
     });
@@ -275,7 +350,9 @@ fn conflation_replaces_pending_messages_with_the_newest(d: DriverChoice) {
     let n = 2000;
     for i in 0..n {
         let subject = if i % 2 == 0 { "q.a" } else { "q.b" };
-        p.send(&format!(r#"{{"op":"pub","id":{i},"subject":"{subject}","data":{payload}}}"#));
+        p.send(&format!(
+            r#"{{"op":"pub","id":{i},"subject":"{subject}","data":{payload}}}"#
+        ));
     }
     let mut acks = 0;
     while acks < n {
@@ -297,9 +374,20 @@ fn conflation_replaces_pending_messages_with_the_newest(d: DriverChoice) {
         let prev = last.insert(s, seq).unwrap_or(0);
         assert!(seq > prev, "seq only moves forward");
     }
-    assert_eq!(last.get("q.a"), Some(&1000), "latest value of q.a delivered");
-    assert_eq!(last.get("q.b"), Some(&1000), "latest value of q.b delivered");
-    assert!(received < n, "some messages were conflated away ({received} of {n} delivered)");
+    assert_eq!(
+        last.get("q.a"),
+        Some(&1000),
+        "latest value of q.a delivered"
+    );
+    assert_eq!(
+        last.get("q.b"),
+        Some(&1000),
+        "latest value of q.b delivered"
+    );
+    assert!(
+        received < n,
+        "some messages were conflated away ({received} of {n} delivered)"
+    );
     assert!(node.metric("ringcast_dropped_total") > 0);
     assert_eq!(node.metric("ringcast_slow_consumer_closes_total"), 0);
 }
@@ -314,7 +402,10 @@ fn unsub_stops_delivery(d: DriverChoice) {
     let (r, _) = c.request(r#"{"op":"unsub","id":3,"subject":"a.*"}"#);
     assert_eq!(r["op"], "ok");
     let (r, _) = c.request(r#"{"op":"unsub","id":4,"subject":"a.*"}"#);
-    assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("err"), Some("bad_request")));
+    assert_eq!(
+        (r["op"].as_str(), r["code"].as_str()),
+        (Some("err"), Some("bad_request"))
+    );
     node.publish("a.x", "2");
     node.publish("end", "0");
     assert_eq!(c.recv_msgs(1)[0]["subject"], "end");

@@ -35,8 +35,14 @@ fn healthz_and_metrics_answer(d: DriverChoice) {
         "ringcast_dropped_total",
         "ringcast_slow_consumer_closes_total",
     ] {
-        assert!(text.contains(&format!("{name}{{core=\"0\"}}")), "{name} per core");
-        assert!(text.contains(&format!("{name}{{core=\"1\"}}")), "{name} per core");
+        assert!(
+            text.contains(&format!("{name}{{core=\"0\"}}")),
+            "{name} per core"
+        );
+        assert!(
+            text.contains(&format!("{name}{{core=\"1\"}}")),
+            "{name} per core"
+        );
     }
     assert_eq!(node.metric("ringcast_published_total"), 1);
 }
@@ -51,8 +57,20 @@ fn publish_then_history(d: DriverChoice) {
     let (status, _, body) = http(node.addr, "GET", "/history/h.s", &[], b"");
     assert_eq!(status, 200);
     let v = json(&body);
-    assert_eq!((v["subject"].as_str(), v["first_seq"].as_u64(), v["last_seq"].as_u64()), (Some("h.s"), Some(3), Some(5)));
-    let seqs: Vec<u64> = v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        (
+            v["subject"].as_str(),
+            v["first_seq"].as_u64(),
+            v["last_seq"].as_u64()
+        ),
+        (Some("h.s"), Some(3), Some(5))
+    );
+    let seqs: Vec<u64> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, vec![3, 4, 5]);
     assert_eq!(v["messages"][0]["data"]["n"], 3);
     let (_, _, body) = http(node.addr, "GET", "/history/h.s?since=3&limit=1", &[], b"");
@@ -69,18 +87,54 @@ fn http_errors_have_status_and_json_body(d: DriverChoice) {
         c.max_header_bytes = 2048;
     });
     let a = node.addr;
-    assert_eq!(error_code(http(a, "GET", "/nope", &[], b"")), (404, "not_found".into()));
-    assert_eq!(error_code(http(a, "GET", "/publish", &[], b"")), (405, "method_not_allowed".into()));
-    assert_eq!(error_code(http(a, "POST", "/healthz", &[], b"")), (405, "method_not_allowed".into()));
-    assert_eq!(error_code(http(a, "POST", "/publish", &[], b"{oops")), (400, "bad_request".into()));
-    assert_eq!(error_code(http(a, "POST", "/publish", &[], br#"{"subject":"a.>","data":1}"#)), (400, "bad_request".into()));
-    assert_eq!(error_code(http(a, "POST", "/publish", &[], br#"{"subject":"a"}"#)), (400, "bad_request".into()));
-    assert_eq!(error_code(http(a, "GET", "/history/a.*", &[], b"")), (400, "bad_request".into()));
-    assert_eq!(error_code(http(a, "GET", "/history/a?since=-1", &[], b"")), (400, "bad_request".into()));
+    assert_eq!(
+        error_code(http(a, "GET", "/nope", &[], b"")),
+        (404, "not_found".into())
+    );
+    assert_eq!(
+        error_code(http(a, "GET", "/publish", &[], b"")),
+        (405, "method_not_allowed".into())
+    );
+    assert_eq!(
+        error_code(http(a, "POST", "/healthz", &[], b"")),
+        (405, "method_not_allowed".into())
+    );
+    assert_eq!(
+        error_code(http(a, "POST", "/publish", &[], b"{oops")),
+        (400, "bad_request".into())
+    );
+    assert_eq!(
+        error_code(http(
+            a,
+            "POST",
+            "/publish",
+            &[],
+            br#"{"subject":"a.>","data":1}"#
+        )),
+        (400, "bad_request".into())
+    );
+    assert_eq!(
+        error_code(http(a, "POST", "/publish", &[], br#"{"subject":"a"}"#)),
+        (400, "bad_request".into())
+    );
+    assert_eq!(
+        error_code(http(a, "GET", "/history/a.*", &[], b"")),
+        (400, "bad_request".into())
+    );
+    assert_eq!(
+        error_code(http(a, "GET", "/history/a?since=-1", &[], b"")),
+        (400, "bad_request".into())
+    );
     let big = vec![b'x'; 2000];
-    assert_eq!(error_code(http(a, "POST", "/publish", &[], &big)), (413, "too_large".into()));
+    assert_eq!(
+        error_code(http(a, "POST", "/publish", &[], &big)),
+        (413, "too_large".into())
+    );
     let long = "y".repeat(3000);
-    assert_eq!(error_code(http(a, "GET", "/healthz", &[("X-Long", &long)], b"")), (431, "too_large".into()));
+    assert_eq!(
+        error_code(http(a, "GET", "/healthz", &[("X-Long", &long)], b"")),
+        (431, "too_large".into())
+    );
     let (status, _, _) = {
         let mut s = TcpStream::connect(a).unwrap();
         s.write_all(b"GARBAGE\x01\x02\r\n\r\n").unwrap();
@@ -103,7 +157,8 @@ fn keep_alive_serves_several_requests_on_one_connection(d: DriverChoice) {
     assert_eq!(status, 200);
     assert!(head.contains("Connection: keep-alive"));
     assert_eq!(json(&body)["seq"], 1);
-    s.write_all(b"GET /history/k HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    s.write_all(b"GET /history/k HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
     let (status, _, body) = common::read_response_buf(&mut s, &mut buf);
     assert_eq!(status, 200);
     assert_eq!(json(&body)["messages"][0]["data"], true);

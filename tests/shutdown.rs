@@ -8,7 +8,14 @@ use std::process::{Command, Stdio};
 
 fn run_and_signal(signal: i32, driver: &str) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(["--listen", "127.0.0.1:0", "--cores", "2", "--driver", driver])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "2",
+            "--driver",
+            driver,
+        ])
         .env("RINGCAST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
@@ -18,7 +25,13 @@ fn run_and_signal(signal: i32, driver: &str) {
         let line = lines.next().expect("ringcast logs before exiting").unwrap();
         if line.contains("ringcast listening") {
             assert!(line.contains("driver="), "{line}");
-            let a = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap();
+            let a = line
+                .split("addr=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
             break a.parse().unwrap();
         }
     };

@@ -14,13 +14,18 @@ pub const IO_BOUND: Duration = Duration::from_secs(20);
 
 /// A node with test defaults (2 cores, port 0), adjusted by `f`.
 pub fn start(driver: DriverChoice, f: impl FnOnce(&mut Config)) -> Node {
-    let mut cfg = Config::default();
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.cores = Some(2);
-    cfg.driver = driver;
+    let mut cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cores: Some(2),
+        driver,
+        ..Config::default()
+    };
     f(&mut cfg);
     let server = Server::start(cfg).expect("server starts");
-    Node { addr: server.local_addr(), server: Some(server) }
+    Node {
+        addr: server.local_addr(),
+        server: Some(server),
+    }
 }
 
 /// A running node, stopped on drop.
@@ -48,7 +53,9 @@ impl Node {
         let (_, _, body) = http(self.addr, "GET", "/metrics", &[], b"");
         let text = String::from_utf8(body).unwrap();
         text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(label))
+            .filter(|l| {
+                l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(label)
+            })
             .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
             .sum()
     }
@@ -84,10 +91,19 @@ impl Drop for Node {
 }
 
 /// One HTTP/1.1 request on a fresh connection: (status, head, body).
-pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, Vec<u8>) {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(IO_BOUND)).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -111,7 +127,11 @@ pub fn read_response_buf(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String, 
             let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
             let len = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
                 let n = read_some(s, &mut chunk).expect("response body");
@@ -123,7 +143,11 @@ pub fn read_response_buf(s: &mut TcpStream, buf: &mut Vec<u8>) -> (u16, String, 
             return (status, head, body);
         }
         let n = read_some(s, &mut chunk).expect("response head");
-        assert!(n > 0, "connection closed before a response: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed before a response: {:?}",
+            String::from_utf8_lossy(buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     }
 }
@@ -171,7 +195,8 @@ impl Ws {
 
     /// Connects with socket options set by `f` before the handshake; does not read `hello`.
     pub fn connect_raw(addr: SocketAddr, f: impl FnOnce(&socket2::Socket)) -> Ws {
-        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let sock =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         f(&sock);
         sock.connect(&addr.into()).unwrap();
         let mut stream: TcpStream = sock.into();
@@ -191,9 +216,16 @@ impl Ws {
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        assert!(head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+        assert!(
+            head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            "{head}"
+        );
         buf.drain(..end + 4);
-        Ws { stream, buf, session: String::new() }
+        Ws {
+            stream,
+            buf,
+            session: String::new(),
+        }
     }
 
     pub fn send_frame(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
@@ -211,8 +243,13 @@ impl Ws {
             if self.buf.len() >= 2 {
                 let b0 = self.buf[0];
                 let (len, hl) = match self.buf[1] & 0x7f {
-                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
-                    127 if self.buf.len() >= 10 => (u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize, 10),
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
+                    127 if self.buf.len() >= 10 => (
+                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
                     126 | 127 => (usize::MAX, 0),
                     l => (l as usize, 2),
                 };
@@ -224,7 +261,10 @@ impl Ws {
                     return Some(match b0 & 0x0f {
                         1 => Frame::Text(String::from_utf8(payload).unwrap()),
                         2 => Frame::Binary(payload),
-                        8 => Frame::Close((payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))),
+                        8 => Frame::Close(
+                            (payload.len() >= 2)
+                                .then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                        ),
                         9 => Frame::Ping(payload),
                         10 => Frame::Pong(payload),
                         op => panic!("unexpected opcode {op}"),
@@ -270,7 +310,9 @@ impl Ws {
     }
 
     pub fn sub(&mut self, id: u64, pattern: &str) {
-        let (r, _) = self.request(&format!(r#"{{"op":"sub","id":{id},"subject":"{pattern}"}}"#));
+        let (r, _) = self.request(&format!(
+            r#"{{"op":"sub","id":{id},"subject":"{pattern}"}}"#
+        ));
         assert_eq!(r["op"], "ok", "{r}");
     }
 
