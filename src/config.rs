@@ -71,6 +71,65 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_DRIVER", default_value = "auto")]
     pub driver: DriverChoice,
 
+    /// HS256 shared secret for JWTs (at least 32 bytes). With no key configured, auth is off.
+    #[arg(long, env = "RINGCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Path of a PEM public key (RSA: RS256, EC P-256: ES256) for JWTs.
+    #[arg(long, env = "RINGCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<std::path::PathBuf>,
+
+    /// Required JWT `iss`.
+    #[arg(long, env = "RINGCAST_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required JWT `aud`.
+    #[arg(long, env = "RINGCAST_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock-skew allowance for `exp`/`nbf`, seconds.
+    #[arg(long, env = "RINGCAST_JWT_LEEWAY_SECS", default_value_t = 5)]
+    pub jwt_leeway_secs: u64,
+
+    /// A WebSocket opened without a token must send an `auth` op within this time, ms.
+    #[arg(long, env = "RINGCAST_AUTH_TIMEOUT_MS", default_value_t = 5_000)]
+    pub auth_timeout_ms: u64,
+
+    /// Allow running without auth on a non-loopback address.
+    #[arg(long, env = "RINGCAST_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+
+    /// Require a valid token for `/metrics` (when auth is on). `/healthz` is always open.
+    #[arg(long, env = "RINGCAST_METRICS_REQUIRE_AUTH")]
+    pub metrics_require_auth: bool,
+
+    /// Most subscriptions per connection.
+    #[arg(long, env = "RINGCAST_MAX_SUBS_PER_CONN", default_value_t = 1_000)]
+    pub max_subs_per_conn: usize,
+
+    /// Inbound WebSocket messages per second per connection (token bucket, one second of
+    /// burst). Over it: `err rate_limited`; persistent abuse: close 4029.
+    #[arg(long, env = "RINGCAST_MAX_MSGS_PER_SEC", default_value_t = 10_000)]
+    pub max_msgs_per_sec: u32,
+
+    /// Rate-limited messages in a row after which the connection is closed with 4029.
+    #[arg(long, env = "RINGCAST_RATE_ABUSE_LIMIT", default_value_t = 1_000)]
+    pub rate_abuse_limit: u32,
+
+    /// New connections accepted per second on the node (0: unlimited); more get HTTP 503.
+    #[arg(long, env = "RINGCAST_MAX_ACCEPT_PER_SEC", default_value_t = 50_000)]
+    pub max_accept_per_sec: u32,
+
+    /// Browser origins allowed to open WebSockets (comma-separated, exact match). Empty: any.
+    /// Requests without an `Origin` header (non-browser clients) are not affected.
+    #[arg(long, env = "RINGCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
+    /// Serve `GET /ws/echo`, an echo WebSocket on the same connection machinery, for RFC 6455
+    /// conformance suites (Autobahn).
+    #[arg(long, env = "RINGCAST_ECHO_ENDPOINT")]
+    pub echo_endpoint: bool,
+
     /// How long shutdown waits for connections to flush their close frames, milliseconds.
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_MS", default_value_t = 2_000)]
     pub shutdown_grace_ms: u64,
@@ -109,6 +168,23 @@ impl Config {
     /// `--ping-interval-ms` as a duration.
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms.max(1))
+    }
+
+    /// The auth settings (reads the public key file).
+    pub fn auth_config(&self) -> std::io::Result<crate::auth::AuthConfig> {
+        let public_key_pem = match &self.jwt_public_key {
+            Some(p) => Some(std::fs::read(p).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("--jwt-public-key {}: {e}", p.display()))
+            })?),
+            None => None,
+        };
+        Ok(crate::auth::AuthConfig {
+            secret: self.jwt_secret.clone(),
+            public_key_pem,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway_secs: self.jwt_leeway_secs,
+        })
     }
 
     /// HTTP parse limits.

@@ -8,10 +8,11 @@
 //! Memory: an idle WebSocket holds no read buffer (it waits for readiness, then borrows a pooled
 //! buffer for the read) and no write buffer (a pooled `WriteBatch` is borrowed per write).
 
+use crate::auth::{self, Grant, Refusal};
 use crate::http::{self, Method, Request};
 use crate::metrics::{self, CloseReason};
 use crate::proto::{self, ClientOp, ErrorCode};
-use crate::shard::{Conn, Core, SubError, WriteHalf};
+use crate::shard::{Conn, Core, RateVerdict, SubError, WriteHalf};
 use crate::ws::{self, WsDecoder, WsError, WsEvent};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, Splitable};
@@ -22,6 +23,7 @@ use std::borrow::Cow;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Bytes read per call while in the HTTP phase.
 const HTTP_READ_CHUNK: usize = 512;
@@ -46,10 +48,18 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     metrics::add(&core.metrics().connections, 1);
     let admission = Admission(core.clone());
     let _ = stream.set_nodelay(true);
-    if open > shared.cfg.max_connections {
+    let refusal = if open > shared.cfg.max_connections {
+        Some("connection limit reached")
+    } else if !core.admit_connection() {
+        Some("connection rate limit reached; retry later")
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
         metrics::add(&core.metrics().rejected, 1);
-        let resp = http::error(ErrorCode::Overloaded, "connection limit reached", false);
-        let _ = stream.write_all(resp).await;
+        let _ = stream
+            .write_all(http::error(ErrorCode::Overloaded, why, false))
+            .await;
         return;
     }
     let limits = core.cfg().http_limits();
@@ -94,9 +104,12 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
         };
         metrics::add(&core.metrics().http_requests, 1);
         let keep_alive = !req.headers.close && !core.is_shutting_down();
-        if req.path == "/ws" && req.method == Method::Get {
-            match upgrade_response(&req) {
-                Ok(resp) => {
+        let echo = req.path == "/ws/echo" && core.cfg().echo_endpoint;
+        if (req.path == "/ws" || echo) && req.method == Method::Get {
+            match upgrade_response(&req)
+                .and_then(|resp| Ok((resp, ws_admission(&core, &req, echo)?)))
+            {
+                Ok((resp, mode)) => {
                     // Nothing from the HTTP phase may stay allocated for the WebSocket's life:
                     // keep leftover bytes only if the client already sent frames.
                     let leftover = std::mem::take(&mut inbuf);
@@ -113,6 +126,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
                         stream,
                         resp,
                         leftover,
+                        mode,
                         admission,
                     ));
                     return;
@@ -169,6 +183,82 @@ async fn read_request(
     }
 }
 
+/// How a WebSocket starts, decided at upgrade.
+struct WsMode {
+    /// `/ws/echo`: echo messages, no protocol.
+    echo: bool,
+    /// The grant of a token given with the upgrade.
+    grant: Option<Arc<Grant>>,
+    /// Auth is on and no token came with the upgrade: an `auth` op must follow.
+    must_auth: bool,
+}
+
+/// Origin and token checks of an upgrade; the error is the HTTP response to send.
+fn ws_admission(core: &Core, req: &Request, echo: bool) -> Result<WsMode, Vec<u8>> {
+    let origins = &core.cfg().allowed_origins;
+    if let Some(origin) = &req.headers.origin {
+        if !origins.is_empty() && !origins.iter().any(|o| o == origin) {
+            return Err(http::error(
+                ErrorCode::Forbidden,
+                "origin not allowed",
+                false,
+            ));
+        }
+    }
+    let Some(verifier) = core.shared.verifier.as_ref().filter(|_| !echo) else {
+        return Ok(WsMode {
+            echo,
+            grant: None,
+            must_auth: false,
+        });
+    };
+    match request_token(req) {
+        None => Ok(WsMode {
+            echo,
+            grant: None,
+            must_auth: true,
+        }),
+        Some(token) => match verifier.verify(&token) {
+            Ok(g) => Ok(WsMode {
+                echo,
+                grant: Some(g),
+                must_auth: false,
+            }),
+            Err(e) => Err(http::error(ErrorCode::Unauthorized, &e.0, false)),
+        },
+    }
+}
+
+/// The token of an HTTP request: `Authorization: Bearer`, else `?token=`.
+fn request_token(req: &Request) -> Option<Cow<'_, str>> {
+    auth::bearer(req.headers.authorization.as_deref())
+        .map(Cow::Borrowed)
+        .or_else(|| http::query_get(&req.query, "token"))
+}
+
+/// For HTTP endpoints: the grant of the request's token (`Ok(None)` when auth is off), or the
+/// 401 response.
+fn http_grant(core: &Core, req: &Request, keep_alive: bool) -> Result<Option<Arc<Grant>>, Vec<u8>> {
+    let Some(verifier) = core.shared.verifier.as_ref() else {
+        return Ok(None);
+    };
+    let Some(token) = request_token(req) else {
+        return Err(http::error(
+            ErrorCode::Unauthorized,
+            "missing token (Authorization: Bearer)",
+            keep_alive,
+        ));
+    };
+    verifier
+        .verify(&token)
+        .map(Some)
+        .map_err(|e| http::error(ErrorCode::Unauthorized, &e.0, keep_alive))
+}
+
+fn forbidden(r: Refusal, op: &str, keep_alive: bool) -> Vec<u8> {
+    http::error(ErrorCode::Forbidden, &r.message(op), keep_alive)
+}
+
 /// The 101 response for a valid upgrade request, or the error response for a bad one.
 fn upgrade_response(req: &Request) -> Result<Vec<u8>, Vec<u8>> {
     let h = &req.headers;
@@ -217,6 +307,16 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
             _ => not_allowed(),
         },
         "/metrics" => match method {
+            Method::Get
+                if core.cfg().metrics_require_auth
+                    && http_grant(core, req, keep_alive).is_err() =>
+            {
+                http::error(
+                    ErrorCode::Unauthorized,
+                    "metrics need a valid token",
+                    keep_alive,
+                )
+            }
             Method::Get => {
                 let text = crate::metrics::render(&core.shared.metrics);
                 http::response(
@@ -230,14 +330,27 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
             _ => not_allowed(),
         },
         "/publish" => match method {
-            Method::Post => http_publish(core, &req.body, keep_alive).await,
+            Method::Post => match http_grant(core, req, keep_alive) {
+                Ok(grant) => http_publish(core, grant.as_deref(), &req.body, keep_alive).await,
+                Err(resp) => resp,
+            },
             _ => not_allowed(),
         },
         "/ws" => not_allowed(),
         p if p.starts_with("/history/") => match method {
-            Method::Get => {
-                http_history(core, &p["/history/".len()..], &req.query, keep_alive).await
-            }
+            Method::Get => match http_grant(core, req, keep_alive) {
+                Ok(grant) => {
+                    http_history(
+                        core,
+                        grant.as_deref(),
+                        &p["/history/".len()..],
+                        &req.query,
+                        keep_alive,
+                    )
+                    .await
+                }
+                Err(resp) => resp,
+            },
             _ => not_allowed(),
         },
         _ => http::error(ErrorCode::NotFound, "no such endpoint", keep_alive),
@@ -258,7 +371,12 @@ fn raw_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de Raw
     <&RawValue>::deserialize(d).map(Some)
 }
 
-async fn http_publish(core: &Core, body: &[u8], keep_alive: bool) -> Vec<u8> {
+async fn http_publish(
+    core: &Core,
+    grant: Option<&Grant>,
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
     let bad = |m: &str| http::error(ErrorCode::BadRequest, m, keep_alive);
     let b: PublishBody<'_> = match serde_json::from_slice(body) {
         Ok(b) => b,
@@ -269,6 +387,9 @@ async fn http_publish(core: &Core, body: &[u8], keep_alive: bool) -> Vec<u8> {
     };
     if let Err(e) = crate::subject::validate_subject(&subject) {
         return bad(&e.to_string());
+    }
+    if let Some(Err(r)) = grant.map(|g| g.check_publish(&subject)) {
+        return forbidden(r, "publish", keep_alive);
     }
     let Some(data) = b.data else {
         return bad("missing field 'data'");
@@ -299,10 +420,19 @@ async fn http_publish(core: &Core, body: &[u8], keep_alive: bool) -> Vec<u8> {
     http::json(200, &out, keep_alive)
 }
 
-async fn http_history(core: &Core, raw_subject: &str, query: &str, keep_alive: bool) -> Vec<u8> {
+async fn http_history(
+    core: &Core,
+    grant: Option<&Grant>,
+    raw_subject: &str,
+    query: &str,
+    keep_alive: bool,
+) -> Vec<u8> {
     let subject = http::percent_decode(raw_subject);
     if let Err(e) = crate::subject::validate_subject(&subject) {
         return http::error(ErrorCode::BadRequest, &e.to_string(), keep_alive);
+    }
+    if let Some(Err(r)) = grant.map(|g| g.check_subscribe(&subject)) {
+        return forbidden(r, "subscribe", keep_alive);
     }
     let num = |key: &str| -> Result<Option<u64>, Vec<u8>> {
         match http::query_get(query, key) {
@@ -335,13 +465,19 @@ async fn run_websocket(
     stream: TcpStream,
     upgrade: Vec<u8>,
     leftover: Vec<u8>,
+    mode: WsMode,
     _admission: Admission,
 ) {
     let conn = core.register(true);
     conn.set_fd(stream.as_raw_fd());
     conn.touch(core.now_ms());
+    conn.echo.set(mode.echo);
+    conn.set_grant(mode.grant);
+    if mode.must_auth {
+        conn.require_auth_by(core.now_ms() + core.cfg().auth_timeout_ms);
+    }
     let mut first = upgrade;
-    {
+    if !mode.echo {
         let mut hello = Vec::with_capacity(64);
         proto::hello(&mut hello, &conn.session);
         ws::encode_frame(&mut first, ws::OP_TEXT, &hello);
@@ -520,6 +656,8 @@ fn process_frames(
 fn handle_event(core: &Core, conn: &Rc<Conn>, event: WsEvent, input: &[u8]) {
     let m = core.metrics();
     match event {
+        WsEvent::Text(p) if conn.echo.get() => echo(conn, m, ws::OP_TEXT, p.bytes(input)),
+        WsEvent::Binary(p) if conn.echo.get() => echo(conn, m, ws::OP_BINARY, p.bytes(input)),
         WsEvent::Text(p) => handle_op(core, conn, p.bytes(input)),
         WsEvent::Binary(_) => conn.send_err(
             m,
@@ -540,14 +678,65 @@ fn handle_event(core: &Core, conn: &Rc<Conn>, event: WsEvent, input: &[u8]) {
     }
 }
 
+/// `/ws/echo`: sends the message back as one frame of the same type.
+fn echo(conn: &Conn, m: &crate::metrics::CoreMetrics, opcode: u8, payload: &[u8]) {
+    let mut f = Vec::with_capacity(payload.len() + 10);
+    ws::encode_frame(&mut f, opcode, payload);
+    conn.send_raw(m, f.into());
+}
+
 /// Applies one client operation.
 fn handle_op(core: &Core, conn: &Rc<Conn>, text: &[u8]) {
     let m = core.metrics();
+    let cfg = core.cfg();
+    match conn.take_token(
+        core.precise_ms(),
+        cfg.max_msgs_per_sec,
+        cfg.rate_abuse_limit,
+    ) {
+        RateVerdict::Ok => {}
+        RateVerdict::Limited => {
+            let id = proto::parse_op(text)
+                .ok()
+                .and_then(|r| r.id.map(|r| r.get().to_owned()));
+            return conn.send_err(
+                m,
+                id.as_deref(),
+                ErrorCode::RateLimited,
+                "too many messages; slow down",
+            );
+        }
+        RateVerdict::Abuse => {
+            return conn.close(
+                m,
+                CloseReason::RateLimited,
+                ws::close::RATE_LIMITED,
+                "rate limited",
+            );
+        }
+    }
     let req = match proto::parse_op(text) {
         Ok(r) => r,
         Err(e) => return conn.send_err(m, e.id.map(|r| r.get()), e.code, &e.message),
     };
     let id = req.id.map(|r| r.get());
+    let ok = |conn: &Conn| {
+        let mut b = Vec::with_capacity(32);
+        proto::ok(&mut b, id);
+        conn.send_json(m, &b);
+    };
+    if conn.awaiting_auth() && !matches!(req.op, ClientOp::Auth { .. } | ClientOp::Ping) {
+        return conn.send_err(
+            m,
+            id,
+            ErrorCode::Unauthorized,
+            "authenticate first with an 'auth' op",
+        );
+    }
+    let grant = conn.grant();
+    let refused = |conn: &Conn, r: Refusal, op: &str| {
+        conn.send_err(m, id, ErrorCode::Forbidden, &r.message(op))
+    };
     match req.op {
         ClientOp::Sub {
             subject,
@@ -555,6 +744,9 @@ fn handle_op(core: &Core, conn: &Rc<Conn>, text: &[u8]) {
             snapshot,
             conflate,
         } => {
+            if let Some(Err(r)) = grant.as_ref().map(|g| g.check_subscribe(&subject)) {
+                return refused(conn, r, "subscribe");
+            }
             if let Err(SubError::TooMany) =
                 core.subscribe(conn, id, &subject, since, snapshot, conflate)
             {
@@ -568,9 +760,7 @@ fn handle_op(core: &Core, conn: &Rc<Conn>, text: &[u8]) {
         }
         ClientOp::Unsub { subject } => {
             if core.unsubscribe(conn, &subject) {
-                let mut b = Vec::with_capacity(32);
-                proto::ok(&mut b, id);
-                conn.send_json(m, &b);
+                ok(conn);
             } else {
                 conn.send_err(
                     m,
@@ -585,6 +775,9 @@ fn handle_op(core: &Core, conn: &Rc<Conn>, text: &[u8]) {
             data,
             msg_id,
         } => {
+            if let Some(Err(r)) = grant.as_ref().map(|g| g.check_publish(&subject)) {
+                return refused(conn, r, "publish");
+            }
             core.publish_ws(conn, id, &subject, data.get().as_bytes(), msg_id.as_deref());
         }
         ClientOp::Ping => {
@@ -592,11 +785,27 @@ fn handle_op(core: &Core, conn: &Rc<Conn>, text: &[u8]) {
             proto::pong(&mut b, id);
             conn.send_json(m, &b);
         }
-        ClientOp::Auth { .. } => {
-            // Auth is off on this node (no key configured): any token is accepted.
-            let mut b = Vec::with_capacity(32);
-            proto::ok(&mut b, id);
-            conn.send_json(m, &b);
+        ClientOp::Auth { token } => {
+            let Some(verifier) = core.shared.verifier.as_ref() else {
+                // Auth is off on this node (no key configured): any token is accepted.
+                return ok(conn);
+            };
+            match verifier.verify(&token) {
+                Err(e) => conn.send_err(m, id, ErrorCode::Unauthorized, &e.0),
+                Ok(g) => {
+                    // Subscriptions the new token no longer allows are dropped, one err each.
+                    for p in conn.patterns() {
+                        if let Err(r) = g.check_subscribe(&p) {
+                            core.unsubscribe(conn, &p);
+                            let msg =
+                                format!("subscription '{p}' dropped: {}", r.message("subscribe"));
+                            conn.send_err(m, None, ErrorCode::Forbidden, &msg);
+                        }
+                    }
+                    conn.set_grant(Some(g));
+                    ok(conn);
+                }
+            }
         }
         ClientOp::Resume { .. } => {
             conn.send_err(

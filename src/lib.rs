@@ -34,6 +34,7 @@
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod conn;

@@ -27,11 +27,15 @@ pub enum CloseReason {
     IoError,
     /// A bad HTTP request or upgrade.
     BadRequest,
+    /// No valid token in time, or the token expired (close 4001).
+    Unauthorized,
+    /// Too many messages for too long (close 4029).
+    RateLimited,
 }
 
 impl CloseReason {
     /// All reasons, in metric order.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::ClientClosed,
         CloseReason::Shutdown,
         CloseReason::SlowConsumer,
@@ -41,6 +45,8 @@ impl CloseReason {
         CloseReason::Timeout,
         CloseReason::IoError,
         CloseReason::BadRequest,
+        CloseReason::Unauthorized,
+        CloseReason::RateLimited,
     ];
 
     /// Metric label.
@@ -55,6 +61,8 @@ impl CloseReason {
             CloseReason::Timeout => "timeout",
             CloseReason::IoError => "io_error",
             CloseReason::BadRequest => "bad_request",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::RateLimited => "rate_limited",
         }
     }
 

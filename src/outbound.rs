@@ -113,6 +113,15 @@ impl OutboundQueue {
         true
     }
 
+    /// Drops queued message frames, keeping control replies (an `err` before a close must still
+    /// go out); returns how many were discarded.
+    pub fn clear_messages(&mut self) -> usize {
+        let before = self.items.len();
+        self.items.retain(|o| matches!(o, Out::Raw(_)));
+        self.bytes = self.items.iter().map(|o| o.bytes().len()).sum();
+        before - self.items.len()
+    }
+
     /// Drops everything queued; returns how many message frames were discarded.
     pub fn clear(&mut self) -> usize {
         let msgs = self

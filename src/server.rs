@@ -105,6 +105,13 @@ impl Server {
                 ok
             }
         };
+        let verifier = crate::auth::Verifier::new(&cfg.auth_config()?).map_err(io::Error::other)?;
+        if verifier.is_none() && !cfg.listen.ip().is_loopback() && !cfg.insecure_no_auth {
+            return Err(io::Error::other(format!(
+                "refusing to listen on {} without auth: configure --jwt-secret or --jwt-public-key, or pass --insecure-no-auth",
+                cfg.listen
+            )));
+        }
         let listeners = bind_all(cfg.listen, cfg.backlog, cores)?;
         let addr = listeners[0].local_addr()?;
         let (bus, receivers) = Bus::new(cores);
@@ -115,6 +122,7 @@ impl Server {
             connections: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             driver: if driver { "io_uring" } else { "epoll" },
+            verifier,
         });
         let cpus = allowed_cpus();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<()>>(cores);

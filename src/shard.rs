@@ -11,6 +11,7 @@
 //! core; each core matches the subject against its trie and queues one reference per matching
 //! connection, each connection at most once.
 
+use crate::auth::Grant;
 use crate::bus::{owner_of, Bus, BusMsg, PubAck, ReplayKind};
 use crate::config::Config;
 use crate::frame::Frame;
@@ -59,6 +60,8 @@ pub struct Shared {
     pub shutting_down: AtomicBool,
     /// The I/O driver the cores run on (`io_uring` or `epoll`).
     pub driver: &'static str,
+    /// Token verifier; `None`: auth is off.
+    pub verifier: Option<crate::auth::Verifier>,
 }
 
 /// One subscription of one connection.
@@ -121,12 +124,107 @@ pub struct Conn {
     ping_sent: Cell<bool>,
     /// Core clock (ms) when the close was decided.
     closed_at: Cell<u64>,
+    /// What the connection's token allows (`None`: auth off, or not authenticated yet).
+    grant: RefCell<Option<Arc<Grant>>>,
+    /// Per-subject delivery verdicts when the grant denies some subjects (bounded cache).
+    verdicts: RefCell<Option<HashMap<Box<str>, bool>>>,
+    /// Core clock (ms) by which an `auth` op must arrive; 0 when not waiting for one.
+    auth_deadline: Cell<u64>,
+    /// Inbound rate limiter: milli-tokens, last refill (ms), rate-limited messages in a row.
+    bucket: Cell<(u64, u64, u32)>,
+    /// An echo connection (`/ws/echo`): messages are echoed, not parsed.
+    pub echo: Cell<bool>,
+}
+
+/// Subjects whose deny verdict a connection caches (cleared whole when full).
+pub const VERDICT_CACHE_ENTRIES: usize = 4096;
+
+/// Outcome of the inbound rate limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateVerdict {
+    /// Within the rate.
+    Ok,
+    /// Over the rate: answer `rate_limited`, drop the message.
+    Limited,
+    /// Over the rate for too long: close 4029.
+    Abuse,
 }
 
 /// The write half of a connection's socket.
 pub type WriteHalf = monoio::io::OwnedWriteHalf<monoio::net::TcpStream>;
 
 impl Conn {
+    /// Installs the grant of a verified token (or `None` when auth is off).
+    pub fn set_grant(&self, grant: Option<Arc<Grant>>) {
+        *self.verdicts.borrow_mut() = grant
+            .as_ref()
+            .filter(|g| g.filters_delivery())
+            .map(|_| HashMap::new());
+        *self.grant.borrow_mut() = grant;
+        self.auth_deadline.set(0);
+    }
+
+    /// The current grant.
+    pub fn grant(&self) -> Option<Arc<Grant>> {
+        self.grant.borrow().clone()
+    }
+
+    /// Waits for an `auth` op until the core clock reaches `deadline_ms`.
+    pub fn require_auth_by(&self, deadline_ms: u64) {
+        self.auth_deadline.set(deadline_ms.max(1));
+    }
+
+    /// True while the connection must still authenticate.
+    pub fn awaiting_auth(&self) -> bool {
+        self.auth_deadline.get() != 0
+    }
+
+    /// Takes one inbound message from the token bucket (`rate` per second, one second of burst).
+    pub fn take_token(&self, now_ms: u64, rate: u32, abuse_limit: u32) -> RateVerdict {
+        if rate == 0 {
+            return RateVerdict::Ok;
+        }
+        let cap = rate as u64 * 1000;
+        let (tokens, last, streak) = self.bucket.get();
+        let tokens = if last == 0 {
+            cap
+        } else {
+            (tokens + now_ms.saturating_sub(last) * rate as u64).min(cap)
+        };
+        if tokens >= 1000 {
+            self.bucket.set((tokens - 1000, now_ms, 0));
+            RateVerdict::Ok
+        } else if streak + 1 >= abuse_limit {
+            self.bucket.set((tokens, now_ms, streak + 1));
+            RateVerdict::Abuse
+        } else {
+            self.bucket.set((tokens, now_ms, streak + 1));
+            RateVerdict::Limited
+        }
+    }
+
+    /// True when the grant denies delivery of `subject` (cached per subject).
+    #[inline]
+    fn delivery_denied(&self, subject: &str) -> bool {
+        let mut v = self.verdicts.borrow_mut();
+        let Some(cache) = v.as_mut() else {
+            return false;
+        };
+        if let Some(d) = cache.get(subject) {
+            return *d;
+        }
+        let denied = self
+            .grant
+            .borrow()
+            .as_ref()
+            .is_none_or(|g| g.denies_delivery(subject));
+        if cache.len() >= VERDICT_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(subject.into(), denied);
+        denied
+    }
+
     /// Makes sure a writer task is running if there is anything to send or a close to finish.
     #[inline]
     fn kick(&self) {
@@ -190,6 +288,11 @@ impl Conn {
         self.subs.borrow().len()
     }
 
+    /// The patterns this connection is subscribed to.
+    pub fn patterns(&self) -> Vec<Box<str>> {
+        self.subs.borrow().keys().cloned().collect()
+    }
+
     /// Queues a control reply (JSON); WebSocket connections get it as a text frame.
     pub fn send_json(&self, m: &CoreMetrics, json: &[u8]) {
         if self.closing.get().is_some() {
@@ -236,7 +339,7 @@ impl Conn {
         if self.closing.get().is_some() {
             return;
         }
-        let dropped = self.out.borrow_mut().clear();
+        let dropped = self.out.borrow_mut().clear_messages();
         metrics::add(&m.dropped, dropped as u64);
         if self.websocket {
             // Past the limit on purpose: the close frame must go out even for a slow consumer.
@@ -254,7 +357,7 @@ impl Conn {
     /// what this connection already got. Returns true if queued.
     #[inline]
     fn push_msg(&self, m: &CoreMetrics, frame: &LocalFrame, conflate: bool) -> bool {
-        if self.closing.get().is_some() {
+        if self.closing.get().is_some() || self.delivery_denied(frame.subject()) {
             return false;
         }
         if let Some(hwm) = self.hwm.borrow_mut().as_mut() {
@@ -355,9 +458,6 @@ pub enum SubError {
     TooMany,
 }
 
-/// Most subscriptions per connection (bounded: each one is a trie entry and cache weight).
-pub const MAX_SUBS_PER_CONN: usize = 1000;
-
 /// One core's shard and event-loop state.
 pub struct Core {
     /// This core's index.
@@ -381,6 +481,8 @@ pub struct Core {
     shutting_down: Cell<bool>,
     clock_ms: Cell<u64>,
     started: Instant,
+    /// Accept-rate token bucket: milli-tokens and last refill (ms).
+    accepts: Cell<(u64, u64)>,
 }
 
 thread_local! {
@@ -436,6 +538,7 @@ impl Core {
             shutting_down: Cell::new(false),
             clock_ms: Cell::new(0),
             started: Instant::now(),
+            accepts: Cell::new((0, 0)),
         })
     }
 
@@ -489,6 +592,11 @@ impl Core {
             last_rx: Cell::new(self.clock_ms.get()),
             ping_sent: Cell::new(false),
             closed_at: Cell::new(0),
+            grant: RefCell::new(None),
+            verdicts: RefCell::new(None),
+            auth_deadline: Cell::new(0),
+            bucket: Cell::new((0, 0, 0)),
+            echo: Cell::new(false),
         });
         self.conns.borrow_mut().insert(id, conn.clone());
         if websocket {
@@ -554,7 +662,7 @@ impl Core {
                 s
             }
             None => {
-                if conn.subs.borrow().len() >= MAX_SUBS_PER_CONN {
+                if conn.subs.borrow().len() >= self.cfg().max_subs_per_conn {
                     return Err(SubError::TooMany);
                 }
                 let s = Rc::new(SubState {
@@ -980,6 +1088,36 @@ impl Core {
         self.shutdown.notify();
     }
 
+    /// Takes one new connection from this core's share of `--max-accept-per-sec` (one second of
+    /// burst); false when over the rate.
+    pub fn admit_connection(&self) -> bool {
+        let rate = self.cfg().max_accept_per_sec as u64;
+        if rate == 0 {
+            return true;
+        }
+        let share = rate.div_ceil(self.cores() as u64);
+        let cap = share * 1000;
+        let now = self.precise_ms();
+        let (tokens, last) = self.accepts.get();
+        let tokens = if last == 0 {
+            cap
+        } else {
+            (tokens + now.saturating_sub(last) * share).min(cap)
+        };
+        if tokens >= 1000 {
+            self.accepts.set((tokens - 1000, now));
+            true
+        } else {
+            self.accepts.set((tokens, now));
+            false
+        }
+    }
+
+    /// Milliseconds since this core started, read now (for rate limiting).
+    pub fn precise_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
     /// Core clock: ms since this core started, advanced by [`Core::sweep`].
     pub fn now_ms(&self) -> u64 {
         self.clock_ms.get()
@@ -993,6 +1131,7 @@ impl Core {
         self.clock_ms.set(now);
         CLOCK_MS.with(|c| c.set(now));
         let interval = self.cfg().ping_interval_ms.max(1);
+        let unix_secs = now_us() / 1_000_000;
         let m = self.metrics();
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
@@ -1003,6 +1142,36 @@ impl Core {
                 continue;
             }
             if !c.websocket {
+                continue;
+            }
+            if c.auth_deadline.get() != 0 && now >= c.auth_deadline.get() {
+                c.send_err(
+                    m,
+                    None,
+                    ErrorCode::Unauthorized,
+                    "authentication timeout: send an 'auth' op first",
+                );
+                c.close(
+                    m,
+                    CloseReason::Unauthorized,
+                    crate::ws::close::UNAUTHORIZED,
+                    "unauthorized",
+                );
+                continue;
+            }
+            let expired = c
+                .grant
+                .borrow()
+                .as_ref()
+                .is_some_and(|g| g.exp <= unix_secs);
+            if expired {
+                c.send_err(m, None, ErrorCode::Unauthorized, "token expired");
+                c.close(
+                    m,
+                    CloseReason::Unauthorized,
+                    crate::ws::close::UNAUTHORIZED,
+                    "token expired",
+                );
                 continue;
             }
             let silent = now.saturating_sub(c.last_rx.get());

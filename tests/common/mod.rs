@@ -193,6 +193,55 @@ impl Ws {
         ws
     }
 
+    /// Upgrades at `target` (path and query) with extra headers; on refusal returns the HTTP
+    /// status and body. Does not read `hello`.
+    pub fn try_connect(
+        addr: SocketAddr,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Ws, (u16, String)> {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(IO_BOUND)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let mut req = format!("GET {target} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let (status, _, body) = {
+            let mut chunk = [0u8; 4096];
+            loop {
+                if let Some(end) = find(&buf, b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+                    if status == 101 {
+                        buf.drain(..end + 4);
+                        return Ok(Ws {
+                            stream,
+                            buf,
+                            session: String::new(),
+                        });
+                    }
+                    break read_response_buf(&mut stream, &mut buf);
+                }
+                let n = read_some(&mut stream, &mut chunk).unwrap();
+                assert!(n > 0, "closed during upgrade");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        Err((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// Reads the `hello` op and remembers the session.
+    pub fn hello(mut self) -> Ws {
+        let hello = self.recv_json();
+        assert_eq!(hello["op"], "hello", "{hello}");
+        self.session = hello["session"].as_str().unwrap().to_string();
+        self
+    }
+
     /// Connects with socket options set by `f` before the handshake; does not read `hello`.
     pub fn connect_raw(addr: SocketAddr, f: impl FnOnce(&socket2::Socket)) -> Ws {
         let sock =

@@ -36,7 +36,10 @@ pub struct Endpoint {
 /// CLOCK_MONOTONIC in nanoseconds: one clock shared by every thread of this process, so a
 /// publisher's intended send time and a subscriber's receive time are directly comparable.
 pub fn mono_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid timespec for the duration of the call.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -44,7 +47,11 @@ pub fn mono_ns() -> u64 {
 
 /// A non-blocking TCP socket, bound to `src` (port chosen at connect time) when given, with a
 /// connect already started. The caller waits for writability.
-pub fn start_connect(addr: SocketAddr, src: Option<Ipv4Addr>, nonblocking: bool) -> io::Result<socket2::Socket> {
+pub fn start_connect(
+    addr: SocketAddr,
+    src: Option<Ipv4Addr>,
+    nonblocking: bool,
+) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if let Some(ip) = src {
@@ -87,7 +94,11 @@ pub fn parse_upgrade_response(buf: &[u8]) -> Option<Result<usize, String>> {
     if buf.starts_with(b"HTTP/1.1 101") {
         Some(Ok(end))
     } else {
-        let line = String::from_utf8_lossy(&buf[..end.min(200)]).lines().next().unwrap_or("").to_string();
+        let line = String::from_utf8_lossy(&buf[..end.min(200)])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
         Some(Err(format!("upgrade refused: {line}")))
     }
 }
@@ -99,7 +110,10 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     let first = needle[0];
     let mut i = 0;
     while i + needle.len() <= hay.len() {
-        match hay[i..hay.len() - needle.len() + 1].iter().position(|&b| b == first) {
+        match hay[i..hay.len() - needle.len() + 1]
+            .iter()
+            .position(|&b| b == first)
+        {
             None => return None,
             Some(p) => {
                 i += p;
@@ -157,7 +171,10 @@ pub fn frame_header(b: &[u8]) -> Option<(u8, bool, usize, usize, bool)> {
             if b.len() < 10 {
                 return None;
             }
-            (u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize, 10)
+            (
+                u64::from_be_bytes(b[2..10].try_into().expect("8 bytes")) as usize,
+                10,
+            )
         }
         n => (n as usize, 2),
     };
@@ -193,9 +210,13 @@ const MSG_PREFIX: &[u8] = br#"{"op":"msg","subject":""#;
 #[inline]
 pub fn parse_rc(p: &[u8]) -> RcFrame<'_> {
     if let Some(rest) = p.strip_prefix(MSG_PREFIX) {
-        let Some(q) = rest.iter().position(|&b| b == b'"') else { return RcFrame::Other };
+        let Some(q) = rest.iter().position(|&b| b == b'"') else {
+            return RcFrame::Other;
+        };
         let subject = subject_index(&rest[..q]);
-        let Some(r) = rest[q..].strip_prefix(br#"","seq":"#) else { return RcFrame::Other };
+        let Some(r) = rest[q..].strip_prefix(br#"","seq":"#) else {
+            return RcFrame::Other;
+        };
         let (seq, n) = digits(r);
         let r = &r[n..];
         // Fast path: `,"ts":T,"data":{"t":`, as ringcast encodes it and the generator publishes it.
@@ -248,7 +269,10 @@ pub fn parse_payload(p: &[u8]) -> (u64, u64) {
 
 /// One complete NATS protocol unit at the start of `b`, with its length.
 pub enum NatsOp<'a> {
-    Msg { subject: &'a [u8], payload: &'a [u8] },
+    Msg {
+        subject: &'a [u8],
+        payload: &'a [u8],
+    },
     Ping,
     Pong,
     Info,
@@ -274,7 +298,13 @@ pub fn parse_nats(b: &[u8]) -> Option<(NatsOp<'_>, usize)> {
         if b.len() < start + len + 2 {
             return None;
         }
-        return Some((NatsOp::Msg { subject, payload: &b[start..start + len] }, start + len + 2));
+        return Some((
+            NatsOp::Msg {
+                subject,
+                payload: &b[start..start + len],
+            },
+            start + len + 2,
+        ));
     }
     let op = if line == b"PING" {
         NatsOp::Ping
@@ -315,7 +345,13 @@ mod tests {
     fn parses_nats_msg() {
         let b = b"MSG a.b 1 5\r\nhello\r\nPING\r\n";
         let (op, n) = parse_nats(b).unwrap();
-        assert!(matches!(op, NatsOp::Msg { payload: b"hello", .. }));
+        assert!(matches!(
+            op,
+            NatsOp::Msg {
+                payload: b"hello",
+                ..
+            }
+        ));
         assert!(matches!(parse_nats(&b[n..]).unwrap().0, NatsOp::Ping));
         assert!(parse_nats(b"MSG a 1 5\r\nhel").is_none());
     }

@@ -18,7 +18,10 @@ use std::time::Duration;
 /// What one client connection does after the handshake.
 pub enum Role {
     /// Subscribes to `subjects`; `dense` = one of them is a wildcard covering `n_subjects`.
-    Sub { subjects: Vec<String>, dense: Option<usize> },
+    Sub {
+        subjects: Vec<String>,
+        dense: Option<usize>,
+    },
     /// Only holds the connection open (answers pings).
     Idle,
 }
@@ -29,8 +32,16 @@ pub struct ConnSpec {
 }
 
 pub enum Cmd {
-    Connect { specs: Vec<ConnSpec>, concurrency: usize, read_buf: usize },
-    Snapshot { hist: bool, reply: Sender<Stats> },
+    Connect {
+        specs: Vec<ConnSpec>,
+        concurrency: usize,
+        read_buf: usize,
+        timeout: Duration,
+    },
+    Snapshot {
+        hist: bool,
+        reply: Sender<Stats>,
+    },
     Shutdown,
 }
 
@@ -131,7 +142,12 @@ pub enum Driver {
 }
 
 /// Starts `n` pinned runtime threads; returns their command senders and the driver used.
-pub fn start(n: usize, ep: Endpoint, driver: Driver) -> (Vec<Sender<Cmd>>, &'static str) {
+pub fn start(
+    n: usize,
+    ep: Endpoint,
+    driver: Driver,
+    pin: bool,
+) -> (Vec<Sender<Cmd>>, &'static str) {
     let uring = match driver {
         Driver::Uring => true,
         Driver::Legacy => false,
@@ -144,21 +160,31 @@ pub fn start(n: usize, ep: Endpoint, driver: Driver) -> (Vec<Sender<Cmd>>, &'sta
         let (tx, rx) = crossbeam_channel::unbounded();
         senders.push(tx);
         let ep = (*ep).clone();
-        let cpu = cpus.get(i % cpus.len().max(1)).copied();
+        let cpu = cpus.get(i % cpus.len().max(1)).copied().filter(|_| pin);
         std::thread::Builder::new()
             .name(format!("bench-{i}"))
             .spawn(move || {
                 if let Some(cpu) = cpu {
                     let _ = monoio::utils::bind_to_cpu_set([cpu]);
                 }
-                let ctx = Rc::new(Ctx { ep, stats: RefCell::new(Stats::default()) });
+                let ctx = Rc::new(Ctx {
+                    ep,
+                    stats: RefCell::new(Stats::default()),
+                });
                 if uring {
-                    match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new().with_entries(4096).enable_timer().build() {
+                    match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                        .with_entries(4096)
+                        .enable_timer()
+                        .build()
+                    {
                         Ok(mut rt) => rt.block_on(control(ctx, rx)),
                         Err(e) => eprintln!("io_uring runtime failed: {e}"),
                     }
                 } else {
-                    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new().enable_timer().build() {
+                    match monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                        .enable_timer()
+                        .build()
+                    {
                         Ok(mut rt) => rt.block_on(control(ctx, rx)),
                         Err(e) => eprintln!("epoll runtime failed: {e}"),
                     }
@@ -176,15 +202,28 @@ fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return Vec::new();
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|c| libc::CPU_ISSET(*c, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|c| libc::CPU_ISSET(*c, &set))
+            .collect()
     }
 }
 
 async fn control(ctx: Rc<Ctx>, rx: Receiver<Cmd>) {
     loop {
         match rx.try_recv() {
-            Ok(Cmd::Connect { specs, concurrency, read_buf }) => {
-                monoio::spawn(connect_all(ctx.clone(), specs, concurrency.max(1), read_buf));
+            Ok(Cmd::Connect {
+                specs,
+                concurrency,
+                read_buf,
+                timeout,
+            }) => {
+                monoio::spawn(connect_all(
+                    ctx.clone(),
+                    specs,
+                    concurrency.max(1),
+                    read_buf,
+                    timeout,
+                ));
             }
             Ok(Cmd::Snapshot { hist, reply }) => {
                 let mut st = ctx.stats.borrow_mut();
@@ -206,14 +245,26 @@ async fn control(ctx: Rc<Ctx>, rx: Receiver<Cmd>) {
     }
 }
 
-async fn connect_all(ctx: Rc<Ctx>, specs: Vec<ConnSpec>, concurrency: usize, read_buf: usize) {
+async fn connect_all(
+    ctx: Rc<Ctx>,
+    specs: Vec<ConnSpec>,
+    concurrency: usize,
+    read_buf: usize,
+    timeout: Duration,
+) {
     let inflight = Rc::new(Cell::new(0usize));
     for spec in specs {
         while inflight.get() >= concurrency {
             monoio::time::sleep(Duration::from_millis(1)).await;
         }
         inflight.set(inflight.get() + 1);
-        monoio::spawn(conn_task(ctx.clone(), spec, inflight.clone(), read_buf));
+        monoio::spawn(conn_task(
+            ctx.clone(),
+            spec,
+            inflight.clone(),
+            read_buf,
+            timeout,
+        ));
     }
 }
 
@@ -262,7 +313,13 @@ struct Conn {
     nats: Vec<u8>,
 }
 
-async fn conn_task(ctx: Rc<Ctx>, spec: ConnSpec, inflight: Rc<Cell<usize>>, read_buf: usize) {
+async fn conn_task(
+    ctx: Rc<Ctx>,
+    spec: ConnSpec,
+    inflight: Rc<Cell<usize>>,
+    read_buf: usize,
+    timeout: Duration,
+) {
     let mut released = false;
     let release = |released: &mut bool| {
         if !*released {
@@ -270,7 +327,14 @@ async fn conn_task(ctx: Rc<Ctx>, spec: ConnSpec, inflight: Rc<Cell<usize>>, read
             inflight.set(inflight.get() - 1);
         }
     };
-    let (mut stream, mut buf) = match handshake(&ctx.ep, spec.src, read_buf).await {
+    let hs = monoio::time::timeout(timeout, handshake(&ctx.ep, spec.src, read_buf)).await;
+    let hs = hs.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect + upgrade timed out",
+        ))
+    });
+    let (mut stream, mut buf) = match hs {
         Ok(x) => x,
         Err(e) => {
             let mut st = ctx.stats.borrow_mut();
@@ -282,11 +346,23 @@ async fn conn_task(ctx: Rc<Ctx>, spec: ConnSpec, inflight: Rc<Cell<usize>>, read
         }
     };
     let (subjects, track) = match spec.role {
-        Role::Sub { subjects, dense: Some(n) } => (subjects, SeqTrack::Dense(vec![0; n])),
-        Role::Sub { subjects, dense: None } => (subjects, SeqTrack::Small(Vec::with_capacity(4))),
+        Role::Sub {
+            subjects,
+            dense: Some(n),
+        } => (subjects, SeqTrack::Dense(vec![0; n])),
+        Role::Sub {
+            subjects,
+            dense: None,
+        } => (subjects, SeqTrack::Small(Vec::with_capacity(4))),
         Role::Idle => (Vec::new(), SeqTrack::Small(Vec::new())),
     };
-    let mut c = Conn { ready: false, n_subs: subjects.len() as u64, subjects, track, nats: Vec::new() };
+    let mut c = Conn {
+        ready: false,
+        n_subs: subjects.len() as u64,
+        subjects,
+        track,
+        nats: Vec::new(),
+    };
     let target = ctx.ep.target;
     let mut out = Vec::new();
     loop {
@@ -308,7 +384,7 @@ async fn conn_task(ctx: Rc<Ctx>, spec: ConnSpec, inflight: Rc<Cell<usize>>, read
                     st.error("server sent a masked frame");
                 }
                 match op {
-                    0x1 | 0x2 | 0x0 => {
+                    0x0..=0x2 => {
                         if target == Target::Nats {
                             c.nats.extend_from_slice(p);
                             nats_ops(&mut c, &mut st, &mut out, now);
@@ -320,12 +396,19 @@ async fn conn_task(ctx: Rc<Ctx>, spec: ConnSpec, inflight: Rc<Cell<usize>>, read
                         }
                     }
                     0x8 => {
-                        let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
+                        let code = if p.len() >= 2 {
+                            u16::from_be_bytes([p[0], p[1]])
+                        } else {
+                            1005
+                        };
                         if code == 4008 {
                             st.slow_closes += 1;
                         } else {
                             st.other_closes += 1;
-                            st.error(format!("close {code}: {}", String::from_utf8_lossy(&p[2.min(p.len())..])));
+                            st.error(format!(
+                                "close {code}: {}",
+                                String::from_utf8_lossy(&p[2.min(p.len())..])
+                            ));
                         }
                         closed = true;
                     }
@@ -402,7 +485,12 @@ fn rc_text(c: &mut Conn, st: &mut Stats, out: &mut Vec<u8>, p: &[u8], now: u64) 
             st.last_ready_ns = now;
             for (i, s) in c.subjects.iter().enumerate() {
                 let op = format!(r#"{{"op":"sub","id":{i},"subject":"{s}"}}"#);
-                out.extend(ringcast::ws::client_frame(0x1, true, op.as_bytes(), wire::MASK));
+                out.extend(ringcast::ws::client_frame(
+                    0x1,
+                    true,
+                    op.as_bytes(),
+                    wire::MASK,
+                ));
             }
         }
         RcFrame::Hello => {}
@@ -433,7 +521,9 @@ fn nats_ops(c: &mut Conn, st: &mut Stats, out: &mut Vec<u8>, now: u64) {
                 st.last_ready_ns = now;
             }
             NatsOp::Info if !c.ready => {
-                reply.extend_from_slice(br#"CONNECT {"verbose":false,"pedantic":false,"protocol":1}"#);
+                reply.extend_from_slice(
+                    br#"CONNECT {"verbose":false,"pedantic":false,"protocol":1}"#,
+                );
                 reply.extend_from_slice(b"\r\n");
                 for (i, s) in c.subjects.iter().enumerate() {
                     reply.extend_from_slice(format!("SUB {s} {}\r\n", i + 1).as_bytes());
@@ -453,7 +543,11 @@ fn nats_ops(c: &mut Conn, st: &mut Stats, out: &mut Vec<u8>, now: u64) {
 
 /// Connects (bound to `src`), upgrades, and returns the stream with any bytes read past the
 /// 101 response head.
-async fn handshake(ep: &Endpoint, src: Option<Ipv4Addr>, read_buf: usize) -> std::io::Result<(TcpStream, Vec<u8>)> {
+async fn handshake(
+    ep: &Endpoint,
+    src: Option<Ipv4Addr>,
+    read_buf: usize,
+) -> std::io::Result<(TcpStream, Vec<u8>)> {
     let sock = wire::start_connect(ep.addr, src, true)?;
     let std: std::net::TcpStream = sock.into();
     let mut stream = TcpStream::from_std(std)?;
@@ -487,7 +581,10 @@ async fn handshake(ep: &Endpoint, src: Option<Ipv4Addr>, read_buf: usize) -> std
         let (r, slice) = stream.read(buf.slice_mut(len..)).await;
         buf = slice.into_inner();
         if r? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed during upgrade"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed during upgrade",
+            ));
         }
         if let Some(res) = wire::parse_upgrade_response(&buf) {
             let head = res.map_err(std::io::Error::other)?;

@@ -1,0 +1,395 @@
+//! Authentication (JWT) and authorisation (subject ACLs).
+//!
+//! Owns the verifier built once at start-up from `--jwt-secret` (HS256) or `--jwt-public-key`
+//! (RS256/ES256; the algorithm comes from the key, never from the token), shared read-only by
+//! all cores, and the [`Grant`] a verified token yields: per operation, allow and deny patterns
+//! compiled once into [`SubjectTrie`]s. A grant is immutable and shared by reference (`Arc`);
+//! connections keep it on their core.
+//!
+//! Semantics: nothing is allowed unless granted. A pattern may be subscribed only if one allowed
+//! pattern covers every subject it can match and no deny pattern covers it wholly; subjects that
+//! match a deny pattern are never delivered. Publishing needs an allowed, non-denied subject.
+
+use crate::subject::{covers, validate_pattern};
+use crate::trie::SubjectTrie;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::fmt;
+use std::sync::Arc;
+
+/// Longest token accepted, bytes (a JWT carrying many subjects is still far below this).
+pub const MAX_TOKEN_BYTES: usize = 8 << 10;
+
+/// Most patterns per list in a token: grants are compiled per token, so they are bounded.
+pub const MAX_PATTERNS: usize = 1024;
+
+/// Why a token was refused. The message never contains the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthError(pub String);
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Verifies tokens. Built once; `None` in the node state means auth is off.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish()
+    }
+}
+
+/// Key material and checks for a [`Verifier`].
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// HS256 shared secret.
+    pub secret: Option<String>,
+    /// PEM of an RSA or EC (P-256) public key.
+    pub public_key_pem: Option<Vec<u8>>,
+    /// Required `iss`.
+    pub issuer: Option<String>,
+    /// Required `aud`.
+    pub audience: Option<String>,
+    /// Clock-skew allowance for `exp`/`nbf`, seconds.
+    pub leeway_secs: u64,
+}
+
+impl Verifier {
+    /// Builds the verifier; `Ok(None)` when no key is configured (auth off).
+    pub fn new(c: &AuthConfig) -> Result<Option<Verifier>, String> {
+        let (key, alg) = match (&c.secret, &c.public_key_pem) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => {
+                return Err("give either --jwt-secret or --jwt-public-key, not both".into())
+            }
+            (Some(s), None) => {
+                if s.len() < 32 {
+                    return Err("--jwt-secret must be at least 32 bytes".into());
+                }
+                (DecodingKey::from_secret(s.as_bytes()), Algorithm::HS256)
+            }
+            (None, Some(pem)) => {
+                if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+                    (k, Algorithm::RS256)
+                } else if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+                    (k, Algorithm::ES256)
+                } else {
+                    return Err(
+                        "--jwt-public-key is neither an RSA nor an EC public key in PEM".into(),
+                    );
+                }
+            }
+        };
+        let mut v = Validation::new(alg);
+        v.algorithms = vec![alg];
+        v.set_required_spec_claims(&["exp"]);
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.leeway = c.leeway_secs;
+        match &c.audience {
+            Some(a) => v.set_audience(&[a]),
+            None => v.validate_aud = false,
+        }
+        if let Some(i) = &c.issuer {
+            v.set_issuer(&[i]);
+        }
+        Ok(Some(Verifier { key, validation: v }))
+    }
+
+    /// Verifies a token and compiles its grant.
+    pub fn verify(&self, token: &str) -> Result<Arc<Grant>, AuthError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError("token missing or too large".into()));
+        }
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                AuthError(
+                    match e.kind() {
+                        K::ExpiredSignature => "token expired",
+                        K::ImmatureSignature => "token not valid yet (nbf)",
+                        K::InvalidSignature => "bad token signature",
+                        K::InvalidAlgorithm | K::InvalidAlgorithmName => {
+                            "token algorithm does not match the configured key"
+                        }
+                        K::MissingRequiredClaim(_) => "token lacks a required claim (exp)",
+                        K::InvalidIssuer => "token issuer not accepted",
+                        K::InvalidAudience => "token audience not accepted",
+                        K::Json(_) => "token claims have the wrong shape",
+                        _ => "invalid token",
+                    }
+                    .to_string(),
+                )
+            })?;
+        Grant::compile(data.claims).map(Arc::new)
+    }
+}
+
+/// `{"allow":[..],"deny":[..]}` (NATS style).
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct AllowDeny {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+/// `sub` is the standard subject claim (a string) or a NATS-style permission object.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+enum SubClaim {
+    Id(String),
+    Perm(AllowDeny),
+}
+
+#[derive(Debug, Deserialize)]
+struct Claims {
+    exp: u64,
+    #[serde(default)]
+    sub: Option<SubClaim>,
+    #[serde(default)]
+    permissions: Vec<String>,
+    #[serde(default)]
+    allowed_subjects: Vec<String>,
+    #[serde(default)]
+    deny_subjects: Vec<String>,
+    #[serde(default, rename = "pub")]
+    publish: Option<AllowDeny>,
+}
+
+/// Allow and deny patterns of one operation, compiled.
+pub struct Acl {
+    allow: Vec<Box<str>>,
+    deny: Vec<Box<str>>,
+    allow_trie: SubjectTrie<()>,
+    deny_trie: SubjectTrie<()>,
+}
+
+impl fmt::Debug for Acl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acl")
+            .field("allow", &self.allow)
+            .field("deny", &self.deny)
+            .finish()
+    }
+}
+
+/// Why a pattern or subject is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The operation is not in the token's `permissions`.
+    NoPermission,
+    /// No allowed pattern covers it.
+    NotAllowed,
+    /// A deny pattern covers it.
+    Denied,
+}
+
+impl Refusal {
+    /// Message for the `err` frame or HTTP body.
+    pub fn message(self, op: &str) -> String {
+        match self {
+            Refusal::NoPermission => format!("token lacks the '{op}' permission"),
+            Refusal::NotAllowed => "subject outside the token's allowed subjects".to_string(),
+            Refusal::Denied => "subject inside the token's denied subjects".to_string(),
+        }
+    }
+}
+
+impl Acl {
+    fn compile(allow: Vec<String>, deny: Vec<String>) -> Result<Acl, AuthError> {
+        if allow.len() > MAX_PATTERNS || deny.len() > MAX_PATTERNS {
+            return Err(AuthError("token has too many subject patterns".into()));
+        }
+        let check = |p: &String| {
+            validate_pattern(p)
+                .map_err(|e| AuthError(format!("token subject pattern invalid: {e}")))
+        };
+        allow.iter().try_for_each(check)?;
+        deny.iter().try_for_each(check)?;
+        let mut allow_trie = SubjectTrie::new();
+        let mut deny_trie = SubjectTrie::new();
+        allow.iter().for_each(|p| allow_trie.insert(p, ()));
+        deny.iter().for_each(|p| deny_trie.insert(p, ()));
+        Ok(Acl {
+            allow: allow.into_iter().map(Into::into).collect(),
+            deny: deny.into_iter().map(Into::into).collect(),
+            allow_trie,
+            deny_trie,
+        })
+    }
+
+    fn any_match(trie: &SubjectTrie<()>, subject: &str) -> bool {
+        let mut hit = false;
+        trie.for_each_match(subject, |_| hit = true);
+        hit
+    }
+
+    /// May a subscription to `pattern` be made?
+    pub fn check_pattern(&self, pattern: &str) -> Result<(), Refusal> {
+        if self.deny.iter().any(|d| covers(d, pattern)) {
+            return Err(Refusal::Denied);
+        }
+        if !self.allow.iter().any(|a| covers(a, pattern)) {
+            return Err(Refusal::NotAllowed);
+        }
+        Ok(())
+    }
+
+    /// May this concrete subject be published or read?
+    pub fn check_subject(&self, subject: &str) -> Result<(), Refusal> {
+        if Self::any_match(&self.deny_trie, subject) {
+            return Err(Refusal::Denied);
+        }
+        if !Self::any_match(&self.allow_trie, subject) {
+            return Err(Refusal::NotAllowed);
+        }
+        Ok(())
+    }
+
+    /// True when the concrete subject matches a deny pattern (delivery filter).
+    pub fn denies(&self, subject: &str) -> bool {
+        !self.deny.is_empty() && Self::any_match(&self.deny_trie, subject)
+    }
+
+    /// True when some pattern is denied (deliveries must be filtered).
+    pub fn has_deny(&self) -> bool {
+        !self.deny.is_empty()
+    }
+}
+
+/// What a verified token allows.
+#[derive(Debug)]
+pub struct Grant {
+    /// The token's `sub` (user id), if a string.
+    pub user: Option<String>,
+    /// `exp`, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Publish ACL (`None`: no `publish` permission).
+    pub publish: Option<Acl>,
+    /// Subscribe ACL (`None`: no `subscribe` permission).
+    pub subscribe: Option<Acl>,
+}
+
+impl Grant {
+    fn compile(c: Claims) -> Result<Grant, AuthError> {
+        let has = |p: &str| c.permissions.iter().any(|x| x == p);
+        let (user, sub_perm) = match c.sub {
+            Some(SubClaim::Id(s)) => (Some(s), None),
+            Some(SubClaim::Perm(p)) => (None, Some(p)),
+            None => (None, None),
+        };
+        let acl = |over: Option<AllowDeny>| -> Result<Acl, AuthError> {
+            match over {
+                Some(ad) => Acl::compile(ad.allow, ad.deny),
+                None => Acl::compile(c.allowed_subjects.clone(), c.deny_subjects.clone()),
+            }
+        };
+        let publish = if has("publish") {
+            Some(acl(c.publish)?)
+        } else {
+            None
+        };
+        let subscribe = if has("subscribe") {
+            Some(acl(sub_perm)?)
+        } else {
+            None
+        };
+        Ok(Grant {
+            user,
+            exp: c.exp,
+            publish,
+            subscribe,
+        })
+    }
+
+    /// May `pattern` be subscribed (also gates `since`/`snapshot` and `/history`)?
+    pub fn check_subscribe(&self, pattern: &str) -> Result<(), Refusal> {
+        self.subscribe
+            .as_ref()
+            .ok_or(Refusal::NoPermission)?
+            .check_pattern(pattern)
+    }
+
+    /// May `subject` be published?
+    pub fn check_publish(&self, subject: &str) -> Result<(), Refusal> {
+        self.publish
+            .as_ref()
+            .ok_or(Refusal::NoPermission)?
+            .check_subject(subject)
+    }
+
+    /// Is delivery of `subject` to this holder denied?
+    pub fn denies_delivery(&self, subject: &str) -> bool {
+        self.subscribe.as_ref().is_none_or(|a| a.denies(subject))
+    }
+
+    /// Must deliveries be filtered per subject?
+    pub fn filters_delivery(&self) -> bool {
+        self.subscribe.as_ref().is_none_or(Acl::has_deny)
+    }
+}
+
+/// The token in an `Authorization: Bearer` header, if any.
+pub fn bearer(header: Option<&str>) -> Option<&str> {
+    let h = header?.trim();
+    let (scheme, token) = h.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acl(allow: &[&str], deny: &[&str]) -> Acl {
+        Acl::compile(
+            allow.iter().map(|s| s.to_string()).collect(),
+            deny.iter().map(|s| s.to_string()).collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn wildcard_escalation_is_refused() {
+        let a = acl(&["prices.*"], &[]);
+        assert_eq!(a.check_pattern("prices.EURUSD"), Ok(()));
+        assert_eq!(a.check_pattern("prices.*"), Ok(()));
+        assert_eq!(a.check_pattern("prices.>"), Err(Refusal::NotAllowed));
+        assert_eq!(a.check_pattern("*.EURUSD"), Err(Refusal::NotAllowed));
+        assert_eq!(a.check_pattern(">"), Err(Refusal::NotAllowed));
+    }
+
+    #[test]
+    fn deny_patterns_forbid_whole_patterns_and_filter_subjects() {
+        let a = acl(&["prices.>"], &["prices.internal.>"]);
+        assert_eq!(
+            a.check_pattern("prices.>"),
+            Ok(()),
+            "overlaps the deny list: accepted, filtered"
+        );
+        assert_eq!(a.check_pattern("prices.internal.x"), Err(Refusal::Denied));
+        assert_eq!(a.check_pattern("prices.internal.*"), Err(Refusal::Denied));
+        assert!(a.denies("prices.internal.x"));
+        assert!(!a.denies("prices.EURUSD"));
+        assert_eq!(a.check_subject("prices.internal.x"), Err(Refusal::Denied));
+        assert_eq!(a.check_subject("news.x"), Err(Refusal::NotAllowed));
+        assert_eq!(a.check_subject("prices.x"), Ok(()));
+    }
+
+    #[test]
+    fn bearer_headers_are_parsed() {
+        assert_eq!(bearer(Some("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(Some("bearer  abc ")), Some("abc"));
+        assert_eq!(bearer(Some("Basic abc")), None);
+        assert_eq!(bearer(None), None);
+    }
+}

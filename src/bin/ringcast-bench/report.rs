@@ -1,0 +1,237 @@
+//! Results: one [`Row`] per measured step, printed as a table and written as JSON, CSV and an
+//! SVG chart of latency percentiles against offered load.
+
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::Path;
+
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Row {
+    pub scenario: String,
+    pub target: String,
+    pub subscribers: u64,
+    pub subjects: u64,
+    pub payload_bytes: u64,
+    /// Requested publishes per second (aggregate).
+    pub pub_rate: f64,
+    pub duration_s: f64,
+    /// Publishes accepted (ringcast: acked; NATS: written) in this step.
+    pub published: u64,
+    /// Deliveries the step should produce (published x matching subscribers).
+    pub expected: u64,
+    pub delivered: u64,
+    /// expected / duration.
+    pub offered_msgs_s: f64,
+    /// delivered / (start .. last delivery).
+    pub delivered_msgs_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// Generator-side send lateness p99 (included in the latencies above).
+    pub pub_lag_p99_ms: f64,
+    /// Cumulative expected - delivered after the drain (0 = nothing lost).
+    pub lost: i64,
+    /// Sequence numbers skipped inside a subject's stream.
+    pub gaps: u64,
+    /// Duplicate or out-of-order messages.
+    pub reorders: u64,
+    /// Close frames with code 4008 (slow consumer).
+    pub slow_closes: u64,
+    pub other_closes: u64,
+    pub disconnects: u64,
+    pub errors: u64,
+    pub server_cpu_s: Option<f64>,
+    /// server CPU seconds / wall seconds (2.0 = both cores busy).
+    pub server_cpu_util: Option<f64>,
+    pub server_peak_rss_mib: Option<f64>,
+    /// Generator CPU seconds in this step.
+    pub generator_cpu_s: Option<f64>,
+    /// Busy CPU seconds of everything else on the machine in this step (background load).
+    pub other_cpu_s: Option<f64>,
+    pub conns: Option<u64>,
+    pub connect_failed: Option<u64>,
+    pub connect_s: Option<f64>,
+    pub conns_per_s: Option<f64>,
+    pub server_rss_before_kib: Option<u64>,
+    pub server_rss_after_kib: Option<u64>,
+    pub rss_per_conn_bytes: Option<f64>,
+    pub first_error: Option<String>,
+}
+
+fn opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or_else(|| "-".into(), |x| format!("{x:.prec$}"))
+}
+
+pub fn fmt_rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+pub fn table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let connect = rows.iter().any(|r| r.conns.is_some());
+    if connect {
+        let _ = writeln!(
+            s,
+            "| scenario | target | conns | failed | connect s | conns/s | srv RSS before MiB | srv RSS after MiB | srv bytes/conn | srv CPU s | gen CPU s | srv peak RSS MiB |"
+        );
+        let _ = writeln!(
+            s,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for r in rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.scenario,
+                r.target,
+                r.conns.unwrap_or(0),
+                r.connect_failed.unwrap_or(0),
+                opt(r.connect_s, 2),
+                r.conns_per_s.map_or("-".into(), fmt_rate),
+                opt(r.server_rss_before_kib.map(|k| k as f64 / 1024.0), 1),
+                opt(r.server_rss_after_kib.map(|k| k as f64 / 1024.0), 1),
+                opt(r.rss_per_conn_bytes, 0),
+                opt(r.server_cpu_s, 2),
+                opt(r.generator_cpu_s, 2),
+                opt(r.server_peak_rss_mib, 1),
+            );
+        }
+    } else {
+        let _ = writeln!(
+            s,
+            "| scenario | target | subs | pub/s | offered msg/s | delivered msg/s | p50 ms | p99 ms | p99.9 ms | max ms | pub lag p99 ms | lost | gaps | reorder | 4008 closes | other closes | srv CPU s (util) | gen CPU s | other CPU s | srv peak RSS MiB |"
+        );
+        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in rows {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} |",
+                r.scenario,
+                r.target,
+                r.subscribers,
+                fmt_rate(r.pub_rate),
+                fmt_rate(r.offered_msgs_s),
+                fmt_rate(r.delivered_msgs_s),
+                r.p50_ms,
+                r.p99_ms,
+                r.p999_ms,
+                r.max_ms,
+                r.pub_lag_p99_ms,
+                r.lost,
+                r.gaps,
+                r.reorders,
+                r.slow_closes,
+                r.other_closes + r.disconnects,
+                opt(r.server_cpu_s, 2),
+                opt(r.server_cpu_util, 2),
+                opt(r.generator_cpu_s, 2),
+                opt(r.other_cpu_s, 2),
+                opt(r.server_peak_rss_mib, 1),
+            );
+        }
+    }
+    s
+}
+
+pub fn csv(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let header = serde_json::to_value(Row::default()).expect("row json");
+    let keys: Vec<String> = header
+        .as_object()
+        .expect("object")
+        .keys()
+        .cloned()
+        .collect();
+    out.push_str(&keys.join(","));
+    out.push('\n');
+    for r in rows {
+        let v = serde_json::to_value(r).expect("row json");
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|k| match &v[k] {
+                serde_json::Value::Null => String::new(),
+                serde_json::Value::String(s) => format!("\"{}\"", s.replace('"', "\"\"")),
+                x => x.to_string(),
+            })
+            .collect();
+        out.push_str(&cells.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// Latency percentiles (log scale) against offered deliveries per second.
+pub fn svg(rows: &[Row], title: &str, path: &Path) -> Result<(), String> {
+    use plotters::prelude::*;
+    let rows: Vec<&Row> = rows.iter().filter(|r| r.delivered > 0).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let xmax = rows.iter().map(|r| r.offered_msgs_s).fold(0.0, f64::max) * 1.1;
+    let ymin = rows
+        .iter()
+        .map(|r| r.p50_ms)
+        .fold(f64::MAX, f64::min)
+        .max(0.001)
+        / 2.0;
+    let ymax = rows
+        .iter()
+        .map(|r| r.max_ms)
+        .fold(0.0, f64::max)
+        .max(ymin * 10.0)
+        * 2.0;
+    let root = SVGBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..xmax.max(1.0), (ymin..ymax).log_scale())
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc("offered deliveries / s")
+        .y_desc("latency ms (log)")
+        .x_label_formatter(&|x| fmt_rate(*x))
+        .draw()
+        .map_err(|e| e.to_string())?;
+    type Series = (&'static str, fn(&Row) -> f64, RGBColor);
+    let series: [Series; 4] = [
+        ("p50", |r| r.p50_ms, BLUE),
+        ("p99", |r| r.p99_ms, GREEN),
+        ("p99.9", |r| r.p999_ms, RGBColor(230, 140, 0)),
+        ("max", |r| r.max_ms, RED),
+    ];
+    for (name, f, color) in series {
+        let pts: Vec<(f64, f64)> = rows
+            .iter()
+            .map(|r| (r.offered_msgs_s, f(r).max(ymin)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    root.present().map_err(|e| e.to_string())
+}
