@@ -6,6 +6,10 @@
 //!
 //! Throughput: one frame per iteration (elements/s = frames per second).
 
+/// The same allocator as the `ringcast` binary, so numbers match production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::frame::Frame;
 use std::time::Duration;
@@ -15,10 +19,10 @@ const SUBJECT: &str = "prices.EURUSD";
 const SEQ: u64 = 1_234_567;
 const TS: u64 = 1_700_000_000_000_000;
 
-/// A valid JSON object of exactly `n` bytes (`n >= 12`): `{"p":"xxx…"}`.
+/// A valid JSON object of exactly `n` bytes (`n > 8`): `{"p":"xxx…"}`.
 fn payload(n: usize) -> Vec<u8> {
     let overhead = br#"{"p":""}"#.len();
-    assert!(n >= overhead + 1);
+    assert!(n > overhead);
     let mut v = Vec::with_capacity(n);
     v.extend_from_slice(br#"{"p":""#);
     v.resize(n - 2, b'x');
@@ -34,12 +38,28 @@ fn bench_encode(c: &mut Criterion) {
     for n in SIZES {
         let data = payload(n);
         g.bench_with_input(BenchmarkId::new("no_msg_id", n), &data, |b, data| {
-            b.iter(|| Frame::encode(black_box(SUBJECT), black_box(SEQ), TS, black_box(data), None))
+            b.iter(|| {
+                Frame::encode(
+                    black_box(SUBJECT),
+                    black_box(SEQ),
+                    TS,
+                    black_box(data),
+                    None,
+                )
+            })
         });
     }
     let data = payload(150);
     g.bench_with_input(BenchmarkId::new("msg_id", 150), &data, |b, data| {
-        b.iter(|| Frame::encode(black_box(SUBJECT), black_box(SEQ), TS, black_box(data), Some("order-8f14e45f")))
+        b.iter(|| {
+            Frame::encode(
+                black_box(SUBJECT),
+                black_box(SEQ),
+                TS,
+                black_box(data),
+                Some("order-8f14e45f"),
+            )
+        })
     });
     g.finish();
 }
@@ -66,7 +86,13 @@ fn bench_round_trip(c: &mut Criterion) {
         let data = payload(n);
         g.bench_with_input(BenchmarkId::from_parameter(n), &data, |b, data| {
             b.iter(|| {
-                let f = Frame::encode(black_box(SUBJECT), black_box(SEQ), TS, black_box(data), None);
+                let f = Frame::encode(
+                    black_box(SUBJECT),
+                    black_box(SEQ),
+                    TS,
+                    black_box(data),
+                    None,
+                );
                 Frame::from_stored(f.stored_bytes()).expect("valid")
             })
         });

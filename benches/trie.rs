@@ -14,6 +14,10 @@
 //! Throughput: `match` counts matched values (elements/s = values reported per second),
 //! `churn` one subscribe + unsubscribe pair, `build` one insert.
 
+/// The same allocator as the `ringcast` binary, so numbers match production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::trie::SubjectTrie;
 use std::time::Duration;
