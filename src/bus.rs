@@ -119,8 +119,61 @@ pub enum BusMsg {
         /// JSON body.
         body: Vec<u8>,
     },
+    /// Hand over a session to the requesting core (sent to the session's core).
+    Resume {
+        /// Session id.
+        session: Box<str>,
+        /// `msg` ops the client received on that session.
+        received: u64,
+        /// Requesting core.
+        from: usize,
+        /// Request token.
+        token: u64,
+    },
+    /// The session's state, or `Err` when it is unknown or expired.
+    Adopt {
+        /// Request token.
+        token: u64,
+        /// The session.
+        result: Result<SessionState, ()>,
+    },
+    /// Ask an owner for frames of matching subjects it broadcast after a stream position.
+    CatchUp {
+        /// The resumed session's patterns.
+        patterns: Vec<Box<str>>,
+        /// Broadcast position (`Frame::xseq`) already covered.
+        after: u64,
+        /// Requesting core.
+        from: usize,
+        /// Request token.
+        token: u64,
+    },
+    /// The owner's answer to `CatchUp`, in broadcast order.
+    CatchUpDone {
+        /// Request token.
+        token: u64,
+        /// Owner core that answered.
+        owner: usize,
+        /// Frames after the position.
+        frames: Vec<Arc<Frame>>,
+    },
     /// Stop accepting, close connections with 1001, finish.
     Shutdown,
+}
+
+/// A session moving between cores.
+#[derive(Debug)]
+pub struct SessionState {
+    /// Subscriptions: pattern and `conflate`.
+    pub patterns: Vec<(Box<str>, bool)>,
+    /// Messages sent to the session after the client's `received`, in order.
+    pub frames: Vec<Arc<Frame>>,
+    /// Highest seq per subject the session was sent.
+    pub hwm: Vec<(Box<str>, u64)>,
+    /// Per owner core, the broadcast position up to which the old core handled deliveries.
+    pub cut: Vec<u64>,
+    /// Index of the first message after `received`.
+    pub next_k: u64,
 }
 
 /// Wakes one core's event loop from any thread.

@@ -130,6 +130,18 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_ECHO_ENDPOINT")]
     pub echo_endpoint: bool,
 
+    /// How long a disconnected session is kept for `resume` / `Last-Event-ID`, seconds.
+    #[arg(long, env = "RINGCAST_SESSION_TTL", default_value_t = 60)]
+    pub session_ttl: u64,
+
+    /// Messages a session keeps (as references to shared frames) for an exact resume.
+    #[arg(long, env = "RINGCAST_SESSION_RETAIN", default_value_t = 1_000)]
+    pub session_retain: usize,
+
+    /// Seconds between SSE heartbeat comments (proxies close silent streams).
+    #[arg(long, env = "RINGCAST_SSE_HEARTBEAT_SECS", default_value_t = 15)]
+    pub sse_heartbeat_secs: u64,
+
     /// How long shutdown waits for connections to flush their close frames, milliseconds.
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_MS", default_value_t = 2_000)]
     pub shutdown_grace_ms: u64,

@@ -104,6 +104,18 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
         };
         metrics::add(&core.metrics().http_requests, 1);
         let keep_alive = !req.headers.close && !core.is_shutting_down();
+        if req.path == "/sse" && req.method == Method::Get {
+            match sse_admission(&core, &req) {
+                Ok(plan) => {
+                    drop(req);
+                    monoio::spawn(run_sse(core.clone(), stream, plan, admission));
+                }
+                Err(resp) => {
+                    let _ = stream.write_all(resp).await;
+                }
+            }
+            return;
+        }
         let echo = req.path == "/ws/echo" && core.cfg().echo_endpoint;
         if (req.path == "/ws" || echo) && req.method == Method::Get {
             match upgrade_response(&req)
@@ -257,6 +269,133 @@ fn http_grant(core: &Core, req: &Request, keep_alive: bool) -> Result<Option<Arc
 
 fn forbidden(r: Refusal, op: &str, keep_alive: bool) -> Vec<u8> {
     http::error(ErrorCode::Forbidden, &r.message(op), keep_alive)
+}
+
+/// What an SSE request asked for, checked.
+struct SsePlan {
+    patterns: Vec<String>,
+    snapshot: bool,
+    grant: Option<Arc<Grant>>,
+    /// `Last-Event-ID: <session>.<k>`: resume that session after its k-th event.
+    resume: Option<(String, u64)>,
+}
+
+/// Origin, token, subjects and permissions of `GET /sse`; the error is the HTTP response.
+fn sse_admission(core: &Core, req: &Request) -> Result<SsePlan, Vec<u8>> {
+    let origins = &core.cfg().allowed_origins;
+    if let Some(origin) = &req.headers.origin {
+        if !origins.is_empty() && !origins.iter().any(|o| o == origin) {
+            return Err(http::error(
+                ErrorCode::Forbidden,
+                "origin not allowed",
+                false,
+            ));
+        }
+    }
+    let grant = http_grant(core, req, false)?;
+    let mut patterns: Vec<String> = Vec::new();
+    let mut snapshot = false;
+    let mut last_event_id = req.headers.last_event_id.clone();
+    for (k, v) in http::query_pairs(&req.query) {
+        match &*k {
+            "subject" => {
+                crate::subject::validate_pattern(&v)
+                    .map_err(|e| http::error(ErrorCode::BadRequest, &e.to_string(), false))?;
+                if let Some(Err(r)) = grant.as_ref().map(|g| g.check_subscribe(&v)) {
+                    return Err(forbidden(r, "subscribe", false));
+                }
+                if !patterns.iter().any(|p| *p == *v) {
+                    patterns.push(v.into_owned());
+                }
+            }
+            "snapshot" => snapshot = v == "1" || v == "true",
+            // EventSource cannot set headers; polyfills pass the id as a parameter.
+            "lastEventId" if last_event_id.is_none() => last_event_id = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    if patterns.is_empty() {
+        return Err(http::error(
+            ErrorCode::BadRequest,
+            "give at least one 'subject' parameter",
+            false,
+        ));
+    }
+    if patterns.len() > core.cfg().max_subs_per_conn {
+        return Err(http::error(
+            ErrorCode::BadRequest,
+            "too many subjects",
+            false,
+        ));
+    }
+    let resume = last_event_id.and_then(|id| {
+        let (session, k) = id.rsplit_once('.')?;
+        Some((session.to_owned(), k.parse().ok()?))
+    });
+    Ok(SsePlan {
+        patterns,
+        snapshot,
+        grant,
+        resume,
+    })
+}
+
+/// Serves one Server-Sent Events stream until the client goes away.
+async fn run_sse(core: Rc<Core>, stream: TcpStream, plan: SsePlan, _admission: Admission) {
+    let conn = core.register_kind(false, true);
+    conn.set_fd(stream.as_raw_fd());
+    conn.touch(core.now_ms());
+    conn.set_grant(plan.grant);
+    let (rh, wh) = stream.into_split();
+    conn.park_writer(wh);
+    let mut head = b"HTTP/1.1 200 OK\r\nServer: ringcast\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: keep-alive\r\nX-Accel-Buffering: no\r\n\r\nretry: 2000\n\n".to_vec();
+    let mut hello = Vec::with_capacity(64);
+    proto::hello(&mut hello, &conn.session);
+    head.extend_from_slice(b"event: hello\ndata: ");
+    head.extend_from_slice(&hello);
+    head.extend_from_slice(b"\n\n");
+    let m = core.metrics();
+    conn.send_raw(m, head.into());
+    let mut resumed = false;
+    if let Some((session, k)) = &plan.resume {
+        resumed = core.resume(&conn, session, *k, || {}).await.is_ok();
+        if !resumed {
+            let mut b = Vec::with_capacity(96);
+            b.extend_from_slice(br#"{"op":"gap","session":"#);
+            serde_json::to_writer(&mut b, session).expect("Vec write");
+            b.extend_from_slice(br#","reason":"session_expired"}"#);
+            conn.send_event(m, "gap", &b);
+        }
+    }
+    for p in &plan.patterns {
+        if resumed && conn.patterns().iter().any(|q| **q == **p) {
+            continue;
+        }
+        let _ = core.subscribe(&conn, None, p, None, plan.snapshot && !resumed, false);
+    }
+    // Clients send nothing on an SSE stream: wait for EOF, discarding anything that arrives.
+    let fd = conn_fd(&rh);
+    loop {
+        // SAFETY: readiness polling only inspects the fd; the write half never reads.
+        if unsafe { &*rh.0.get() }.readable(false).await.is_err() {
+            break;
+        }
+        let mut buf = core.take_read_buf();
+        let n = recv_now(fd, &mut buf);
+        core.put_read_buf(buf);
+        match n {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    core.detach_or_unregister(&conn);
+}
+
+fn conn_fd(rh: &OwnedReadHalf<TcpStream>) -> i32 {
+    // SAFETY: the read half keeps the socket open for as long as the caller holds it.
+    unsafe { &*rh.0.get() }.as_raw_fd()
 }
 
 /// The 101 response for a valid upgrade request, or the error response for a bad one.
@@ -486,7 +625,7 @@ async fn run_websocket(
     conn.park_writer(wh);
     conn.send_raw(core.metrics(), first.into());
     read_loop(&core, &conn, rh, leftover).await;
-    core.unregister(&conn);
+    core.detach_or_unregister(&conn);
 }
 
 /// Writes everything queued, one coalesced `writev` at a time. Spawned when a connection gets
@@ -527,7 +666,7 @@ pub(crate) async fn write_loop(core: Rc<Core>, conn: Rc<Conn>, mut wh: WriteHalf
 
 /// Reads and handles client frames until EOF or a fatal error.
 async fn read_loop(
-    core: &Core,
+    core: &Rc<Core>,
     conn: &Rc<Conn>,
     rh: OwnedReadHalf<TcpStream>,
     mut pending: Vec<u8>,
@@ -629,7 +768,7 @@ fn fail(core: &Core, conn: &Conn, e: WsError) {
 
 /// Decodes and handles every complete frame in `buf`, leaving a trailing partial frame in it.
 fn process_frames(
-    core: &Core,
+    core: &Rc<Core>,
     conn: &Rc<Conn>,
     decoder: &mut WsDecoder,
     buf: &mut Vec<u8>,
@@ -653,7 +792,7 @@ fn process_frames(
     Ok(())
 }
 
-fn handle_event(core: &Core, conn: &Rc<Conn>, event: WsEvent, input: &[u8]) {
+fn handle_event(core: &Rc<Core>, conn: &Rc<Conn>, event: WsEvent, input: &[u8]) {
     let m = core.metrics();
     match event {
         WsEvent::Text(p) if conn.echo.get() => echo(conn, m, ws::OP_TEXT, p.bytes(input)),
@@ -686,7 +825,7 @@ fn echo(conn: &Conn, m: &crate::metrics::CoreMetrics, opcode: u8, payload: &[u8]
 }
 
 /// Applies one client operation.
-fn handle_op(core: &Core, conn: &Rc<Conn>, text: &[u8]) {
+fn handle_op(core: &Rc<Core>, conn: &Rc<Conn>, text: &[u8]) {
     let m = core.metrics();
     let cfg = core.cfg();
     match conn.take_token(
@@ -807,13 +946,21 @@ fn handle_op(core: &Core, conn: &Rc<Conn>, text: &[u8]) {
                 }
             }
         }
-        ClientOp::Resume { .. } => {
-            conn.send_err(
-                m,
-                id,
-                ErrorCode::SessionExpired,
-                "session is not retained on this node",
-            );
+        ClientOp::Resume { session, received } => {
+            let (core, conn) = (core.clone(), conn.clone());
+            let (session, id) = (session.into_owned(), id.map(str::to_owned));
+            monoio::spawn(async move {
+                let m = core.metrics();
+                let ok = || {
+                    let mut b = Vec::with_capacity(32);
+                    proto::ok(&mut b, id.as_deref());
+                    conn.send_json(m, &b);
+                };
+                if core.resume(&conn, &session, received, ok).await.is_err() {
+                    let msg = "session unknown, expired, or no longer holding those messages";
+                    conn.send_err(m, id.as_deref(), ErrorCode::SessionExpired, msg);
+                }
+            });
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct Frame {
     data_len: u32,
     seq: u64,
     ts: u64,
+    /// Position in the owner core's broadcast stream (see [`Frame::xseq`]).
+    xseq: u64,
 }
 
 impl std::fmt::Debug for Frame {
@@ -144,7 +146,22 @@ impl Frame {
             data_len: data.len() as u32,
             seq,
             ts,
+            xseq: 0,
         }
+    }
+
+    /// Sets the owner core's broadcast position (before the frame is shared).
+    pub fn with_xseq(mut self, xseq: u64) -> Frame {
+        self.xseq = xseq;
+        self
+    }
+
+    /// Position of this frame in its owner core's broadcast stream: every frame an owner sends
+    /// gets the next number. Session hand-over between cores cuts each owner's stream at a
+    /// known position with it. Not part of the stored envelope.
+    #[inline]
+    pub fn xseq(&self) -> u64 {
+        self.xseq
     }
 
     /// Rebuilds a frame from bytes produced by [`Frame::stored_bytes`] (validated; cold path).
@@ -177,6 +194,7 @@ impl Frame {
             data_len,
             seq,
             ts,
+            xseq: 0,
         })
     }
 

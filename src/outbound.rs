@@ -29,29 +29,44 @@ pub const HARD_LIMIT_FACTOR: usize = 4;
 
 /// One item waiting to be written.
 pub enum Out {
-    /// A shared message frame.
-    Msg(LocalFrame),
-    /// A control reply (`ok`, `err`, pong, close frame, HTTP bytes...).
+    /// A shared message frame, and its index `k` among the `msg` events of the session.
+    Msg(LocalFrame, u64),
+    /// A control reply (`ok`, `err`, pong, close frame, SSE comment...), already framed.
     Raw(Box<[u8]>),
 }
 
 impl Out {
+    /// Bytes this item accounts for in the queue (the WebSocket frame for messages; SSE adds a
+    /// few bytes of framing that are not counted).
     #[inline]
-    fn bytes(&self) -> &[u8] {
+    fn weight(&self) -> usize {
         match self {
-            Out::Msg(f) => f.ws_bytes(),
-            Out::Raw(b) => b,
+            Out::Msg(f, _) => f.wire_len(),
+            Out::Raw(b) => b.len(),
         }
     }
 }
+
+/// How messages are framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing<'a> {
+    /// The shared WebSocket frame as is.
+    WebSocket,
+    /// Server-Sent Events: `id: <session>.<k>`, `event: msg`, `data: <msg JSON>`.
+    Sse(&'a str),
+}
+
+/// SSE framing around the shared `msg` JSON; only the `id:` line is per connection.
+const SSE_EVENT: &[u8] = b"event: msg\ndata: ";
+const SSE_END: &[u8] = b"\n\n";
 
 /// What happened to a pushed message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     /// Appended.
     Queued,
-    /// Replaced an older pending message of the same subject.
-    Conflated,
+    /// Replaced an older pending message of the same subject, taking over its index `k`.
+    Conflated(u64),
     /// Over the limit: the connection is a slow consumer.
     Overflow,
 }
@@ -74,8 +89,8 @@ impl OutboundQueue {
         self.items.is_empty()
     }
 
-    /// Queues a message frame under the byte `limit`, conflating by subject when asked.
-    pub fn push_msg(&mut self, frame: &LocalFrame, conflate: bool, limit: usize) -> Pushed {
+    /// Queues message `k` under the byte `limit`, conflating by subject when asked.
+    pub fn push_msg(&mut self, frame: &LocalFrame, k: u64, conflate: bool, limit: usize) -> Pushed {
         let len = frame.wire_len();
         if self.bytes + len > limit {
             if conflate {
@@ -84,21 +99,25 @@ impl OutboundQueue {
                     .items
                     .iter_mut()
                     .rev()
-                    .find(|o| matches!(o, Out::Msg(f) if f.subject() == subject));
+                    .find(|o| matches!(o, Out::Msg(f, _) if f.subject() == subject));
                 if let Some(slot) = slot {
-                    let old = std::mem::replace(slot, Out::Msg(frame.clone()));
-                    self.bytes = self.bytes - old.bytes().len() + len;
-                    return Pushed::Conflated;
+                    let old_k = match slot {
+                        Out::Msg(_, k) => *k,
+                        Out::Raw(_) => unreachable!(),
+                    };
+                    let old = std::mem::replace(slot, Out::Msg(frame.clone(), old_k));
+                    self.bytes = self.bytes - old.weight() + len;
+                    return Pushed::Conflated(old_k);
                 }
                 if self.bytes + len <= limit.saturating_mul(HARD_LIMIT_FACTOR) {
-                    self.items.push_back(Out::Msg(frame.clone()));
+                    self.items.push_back(Out::Msg(frame.clone(), k));
                     self.bytes += len;
                     return Pushed::Queued;
                 }
             }
             return Pushed::Overflow;
         }
-        self.items.push_back(Out::Msg(frame.clone()));
+        self.items.push_back(Out::Msg(frame.clone(), k));
         self.bytes += len;
         Pushed::Queued
     }
@@ -118,7 +137,7 @@ impl OutboundQueue {
     pub fn clear_messages(&mut self) -> usize {
         let before = self.items.len();
         self.items.retain(|o| matches!(o, Out::Raw(_)));
-        self.bytes = self.items.iter().map(|o| o.bytes().len()).sum();
+        self.bytes = self.items.iter().map(Out::weight).sum();
         before - self.items.len()
     }
 
@@ -127,7 +146,7 @@ impl OutboundQueue {
         let msgs = self
             .items
             .iter()
-            .filter(|o| matches!(o, Out::Msg(_)))
+            .filter(|o| matches!(o, Out::Msg(..)))
             .count();
         self.items.clear();
         self.items.shrink_to(0);
@@ -135,22 +154,60 @@ impl OutboundQueue {
         msgs
     }
 
-    /// Moves up to [`MAX_IOVECS`] items into `batch` for one write.
-    pub fn fill(&mut self, batch: &mut WriteBatch) {
+    /// Moves queued items into `batch` for one write, framed as asked.
+    pub fn fill(&mut self, batch: &mut WriteBatch, framing: Framing<'_>) {
         batch.clear();
-        while batch.items.len() < MAX_IOVECS {
+        let per_msg = match framing {
+            Framing::WebSocket => 1,
+            Framing::Sse(_) => 4,
+        };
+        // SSE `id:` lines go to the batch's scratch buffer; reserve it whole first so the
+        // iovecs pointing into it stay valid.
+        if let Framing::Sse(session) = framing {
+            let msgs = self
+                .items
+                .iter()
+                .take(MAX_IOVECS / per_msg)
+                .filter(|o| matches!(o, Out::Msg(..)))
+                .count();
+            batch.scratch.reserve(msgs * (session.len() + 26));
+        }
+        let scratch_cap = batch.scratch.capacity();
+        while batch.iov.len() + per_msg <= MAX_IOVECS {
             let Some(item) = self.items.pop_front() else {
                 break;
             };
-            let b = item.bytes();
-            self.bytes -= b.len();
-            batch.iov.push(libc::iovec {
-                iov_base: b.as_ptr() as *mut libc::c_void,
-                iov_len: b.len(),
-            });
-            batch.total += b.len();
+            self.bytes -= item.weight();
+            match (&item, framing) {
+                (Out::Msg(f, _), Framing::WebSocket) => batch.push_iov(f.ws_bytes()),
+                (Out::Raw(b), _) => batch.push_iov(b),
+                (Out::Msg(f, k), Framing::Sse(session)) => {
+                    let start = batch.scratch.len();
+                    batch.scratch.extend_from_slice(b"id: ");
+                    batch.scratch.extend_from_slice(session.as_bytes());
+                    batch.scratch.push(b'.');
+                    batch
+                        .scratch
+                        .extend_from_slice(itoa::Buffer::new().format(*k).as_bytes());
+                    batch.scratch.push(b'\n');
+                    debug_assert_eq!(
+                        batch.scratch.capacity(),
+                        scratch_cap,
+                        "scratch never reallocates"
+                    );
+                    let id_line = &batch.scratch[start..];
+                    let (ptr, len) = (id_line.as_ptr(), id_line.len());
+                    // SAFETY: `scratch` was reserved above and is not reallocated while the
+                    // batch is alive, so the pointer stays valid.
+                    batch.push_iov(unsafe { std::slice::from_raw_parts(ptr, len) });
+                    batch.push_iov(SSE_EVENT);
+                    batch.push_iov(f.json());
+                    batch.push_iov(SSE_END);
+                }
+            }
             batch.items.push(item);
         }
+        let _ = scratch_cap;
         if self.items.is_empty() && self.items.capacity() > 64 {
             // Give back memory a burst left behind; idle connections stay small.
             self.items.shrink_to(0);
@@ -158,21 +215,101 @@ impl OutboundQueue {
     }
 }
 
+/// The `msg` frames a session was sent, by index `k` (1-based), kept for exact resume: the
+/// newest `retain` ones, as references to the shared frames.
+pub struct SessionLog {
+    entries: VecDeque<LocalFrame>,
+    /// Index of `entries[0]`.
+    first_k: u64,
+    retain: usize,
+}
+
+impl SessionLog {
+    /// An empty log keeping up to `retain` frames, whose next message gets index `next_k`.
+    pub fn new(retain: usize, next_k: u64) -> Self {
+        SessionLog {
+            entries: VecDeque::new(),
+            first_k: next_k,
+            retain,
+        }
+    }
+
+    /// Index the next message gets.
+    pub fn next_k(&self) -> u64 {
+        self.first_k + self.entries.len() as u64
+    }
+
+    /// Records message `next_k()`.
+    pub fn push(&mut self, frame: LocalFrame) {
+        if self.retain == 0 {
+            self.first_k += 1;
+            return;
+        }
+        if self.entries.len() >= self.retain {
+            self.entries.pop_front();
+            self.first_k += 1;
+        }
+        self.entries.push_back(frame);
+    }
+
+    /// Replaces message `k` (conflation), if still retained.
+    pub fn replace(&mut self, k: u64, frame: LocalFrame) {
+        if let Some(e) = k
+            .checked_sub(self.first_k)
+            .and_then(|i| self.entries.get_mut(i as usize))
+        {
+            *e = frame;
+        }
+    }
+
+    /// Messages after the first `received` ones, or `None` if some of them are no longer
+    /// retained (or `received` is beyond what was sent).
+    pub fn after(&self, received: u64) -> Option<Vec<LocalFrame>> {
+        if received + 1 < self.first_k || received > self.next_k().saturating_sub(1) {
+            return None;
+        }
+        let skip = (received + 1 - self.first_k) as usize;
+        Some(self.entries.iter().skip(skip).cloned().collect())
+    }
+
+    /// Frames retained (for memory accounting and tests).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when nothing is retained.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
 /// One coalesced write: the items it carries and the iovecs pointing into them. The items own
-/// the memory the iovecs point at, so the batch may be handed to the kernel (io_uring) as is.
+/// the memory the iovecs point at (or `scratch`, or static bytes), so the batch may be handed
+/// to the kernel (io_uring) as is.
 #[derive(Default)]
 pub struct WriteBatch {
     items: Vec<Out>,
     iov: Vec<libc::iovec>,
+    scratch: Vec<u8>,
     start: usize,
     total: usize,
 }
 
 impl WriteBatch {
+    #[inline]
+    fn push_iov(&mut self, b: &[u8]) {
+        self.iov.push(libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        });
+        self.total += b.len();
+    }
+
     /// Releases the references of a finished write (keeps the allocations for reuse).
     pub fn clear(&mut self) {
         self.items.clear();
         self.iov.clear();
+        self.scratch.clear();
         self.start = 0;
         self.total = 0;
     }
@@ -186,7 +323,7 @@ impl WriteBatch {
     pub fn messages(&self) -> usize {
         self.items
             .iter()
-            .filter(|o| matches!(o, Out::Msg(_)))
+            .filter(|o| matches!(o, Out::Msg(..)))
             .count()
     }
 
@@ -207,15 +344,16 @@ impl WriteBatch {
         }
     }
 
-    /// True when the backing allocations are large enough to be worth pooling.
+    /// The size of the iovec allocation (pool accounting).
     pub fn capacity(&self) -> usize {
         self.iov.capacity()
     }
 }
 
-// SAFETY: `iov[start..]` points into buffers owned by `items` (heap allocations that do not move
-// while the batch is alive, even if the batch itself moves), and neither is modified while the
-// runtime owns the batch.
+// SAFETY: `iov[start..]` points into buffers owned by `items`, into `scratch` (reserved before
+// any pointer was taken, never reallocated while the batch lives) or into static bytes; none of
+// them is modified or moved while the runtime owns the batch (moving the batch moves only the
+// Vec headers, not their heap buffers).
 unsafe impl monoio::buf::IoVecBuf for WriteBatch {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
         self.iov[self.start..].as_ptr()
@@ -271,9 +409,9 @@ mod tests {
         let f = frame("a", 1);
         let limit = f.wire_len() * 3;
         for _ in 0..3 {
-            assert_eq!(q.push_msg(&f, false, limit), Pushed::Queued);
+            assert_eq!(q.push_msg(&f, 1, false, limit), Pushed::Queued);
         }
-        assert_eq!(q.push_msg(&f, false, limit), Pushed::Overflow);
+        assert_eq!(q.push_msg(&f, 1, false, limit), Pushed::Overflow);
         assert_eq!(q.bytes(), limit);
         assert_eq!(q.clear(), 3);
         assert!(q.is_empty());
@@ -283,21 +421,62 @@ mod tests {
     fn conflation_replaces_the_pending_message_of_the_same_subject() {
         let mut q = OutboundQueue::default();
         let limit = frame("a", 1).wire_len() * 2;
-        q.push_msg(&frame("a", 1), true, limit);
-        q.push_msg(&frame("b", 1), true, limit);
-        assert_eq!(q.push_msg(&frame("a", 2), true, limit), Pushed::Conflated);
-        assert_eq!(q.push_msg(&frame("a", 3), true, limit), Pushed::Conflated);
+        q.push_msg(&frame("a", 1), 1, true, limit);
+        q.push_msg(&frame("b", 1), 2, true, limit);
+        assert_eq!(
+            q.push_msg(&frame("a", 2), 3, true, limit),
+            Pushed::Conflated(1)
+        );
+        assert_eq!(
+            q.push_msg(&frame("a", 3), 3, true, limit),
+            Pushed::Conflated(1)
+        );
         let mut b = WriteBatch::default();
-        q.fill(&mut b);
+        q.fill(&mut b, Framing::WebSocket);
         let seqs: Vec<_> = b
             .items
             .iter()
             .map(|o| match o {
-                Out::Msg(f) => (f.subject().to_string(), f.seq()),
+                Out::Msg(f, _) => (f.subject().to_string(), f.seq()),
                 Out::Raw(_) => unreachable!(),
             })
             .collect();
         assert_eq!(seqs, vec![("a".to_string(), 3), ("b".to_string(), 1)]);
+    }
+
+    #[test]
+    fn sse_framing_adds_only_the_id_line_per_connection() {
+        let mut q = OutboundQueue::default();
+        let f = frame("a", 7);
+        q.push_msg(&f, 41, false, 1 << 20);
+        let mut b = WriteBatch::default();
+        q.fill(&mut b, Framing::Sse("s1"));
+        let mut wire = Vec::new();
+        for v in &b.iov {
+            // SAFETY: test reads the iovecs the batch owns.
+            wire.extend_from_slice(unsafe {
+                std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+            });
+        }
+        let want = [b"id: s1.41\nevent: msg\ndata: " as &[u8], f.json(), b"\n\n"].concat();
+        assert_eq!(wire, want);
+        assert_eq!(b.remaining(), want.len());
+    }
+
+    #[test]
+    fn the_session_log_keeps_the_newest_frames_by_index() {
+        let mut log = SessionLog::new(3, 1);
+        for i in 1..=5 {
+            log.push(frame("a", i));
+        }
+        assert_eq!(log.next_k(), 6);
+        assert!(log.after(1).is_none(), "messages 2 is no longer retained");
+        let seqs = |v: Vec<LocalFrame>| v.iter().map(|f| f.seq()).collect::<Vec<_>>();
+        assert_eq!(seqs(log.after(2).unwrap()), vec![3, 4, 5]);
+        assert_eq!(seqs(log.after(5).unwrap()), Vec::<u64>::new());
+        assert!(log.after(6).is_none(), "more than was sent");
+        log.replace(4, frame("a", 9));
+        assert_eq!(seqs(log.after(3).unwrap()), vec![9, 5]);
     }
 
     #[test]
@@ -306,7 +485,7 @@ mod tests {
         q.push_raw(b"hello".to_vec().into(), 100);
         q.push_raw(b"world".to_vec().into(), 100);
         let mut b = WriteBatch::default();
-        q.fill(&mut b);
+        q.fill(&mut b, Framing::WebSocket);
         assert_eq!(b.remaining(), 10);
         b.advance(3);
         assert_eq!(b.start, 0);

@@ -22,6 +22,17 @@ pub struct SubjectLimits {
     pub dedup_ttl: Duration,
 }
 
+/// When (and where in the owner's broadcast stream) a publish is accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct Stamp {
+    /// Acceptance time, microseconds since the Unix epoch (becomes `ts`).
+    pub now_us: u64,
+    /// Acceptance time, monotonic (dedup window ages).
+    pub now: Instant,
+    /// Broadcast position the frame gets if it is new.
+    pub xseq: u64,
+}
+
 /// The outcome of offering a publish to the owner.
 #[derive(Debug)]
 pub enum Accepted {
@@ -76,16 +87,16 @@ pub struct SubjectState {
 
 impl SubjectState {
     /// Sequences a publish: assigns seq and ts, encodes the frame once, retains it.
-    /// `now_us` is the acceptance time; ts never goes backwards within a subject.
+    /// ts never goes backwards within a subject.
     pub fn accept(
         &mut self,
         subject: &str,
         data: &[u8],
         msg_id: Option<&str>,
-        now_us: u64,
-        now: Instant,
+        at: Stamp,
         limits: &SubjectLimits,
     ) -> Accepted {
+        let Stamp { now_us, now, xseq } = at;
         if let Some(id) = msg_id {
             self.dedup.expire(now, limits);
             if let Some(&(seq, ts)) = self.dedup.seen.get(id) {
@@ -94,7 +105,7 @@ impl SubjectState {
         }
         let seq = self.last_seq + 1;
         let ts = now_us.max(self.last_ts);
-        let frame = Arc::new(Frame::encode(subject, seq, ts, data, msg_id));
+        let frame = Arc::new(Frame::encode(subject, seq, ts, data, msg_id).with_xseq(xseq));
         self.last_seq = seq;
         self.last_ts = ts;
         if limits.history > 0 {
@@ -135,6 +146,12 @@ impl SubjectState {
         self.history.iter().skip(skip).take(limit)
     }
 
+    /// Retained frames the owner broadcast after stream position `xseq`, oldest first.
+    pub fn after_xseq(&self, xseq: u64) -> impl Iterator<Item = &Arc<Frame>> {
+        let start = self.history.partition_point(|f| f.xseq() <= xseq);
+        self.history.iter().skip(start)
+    }
+
     /// Everything a `since` subscriber needs: the gap (if history no longer reaches back) and
     /// the retained frames after `since`.
     pub fn replay_since(&self, since: u64) -> Replay {
@@ -165,7 +182,17 @@ mod tests {
         id: Option<&str>,
         now: Instant,
     ) -> (u64, bool) {
-        match s.accept("a", b"1", id, 10, now, l) {
+        match s.accept(
+            "a",
+            b"1",
+            id,
+            Stamp {
+                now_us: 10,
+                now,
+                xseq: 0,
+            },
+            l,
+        ) {
             Accepted::New(f) => (f.seq(), false),
             Accepted::Duplicate { seq, .. } => (seq, true),
         }

@@ -12,12 +12,14 @@
 //! connection, each connection at most once.
 
 use crate::auth::Grant;
-use crate::bus::{owner_of, Bus, BusMsg, PubAck, ReplayKind};
+use crate::bus::{owner_of, Bus, BusMsg, PubAck, ReplayKind, SessionState, MAX_CORES};
 use crate::config::Config;
 use crate::frame::Frame;
 use crate::metrics::{self, CloseReason, CoreMetrics};
-use crate::outbound::{LocalFrame, LocalNotify, OutboundQueue, Pushed, WriteBatch};
-use crate::owner::{Accepted, Replay, SubjectLimits, SubjectState};
+use crate::outbound::{
+    Framing, LocalFrame, LocalNotify, OutboundQueue, Pushed, SessionLog, WriteBatch,
+};
+use crate::owner::{Accepted, Replay, Stamp, SubjectLimits, SubjectState};
 use crate::proto::{self, ErrorCode};
 use crate::trie::SubjectTrie;
 use crossbeam_channel::Receiver;
@@ -116,6 +118,11 @@ pub struct Conn {
     hwm: RefCell<Option<HashMap<Box<str>, u64>>>,
     queue_limit: usize,
     websocket: bool,
+    sse: bool,
+    /// The `msg` frames this session was sent, for exact resume.
+    log: RefCell<SessionLog>,
+    /// Core clock (ms) when the socket went away while the session is retained.
+    detached_at: Cell<Option<u64>>,
     /// The socket, for a forced shutdown when a close cannot be flushed in time.
     fd: Cell<i32>,
     /// Core clock (ms) of the last bytes received.
@@ -280,7 +287,34 @@ impl Conn {
 
     /// Moves pending output into `batch`.
     pub fn fill(&self, batch: &mut WriteBatch) {
-        self.out.borrow_mut().fill(batch);
+        let framing = if self.sse {
+            Framing::Sse(&self.session)
+        } else {
+            Framing::WebSocket
+        };
+        self.out.borrow_mut().fill(batch, framing);
+    }
+
+    /// True for a Server-Sent Events stream.
+    pub fn is_sse(&self) -> bool {
+        self.sse
+    }
+
+    /// Queues a named event: an SSE `event:` block, or a WebSocket text frame of the JSON.
+    pub fn send_event(&self, m: &CoreMetrics, name: &str, json: &[u8]) {
+        if !self.sse {
+            return self.send_json(m, json);
+        }
+        if self.closing.get().is_some() {
+            return;
+        }
+        let mut b = Vec::with_capacity(json.len() + 24);
+        b.extend_from_slice(b"event: ");
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(b"\ndata: ");
+        b.extend_from_slice(json);
+        b.extend_from_slice(b"\n\n");
+        self.send_raw(m, b.into());
     }
 
     /// Number of subscriptions.
@@ -293,9 +327,10 @@ impl Conn {
         self.subs.borrow().keys().cloned().collect()
     }
 
-    /// Queues a control reply (JSON); WebSocket connections get it as a text frame.
+    /// Queues a control reply (JSON); WebSocket connections get it as a text frame. SSE streams
+    /// carry no replies (they have no requests).
     pub fn send_json(&self, m: &CoreMetrics, json: &[u8]) {
-        if self.closing.get().is_some() {
+        if self.closing.get().is_some() || self.sse {
             return;
         }
         let bytes: Box<[u8]> = if self.websocket {
@@ -357,7 +392,8 @@ impl Conn {
     /// what this connection already got. Returns true if queued.
     #[inline]
     fn push_msg(&self, m: &CoreMetrics, frame: &LocalFrame, conflate: bool) -> bool {
-        if self.closing.get().is_some() || self.delivery_denied(frame.subject()) {
+        let detached = self.detached_at.get().is_some();
+        if (!detached && self.closing.get().is_some()) || self.delivery_denied(frame.subject()) {
             return false;
         }
         if let Some(hwm) = self.hwm.borrow_mut().as_mut() {
@@ -370,19 +406,27 @@ impl Conn {
                 }
             }
         }
+        if detached {
+            // No socket: the session only records what it would have been sent, for resume.
+            self.log.borrow_mut().push(frame.clone());
+            return true;
+        }
         let was_empty = self.out.borrow().is_empty();
+        let k = self.log.borrow().next_k();
         let pushed = self
             .out
             .borrow_mut()
-            .push_msg(frame, conflate, self.queue_limit);
+            .push_msg(frame, k, conflate, self.queue_limit);
         match pushed {
             Pushed::Queued => {
+                self.log.borrow_mut().push(frame.clone());
                 if was_empty {
                     self.kick();
                 }
                 true
             }
-            Pushed::Conflated => {
+            Pushed::Conflated(old_k) => {
+                self.log.borrow_mut().replace(old_k, frame.clone());
                 metrics::add(&m.dropped, 1);
                 true
             }
@@ -449,6 +493,20 @@ enum Waiter {
     Replay { conn: Rc<Conn>, sub: Rc<SubState> },
     /// An HTTP `/history` request.
     History(Rc<Slot<Vec<u8>>>),
+    /// A resume waiting for the session's owner core to hand it over.
+    Resume(Rc<Slot<Result<SessionState, ()>>>),
+    /// A resumed session waiting for one owner's catch-up frames.
+    CatchUp {
+        conn: Rc<Conn>,
+        subs: Vec<Rc<SubState>>,
+    },
+}
+
+/// Why a resume failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeError {
+    /// Unknown, expired, or no longer holding the messages after `received`.
+    Expired,
 }
 
 /// Outcome of a subscribe request.
@@ -483,6 +541,10 @@ pub struct Core {
     started: Instant,
     /// Accept-rate token bucket: milli-tokens and last refill (ms).
     accepts: Cell<(u64, u64)>,
+    /// This core's broadcast counter as a subject owner (see `Frame::xseq`).
+    xseq: Cell<u64>,
+    /// Per owner core: the last broadcast position this core has processed.
+    seen: Box<[Cell<u64>]>,
 }
 
 thread_local! {
@@ -539,6 +601,8 @@ impl Core {
             clock_ms: Cell::new(0),
             started: Instant::now(),
             accepts: Cell::new((0, 0)),
+            xseq: Cell::new(0),
+            seen: (0..MAX_CORES).map(|_| Cell::new(0)).collect(),
         })
     }
 
@@ -570,11 +634,16 @@ impl Core {
 
     /// Registers a new connection on this core.
     pub fn register(self: &Rc<Self>, websocket: bool) -> Rc<Conn> {
+        self.register_kind(websocket, false)
+    }
+
+    /// Registers a new connection: a WebSocket, or an SSE stream (`sse`).
+    pub fn register_kind(self: &Rc<Self>, websocket: bool, sse: bool) -> Rc<Conn> {
         let n = self.next_conn.get();
         self.next_conn.set(n + 1);
         let id = ((self.id as u64) << 48) | n;
         // Session ids are unguessable (resume hands over a session): core + 64 random bits.
-        let session = format!("{:x}{:016x}", self.id, random_u64()).into_boxed_str();
+        let session = format!("{:02x}{:016x}", self.id, random_u64()).into_boxed_str();
         let conn = Rc::new_cyclic(|me| Conn {
             id,
             session,
@@ -588,6 +657,9 @@ impl Core {
             hwm: RefCell::new(None),
             queue_limit: self.cfg().max_queue_bytes,
             websocket,
+            sse,
+            log: RefCell::new(SessionLog::new(self.cfg().session_retain, 1)),
+            detached_at: Cell::new(None),
             fd: Cell::new(-1),
             last_rx: Cell::new(self.clock_ms.get()),
             ping_sent: Cell::new(false),
@@ -779,7 +851,7 @@ impl Core {
             // Gaps only come from `since`, whose pattern is a concrete subject.
             let mut b = Vec::with_capacity(64);
             proto::gap(&mut b, &sub.pattern, from, to);
-            conn.send_json(m, &b);
+            conn.send_event(m, "gap", &b);
         }
         let mut n = 0;
         for f in replay.frames {
@@ -853,8 +925,11 @@ impl Core {
                 subject,
                 data,
                 msg_id,
-                now_us(),
-                Instant::now(),
+                Stamp {
+                    now_us: now_us(),
+                    now: Instant::now(),
+                    xseq: self.xseq.get() + 1,
+                },
                 &self.limits,
             )
         };
@@ -868,6 +943,7 @@ impl Core {
                 }
             }
             Accepted::New(frame) => {
+                self.xseq.set(frame.xseq());
                 metrics::add(&self.metrics().published, 1);
                 let ack = PubAck {
                     seq: frame.seq(),
@@ -893,6 +969,7 @@ impl Core {
 
     /// Queues `frame` to every matching local connection, once per connection.
     pub fn deliver(&self, frame: Arc<Frame>, from: usize) {
+        self.seen[from].set(frame.xseq());
         let entries = self.matches(frame.subject());
         if entries.is_empty() {
             return;
@@ -980,6 +1057,213 @@ impl Core {
         out
     }
 
+    // ---- sessions --------------------------------------------------------------------------
+
+    /// A connection's socket is gone. Its session is kept (subscribed, logging what it would
+    /// have been sent) for `--session-ttl` so a new connection can resume it, unless the node is
+    /// shutting down or the connection ended for a reason that rules resuming out.
+    pub fn detach_or_unregister(&self, conn: &Rc<Conn>) {
+        let keep = self.cfg().session_ttl > 0
+            && !self.shutting_down.get()
+            && !conn.echo.get()
+            && conn.subscription_count() > 0
+            && !matches!(
+                conn.closing.get(),
+                Some(CloseReason::Shutdown | CloseReason::Unauthorized | CloseReason::RateLimited)
+            )
+            && self.conns.borrow().contains_key(&conn.id);
+        if !keep {
+            return self.unregister(conn);
+        }
+        let dropped = conn.out.borrow_mut().clear();
+        metrics::add(&self.metrics().dropped, dropped as u64);
+        conn.fd.set(-1);
+        if conn.closing.get().is_none() {
+            conn.closing.set(Some(CloseReason::ClientClosed));
+            self.metrics().closed(CloseReason::ClientClosed);
+        }
+        conn.detached_at.set(Some(self.clock_ms.get()));
+        // Turn on per-subject tracking so the hand-over can deduplicate.
+        conn.hwm.borrow_mut().get_or_insert_with(HashMap::new);
+    }
+
+    /// Owner side of a resume: removes the session and returns what the new connection needs.
+    fn take_session(&self, session: &str, received: u64) -> Result<SessionState, ()> {
+        let conn = self
+            .conns
+            .borrow()
+            .values()
+            .find(|c| &*c.session == session)
+            .cloned()
+            .ok_or(())?;
+        let frames = conn.log.borrow().after(received).ok_or(())?;
+        if conn.detached_at.get().is_none() {
+            // Still attached (the old socket is not known dead yet): it is being replaced.
+            conn.close(
+                self.metrics(),
+                CloseReason::ClientClosed,
+                crate::ws::close::NORMAL,
+                "session resumed elsewhere",
+            );
+        }
+        let patterns = conn
+            .subs
+            .borrow()
+            .values()
+            .map(|s| (s.pattern.clone(), s.conflate.get()))
+            .collect();
+        let hwm = conn
+            .hwm
+            .borrow()
+            .as_ref()
+            .map(|h| h.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default();
+        let mut cut: Vec<u64> = self.seen.iter().take(self.cores()).map(Cell::get).collect();
+        cut[self.id] = self.xseq.get();
+        self.unregister(&conn);
+        Ok(SessionState {
+            patterns,
+            frames: frames.into_iter().map(|f| Arc::clone(&f)).collect(),
+            hwm,
+            cut,
+            next_k: received + 1,
+        })
+    }
+
+    /// Resumes `session` on `conn` (this core): the session's subscriptions are restored and
+    /// every message after its `received`-th is delivered once, in order, then live ones, with
+    /// nothing lost while it moves between cores. `on_adopt` runs first (the `ok` reply).
+    pub async fn resume(
+        self: &Rc<Self>,
+        conn: &Rc<Conn>,
+        session: &str,
+        received: u64,
+        on_adopt: impl FnOnce(),
+    ) -> Result<(), ResumeError> {
+        let owner = session
+            .get(..2)
+            .and_then(|h| usize::from_str_radix(h, 16).ok())
+            .filter(|o| *o < self.cores() && session.len() == 18 && session != &*conn.session)
+            .ok_or(ResumeError::Expired)?;
+        let state = if owner == self.id {
+            self.take_session(session, received)
+        } else {
+            let slot = Rc::new(Slot::default());
+            let token = self.park(Waiter::Resume(slot.clone()));
+            let msg = BusMsg::Resume {
+                session: session.into(),
+                received,
+                from: self.id,
+                token,
+            };
+            self.shared.bus.send(owner, msg);
+            slot.wait().await
+        };
+        let state = state.map_err(|()| ResumeError::Expired)?;
+        if !self.conns.borrow().contains_key(&conn.id) {
+            // The new connection went away meanwhile; the session cannot be saved.
+            return Err(ResumeError::Expired);
+        }
+        on_adopt();
+        self.adopt(conn, state);
+        Ok(())
+    }
+
+    fn adopt(&self, conn: &Rc<Conn>, st: SessionState) {
+        let m = self.metrics();
+        *conn.log.borrow_mut() = SessionLog::new(self.cfg().session_retain, st.next_k);
+        // Track per-subject seq from here on; the old session's marks are merged only after its
+        // replay went out (the replayed frames are at or below them).
+        conn.hwm.borrow_mut().get_or_insert_with(HashMap::new);
+        let others: u64 = (0..self.cores())
+            .filter(|c| *c != self.id)
+            .fold(0, |a, c| a | 1 << c);
+        let grant = conn.grant();
+        let mut subs = Vec::new();
+        for (pattern, conflate) in &st.patterns {
+            if let Some(Err(r)) = grant.as_ref().map(|g| g.check_subscribe(pattern)) {
+                let msg = format!(
+                    "subscription '{pattern}' not restored: {}",
+                    r.message("subscribe")
+                );
+                conn.send_err(m, None, ErrorCode::Forbidden, &msg);
+                continue;
+            }
+            let existing = conn.subs.borrow().get(&**pattern).cloned();
+            let sub = match existing {
+                Some(s) => s,
+                None => {
+                    let s = Rc::new(SubState {
+                        pattern: pattern.clone(),
+                        conflate: Cell::new(*conflate),
+                        pending: Cell::new(0),
+                        active: Cell::new(true),
+                    });
+                    conn.subs.borrow_mut().insert(pattern.clone(), s.clone());
+                    self.trie.borrow_mut().insert(
+                        pattern,
+                        SubEntry {
+                            conn: conn.clone(),
+                            sub: s.clone(),
+                        },
+                    );
+                    metrics::add(&m.subscriptions, 1);
+                    s
+                }
+            };
+            sub.pending.set(sub.pending.get() | others);
+            subs.push(sub);
+        }
+        self.cache.borrow_mut().clear();
+        // What the old connection had been sent after `received`, then what this core owns and
+        // broadcast after the cut, then each other owner's catch-up.
+        self.push_frames(conn, st.frames);
+        if let Some(hwm) = conn.hwm.borrow_mut().as_mut() {
+            for (subject, seq) in st.hwm {
+                let h = hwm.entry(subject).or_insert(0);
+                *h = (*h).max(seq);
+            }
+        }
+        let patterns: Vec<Box<str>> = subs.iter().map(|s| s.pattern.clone()).collect();
+        let local = self.catch_up_frames(&patterns, st.cut[self.id]);
+        self.push_frames(conn, local);
+        for owner in (0..self.cores()).filter(|c| *c != self.id) {
+            let token = self.park(Waiter::CatchUp {
+                conn: conn.clone(),
+                subs: subs.clone(),
+            });
+            let msg = BusMsg::CatchUp {
+                patterns: patterns.clone(),
+                after: st.cut[owner],
+                from: self.id,
+                token,
+            };
+            self.shared.bus.send(owner, msg);
+        }
+    }
+
+    /// Owner side of a hand-over: retained frames of owned subjects matching any pattern that
+    /// were broadcast after stream position `after`, in broadcast order.
+    fn catch_up_frames(&self, patterns: &[Box<str>], after: u64) -> Vec<Arc<Frame>> {
+        let owned = self.owned.borrow();
+        let mut frames: Vec<Arc<Frame>> = owned
+            .iter()
+            .filter(|(subject, _)| patterns.iter().any(|p| crate::subject::matches(p, subject)))
+            .flat_map(|(_, s)| s.after_xseq(after).cloned())
+            .collect();
+        frames.sort_by_key(|f| f.xseq());
+        frames
+    }
+
+    fn push_frames(&self, conn: &Rc<Conn>, frames: Vec<Arc<Frame>>) {
+        let m = self.metrics();
+        let n = frames
+            .into_iter()
+            .filter(|f| conn.push_msg(m, &Rc::new(f.clone()), false))
+            .count();
+        metrics::add(&m.delivered, n as u64);
+    }
+
     // ---- the bus -------------------------------------------------------------------------
 
     /// Handles one message from another core.
@@ -1047,6 +1331,50 @@ impl Core {
                     slot.fill(body);
                 }
             }
+            BusMsg::Resume {
+                session,
+                received,
+                from,
+                token,
+            } => {
+                let result = self.take_session(&session, received);
+                self.shared.bus.send(from, BusMsg::Adopt { token, result });
+            }
+            BusMsg::Adopt { token, result } => {
+                if let Some(Waiter::Resume(slot)) = self.waiters.borrow_mut().remove(&token) {
+                    slot.fill(result);
+                }
+            }
+            BusMsg::CatchUp {
+                patterns,
+                after,
+                from,
+                token,
+            } => {
+                let frames = self.catch_up_frames(&patterns, after);
+                self.shared.bus.send(
+                    from,
+                    BusMsg::CatchUpDone {
+                        token,
+                        owner: self.id,
+                        frames,
+                    },
+                );
+            }
+            BusMsg::CatchUpDone {
+                token,
+                owner,
+                frames,
+            } => {
+                if let Some(Waiter::CatchUp { conn, subs }) =
+                    self.waiters.borrow_mut().remove(&token)
+                {
+                    for sub in &subs {
+                        sub.pending.set(sub.pending.get() & !(1 << owner));
+                    }
+                    self.push_frames(&conn, frames);
+                }
+            }
             BusMsg::Shutdown => self.begin_shutdown(),
         }
     }
@@ -1078,12 +1406,16 @@ impl Core {
         }
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
-            c.close(
-                self.metrics(),
-                CloseReason::Shutdown,
-                crate::ws::close::GOING_AWAY,
-                "server shutting down",
-            );
+            if c.detached_at.get().is_some() {
+                self.unregister(&c);
+            } else {
+                c.close(
+                    self.metrics(),
+                    CloseReason::Shutdown,
+                    crate::ws::close::GOING_AWAY,
+                    "server shutting down",
+                );
+            }
         }
         self.shutdown.notify();
     }
@@ -1134,14 +1466,27 @@ impl Core {
         let unix_secs = now_us() / 1_000_000;
         let m = self.metrics();
         let conns: Vec<Rc<Conn>> = self.conns.borrow().values().cloned().collect();
+        let ttl_ms = self.cfg().session_ttl.saturating_mul(1000);
+        let heartbeat_ms = self.cfg().sse_heartbeat_secs.max(1).saturating_mul(1000);
         for c in conns {
+            if let Some(at) = c.detached_at.get() {
+                if now.saturating_sub(at) >= ttl_ms {
+                    self.unregister(&c);
+                }
+                continue;
+            }
             if c.closing.get().is_some() {
                 if now.saturating_sub(c.closed_at.get()) >= CLOSE_GRACE_MS {
                     c.force_shutdown();
                 }
                 continue;
             }
-            if !c.websocket {
+            if c.sse && now.saturating_sub(c.last_rx.get()) >= heartbeat_ms {
+                // A comment line keeps proxies from closing an idle stream.
+                c.last_rx.set(now);
+                c.send_raw(m, b":\n\n".to_vec().into());
+            }
+            if !c.websocket && !c.sse {
                 continue;
             }
             if c.auth_deadline.get() != 0 && now >= c.auth_deadline.get() {

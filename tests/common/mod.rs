@@ -401,3 +401,103 @@ macro_rules! on_both_drivers {
         }
     };
 }
+
+/// A Server-Sent Events client over a raw socket.
+pub struct Sse {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    pub status: u16,
+    pub head: String,
+}
+
+/// One SSE event (or a comment, with `comment` set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: String,
+    pub data: String,
+    pub comment: bool,
+}
+
+impl Sse {
+    pub fn connect(addr: SocketAddr, target: &str, headers: &[(&str, &str)]) -> Sse {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(IO_BOUND)).unwrap();
+        let mut req = format!("GET {target} HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                break end;
+            }
+            let n = read_some(&mut stream, &mut chunk).unwrap();
+            assert!(n > 0, "closed before the response head");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        buf.drain(..end + 4);
+        Sse {
+            stream,
+            buf,
+            status,
+            head,
+        }
+    }
+
+    /// Next event or comment; `None` at EOF.
+    pub fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(end) = find(&self.buf, b"\n\n") {
+                let block = String::from_utf8(self.buf[..end].to_vec()).unwrap();
+                self.buf.drain(..end + 2);
+                let mut ev = Event {
+                    id: None,
+                    event: "message".into(),
+                    data: String::new(),
+                    comment: false,
+                };
+                for line in block.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        let _ = c;
+                        ev.comment = true;
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        ev.id = Some(v.to_string());
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        ev.event = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        ev.data = v.to_string();
+                    } else if line.starts_with("retry: ") {
+                        ev.event = "retry".into();
+                    }
+                }
+                return Some(ev);
+            }
+            let mut chunk = [0u8; 65536];
+            let n = match read_some(&mut self.stream, &mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                Err(e) => panic!("read: {e}"),
+            };
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Next event named `name`, skipping others and comments.
+    pub fn next_named(&mut self, name: &str) -> Event {
+        loop {
+            let e = self.next().expect("stream ended");
+            if !e.comment && e.event == name {
+                return e;
+            }
+        }
+    }
+}
