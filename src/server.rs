@@ -14,6 +14,7 @@ use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
@@ -256,6 +257,8 @@ async fn run_core(
     monoio::spawn(sweeper(core.clone()));
     let _ = ready.send(Ok(()));
     drop(ready);
+    let mut spare = SpareFd::open();
+    let mut last_warn: Option<Instant> = None;
     loop {
         monoio::select! {
             _ = core.shutdown.wait() => break,
@@ -264,8 +267,19 @@ async fn run_core(
                     monoio::spawn(crate::conn::serve(core.clone(), stream));
                 }
                 Err(e) => {
-                    // EMFILE/ENFILE and friends: back off instead of spinning.
-                    tracing::warn!(core = id, "accept failed: {e}");
+                    let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                    if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        tracing::warn!(core = id, "accept failed: {e}");
+                        last_warn = Some(Instant::now());
+                    }
+                    if out_of_fds {
+                        // Out of descriptors: answer the waiting client 503 with the spare fd
+                        // instead of leaving it hanging in the backlog.
+                        if spare.shed(listener.as_raw_fd()) {
+                            crate::metrics::add(&core.metrics().rejected, 1);
+                            continue;
+                        }
+                    }
                     monoio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
@@ -277,6 +291,53 @@ async fn run_core(
         monoio::time::sleep(Duration::from_millis(5)).await;
     }
     Ok(())
+}
+
+/// One descriptor held in reserve so that, when the process runs out of descriptors, a waiting
+/// connection can still be accepted and told 503 rather than left hanging (the libev/nginx
+/// trick).
+struct SpareFd(i32);
+
+impl SpareFd {
+    fn open() -> SpareFd {
+        // SAFETY: plain open(2) of a constant path.
+        SpareFd(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })
+    }
+
+    /// Frees the spare, accepts one connection, answers 503, closes it, takes the spare back.
+    fn shed(&mut self, listener: i32) -> bool {
+        if self.0 < 0 {
+            *self = SpareFd::open();
+            return false;
+        }
+        // SAFETY: closing our own descriptor; accept4/send/close on the fds we own.
+        let shed = unsafe {
+            libc::close(self.0);
+            let fd = libc::accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            );
+            if fd >= 0 {
+                let resp = crate::http::error(
+                    crate::proto::ErrorCode::Overloaded,
+                    "server out of file descriptors",
+                    false,
+                );
+                libc::send(
+                    fd,
+                    resp.as_ptr() as *const libc::c_void,
+                    resp.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                );
+                libc::close(fd);
+            }
+            fd >= 0
+        };
+        *self = SpareFd::open();
+        shed
+    }
 }
 
 async fn sweeper(core: Rc<Core>) {

@@ -86,3 +86,49 @@ fn browser_origins_can_be_restricted() {
         .hello();
     Ws::try_connect(node.addr, "/ws", &[]).unwrap().hello();
 }
+
+#[test]
+fn out_of_file_descriptors_answers_503_instead_of_hanging() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    cmd.args(["--listen", "127.0.0.1:0", "--cores", "1"])
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: setrlimit between fork and exec touches no shared state.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 48,
+                rlim_max: 48,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: std::net::SocketAddr = loop {
+        let line = lines.next().expect("ringcast logs").unwrap();
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let mut held = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        match Ws::try_connect(addr, "/ws", &[]) {
+            Ok(ws) => held.push(ws),
+            Err((status, _)) => statuses.push(status),
+        }
+    }
+    assert!(!held.is_empty());
+    assert!(
+        statuses.contains(&503),
+        "clients beyond the fd limit get 503: {statuses:?}"
+    );
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    drop(held);
+    assert!(child.wait().unwrap().success());
+}
