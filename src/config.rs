@@ -142,6 +142,11 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_SSE_HEARTBEAT_SECS", default_value_t = 15)]
     pub sse_heartbeat_secs: u64,
 
+    /// Start a built-in synthetic price publisher (`prices.<PAIR>`, a few ticks per second per
+    /// instrument) so the demo page at `/` moves right away.
+    #[arg(long, env = "RINGCAST_DEMO_FEED")]
+    pub demo_feed: bool,
+
     /// How long shutdown waits for connections to flush their close frames, milliseconds.
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_MS", default_value_t = 2_000)]
     pub shutdown_grace_ms: u64,

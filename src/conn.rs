@@ -25,6 +25,12 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// The browser client, an ES module served at `/ringcast.js` (source: `src/web/ringcast.js`).
+const CLIENT_JS: &str = include_str!("web/ringcast.js");
+
+/// The demo page served at `/` (source: `src/web/index.html`).
+const DEMO_PAGE: &str = include_str!("web/index.html");
+
 /// Bytes read per call while in the HTTP phase.
 const HTTP_READ_CHUNK: usize = 512;
 
@@ -441,6 +447,16 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
         )
     };
     match path {
+        "/" | "/index.html" => match method {
+            Method::Get | Method::Head => http::response(200, "text/html; charset=utf-8", &[], DEMO_PAGE.as_bytes(), keep_alive),
+            _ => not_allowed(),
+        },
+        "/ringcast.js" => match method {
+            Method::Get | Method::Head => {
+                http::response(200, "text/javascript; charset=utf-8", &[("Cache-Control", "no-cache")], CLIENT_JS.as_bytes(), keep_alive)
+            }
+            _ => not_allowed(),
+        },
         "/healthz" => match method {
             Method::Get | Method::Head => http::response(200, "text/plain", &[], b"ok", keep_alive),
             _ => not_allowed(),

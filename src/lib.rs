@@ -21,6 +21,9 @@
 //!  metrics  per-core counters, close reasons, Prometheus text
 //!  config   flags and RINGCAST_* env vars
 //!  limits   start-up checks of OS limits (nofile, memlock, somaxconn)
+//!  auth     JWT verification and subject ACLs (grants compiled into tries)
+//!  demo     --demo-feed: synthetic price publisher for the demo page
+//!  web/     the browser client (ringcast.js) and demo page, served at /ringcast.js and /
 //! ```
 //!
 //! # Data flow of one publish
@@ -38,6 +41,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod conn;
+pub mod demo;
 pub mod frame;
 pub mod http;
 pub mod limits;

@@ -255,6 +255,9 @@ async fn run_core(
     let core = Core::new(id, shared, rx);
     monoio::spawn(core.clone().run_bus());
     monoio::spawn(sweeper(core.clone()));
+    if id == 0 && core.cfg().demo_feed {
+        monoio::spawn(crate::demo::run(core.clone()));
+    }
     let _ = ready.send(Ok(()));
     drop(ready);
     let mut spare = SpareFd::open();

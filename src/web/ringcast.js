@@ -1,0 +1,2 @@
+// ringcast browser client (being written)
+export class Ringcast {}
