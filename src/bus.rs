@@ -157,8 +157,63 @@ pub enum BusMsg {
         /// Frames after the position.
         frames: Vec<Arc<Frame>>,
     },
+    /// A request to a subject's owner core (scheduled publishes).
+    Call {
+        /// What to do.
+        op: OwnerOp,
+        /// Requesting core.
+        from: usize,
+        /// Request token.
+        token: u64,
+    },
+    /// The owner's answer to `Call`.
+    CallDone {
+        /// Request token.
+        token: u64,
+        /// The answer.
+        reply: OwnerReply,
+    },
     /// Stop accepting, close connections with 1001, finish.
     Shutdown,
+}
+
+/// Requests served by a subject's owner core.
+#[derive(Debug)]
+pub enum OwnerOp {
+    /// Publish at `at_ms` (ms since the Unix epoch).
+    Schedule(crate::schedule::Scheduled),
+    /// Cancel schedule `n` if `grant` may publish its subject (`None`: auth off).
+    Cancel {
+        /// Core-local schedule number.
+        n: u64,
+        /// The caller's grant.
+        grant: Option<Arc<crate::auth::Grant>>,
+    },
+    /// List pending schedules of a subject (JSON body).
+    List {
+        /// Concrete subject.
+        subject: Box<str>,
+    },
+}
+
+/// Answers of the owner core.
+#[derive(Debug)]
+pub enum OwnerReply {
+    /// The schedule id, or why not.
+    Scheduled(Result<String, crate::schedule::ScheduleError>),
+    /// Cancelled, or why not.
+    Cancelled(Result<(), CancelError>),
+    /// `GET /schedule` body.
+    Listed(Vec<u8>),
+}
+
+/// Why a cancel failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelError {
+    /// No such pending schedule.
+    NotFound,
+    /// The caller may not publish its subject.
+    Forbidden(crate::auth::Refusal),
 }
 
 /// A session moving between cores.

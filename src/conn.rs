@@ -9,6 +9,7 @@
 //! buffer for the read) and no write buffer (a pooled `WriteBatch` is borrowed per write).
 
 use crate::auth::{self, Grant, Refusal};
+use crate::bus::{CancelError, OwnerOp, OwnerReply};
 use crate::http::{self, Method, Request};
 use crate::metrics::{self, CloseReason};
 use crate::proto::{self, ClientOp, ErrorCode};
@@ -448,13 +449,23 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
     };
     match path {
         "/" | "/index.html" => match method {
-            Method::Get | Method::Head => http::response(200, "text/html; charset=utf-8", &[], DEMO_PAGE.as_bytes(), keep_alive),
+            Method::Get | Method::Head => http::response(
+                200,
+                "text/html; charset=utf-8",
+                &[],
+                DEMO_PAGE.as_bytes(),
+                keep_alive,
+            ),
             _ => not_allowed(),
         },
         "/ringcast.js" => match method {
-            Method::Get | Method::Head => {
-                http::response(200, "text/javascript; charset=utf-8", &[("Cache-Control", "no-cache")], CLIENT_JS.as_bytes(), keep_alive)
-            }
+            Method::Get | Method::Head => http::response(
+                200,
+                "text/javascript; charset=utf-8",
+                &[("Cache-Control", "no-cache")],
+                CLIENT_JS.as_bytes(),
+                keep_alive,
+            ),
             _ => not_allowed(),
         },
         "/healthz" => match method {
@@ -492,6 +503,22 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
             _ => not_allowed(),
         },
         "/ws" => not_allowed(),
+        "/schedule" => match method {
+            Method::Get => match http_grant(core, req, keep_alive) {
+                Ok(grant) => list_schedules(core, grant.as_deref(), &req.query, keep_alive).await,
+                Err(resp) => resp,
+            },
+            _ => not_allowed(),
+        },
+        p if p.starts_with("/schedule/") => match method {
+            Method::Delete => match http_grant(core, req, keep_alive) {
+                Ok(grant) => {
+                    cancel_schedule(core, grant, &p["/schedule/".len()..], keep_alive).await
+                }
+                Err(resp) => resp,
+            },
+            _ => not_allowed(),
+        },
         p if p.starts_with("/history/") => match method {
             Method::Get => match http_grant(core, req, keep_alive) {
                 Ok(grant) => {
@@ -520,6 +547,8 @@ struct PublishBody<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     msg_id: Option<Cow<'a, str>>,
+    /// Publish at this time (ms since the Unix epoch) instead of now.
+    at: Option<u64>,
 }
 
 fn raw_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -561,6 +590,34 @@ async fn http_publish(
             return bad("'msg_id' must be 1..=256 bytes");
         }
     }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if let Some(at_ms) = b.at.filter(|at| *at > now_ms) {
+        let s = crate::schedule::Scheduled {
+            subject: subject.as_ref().into(),
+            data: data.get().as_bytes().into(),
+            msg_id: b.msg_id.as_deref().map(Into::into),
+            at_ms,
+        };
+        let owner = crate::bus::owner_of(&subject, core.cores());
+        return match core.call_owner(owner, OwnerOp::Schedule(s)).await {
+            OwnerReply::Scheduled(Ok(id)) => {
+                let mut out = Vec::with_capacity(96);
+                out.extend_from_slice(
+                    format!("{{\"schedule_id\":\"{id}\",\"subject\":").as_bytes(),
+                );
+                serde_json::to_writer(&mut out, &*subject).expect("Vec write");
+                out.extend_from_slice(format!(",\"at\":{at_ms}}}").as_bytes());
+                http::json(202, &out, keep_alive)
+            }
+            _ => http::error(
+                ErrorCode::Overloaded,
+                "too many pending scheduled publishes",
+                keep_alive,
+            ),
+        };
+    }
     let ack = core
         .publish_http(&subject, data.get().as_bytes(), b.msg_id.as_deref())
         .await;
@@ -573,6 +630,71 @@ async fn http_publish(
     }
     out.push(b'}');
     http::json(200, &out, keep_alive)
+}
+
+/// `DELETE /schedule/{id}`.
+async fn cancel_schedule(
+    core: &Core,
+    grant: Option<Arc<Grant>>,
+    id: &str,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let not_found = || {
+        http::error(
+            ErrorCode::NotFound,
+            "no such pending scheduled publish",
+            keep_alive,
+        )
+    };
+    let Some((owner, n)) = crate::schedule::parse_id(id).filter(|(o, _)| *o < core.cores()) else {
+        return not_found();
+    };
+    match core.call_owner(owner, OwnerOp::Cancel { n, grant }).await {
+        OwnerReply::Cancelled(Ok(())) => http::json(
+            200,
+            format!("{{\"schedule_id\":\"{id}\",\"cancelled\":true}}").as_bytes(),
+            keep_alive,
+        ),
+        OwnerReply::Cancelled(Err(CancelError::Forbidden(r))) => {
+            forbidden(r, "publish", keep_alive)
+        }
+        _ => not_found(),
+    }
+}
+
+/// `GET /schedule?subject=S`.
+async fn list_schedules(
+    core: &Core,
+    grant: Option<&Grant>,
+    query: &str,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let Some(subject) = http::query_get(query, "subject") else {
+        return http::error(
+            ErrorCode::BadRequest,
+            "give a 'subject' parameter",
+            keep_alive,
+        );
+    };
+    if let Err(e) = crate::subject::validate_subject(&subject) {
+        return http::error(ErrorCode::BadRequest, &e.to_string(), keep_alive);
+    }
+    if let Some(Err(r)) = grant.map(|g| g.check_publish(&subject)) {
+        return forbidden(r, "publish", keep_alive);
+    }
+    let owner = crate::bus::owner_of(&subject, core.cores());
+    match core
+        .call_owner(
+            owner,
+            OwnerOp::List {
+                subject: subject.as_ref().into(),
+            },
+        )
+        .await
+    {
+        OwnerReply::Listed(body) => http::json(200, &body, keep_alive),
+        _ => http::error(ErrorCode::Internal, "unexpected owner reply", keep_alive),
+    }
 }
 
 async fn http_history(

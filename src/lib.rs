@@ -22,6 +22,7 @@
 //!  config   flags and RINGCAST_* env vars
 //!  limits   start-up checks of OS limits (nofile, memlock, somaxconn)
 //!  auth     JWT verification and subject ACLs (grants compiled into tries)
+//!  schedule Schedules: publishes due later, kept and fired by the owner core
 //!  demo     --demo-feed: synthetic price publisher for the demo page
 //!  web/     the browser client (ringcast.js) and demo page, served at /ringcast.js and /
 //! ```
@@ -49,6 +50,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod owner;
 pub mod proto;
+pub mod schedule;
 pub mod server;
 pub mod shard;
 pub mod subject;

@@ -255,6 +255,7 @@ async fn run_core(
     let core = Core::new(id, shared, rx);
     monoio::spawn(core.clone().run_bus());
     monoio::spawn(sweeper(core.clone()));
+    monoio::spawn(core.clone().run_schedules());
     if id == 0 && core.cfg().demo_feed {
         monoio::spawn(crate::demo::run(core.clone()));
     }

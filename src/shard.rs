@@ -12,7 +12,10 @@
 //! connection, each connection at most once.
 
 use crate::auth::Grant;
-use crate::bus::{owner_of, Bus, BusMsg, PubAck, ReplayKind, SessionState, MAX_CORES};
+use crate::bus::{
+    owner_of, Bus, BusMsg, CancelError, OwnerOp, OwnerReply, PubAck, ReplayKind, SessionState,
+    MAX_CORES,
+};
 use crate::config::Config;
 use crate::frame::Frame;
 use crate::metrics::{self, CloseReason, CoreMetrics};
@@ -495,6 +498,8 @@ enum Waiter {
     History(Rc<Slot<Vec<u8>>>),
     /// A resume waiting for the session's owner core to hand it over.
     Resume(Rc<Slot<Result<SessionState, ()>>>),
+    /// A call to an owner core (scheduled publishes).
+    Call(Rc<Slot<OwnerReply>>),
     /// A resumed session waiting for one owner's catch-up frames.
     CatchUp {
         conn: Rc<Conn>,
@@ -541,6 +546,10 @@ pub struct Core {
     started: Instant,
     /// Accept-rate token bucket: milli-tokens and last refill (ms).
     accepts: Cell<(u64, u64)>,
+    /// Scheduled publishes of subjects this core owns.
+    schedules: RefCell<crate::schedule::Schedules>,
+    /// Wakes the scheduler task when a schedule is added.
+    schedule_wake: LocalNotify,
     /// This core's broadcast counter as a subject owner (see `Frame::xseq`).
     xseq: Cell<u64>,
     /// Per owner core: the last broadcast position this core has processed.
@@ -601,6 +610,8 @@ impl Core {
             clock_ms: Cell::new(0),
             started: Instant::now(),
             accepts: Cell::new((0, 0)),
+            schedules: RefCell::new(crate::schedule::Schedules::default()),
+            schedule_wake: LocalNotify::default(),
             xseq: Cell::new(0),
             seen: (0..MAX_CORES).map(|_| Cell::new(0)).collect(),
         })
@@ -1264,6 +1275,100 @@ impl Core {
         metrics::add(&m.delivered, n as u64);
     }
 
+    // ---- scheduled publishes ----------------------------------------------------------------
+
+    /// Runs `op` on core `owner` (here when it is this core) and returns its answer.
+    pub async fn call_owner(&self, owner: usize, op: OwnerOp) -> OwnerReply {
+        if owner == self.id {
+            return self.owner_op(op);
+        }
+        let slot = Rc::new(Slot::default());
+        let token = self.park(Waiter::Call(slot.clone()));
+        self.shared.bus.send(
+            owner,
+            BusMsg::Call {
+                op,
+                from: self.id,
+                token,
+            },
+        );
+        slot.wait().await
+    }
+
+    fn owner_op(&self, op: OwnerOp) -> OwnerReply {
+        match op {
+            OwnerOp::Schedule(s) => {
+                let r = self
+                    .schedules
+                    .borrow_mut()
+                    .add(s)
+                    .map(|n| crate::schedule::schedule_id(self.id, n));
+                self.schedule_wake.notify();
+                OwnerReply::Scheduled(r)
+            }
+            OwnerOp::Cancel { n, grant } => {
+                let mut q = self.schedules.borrow_mut();
+                let r = match q.get(n) {
+                    None => Err(CancelError::NotFound),
+                    Some(s) => match grant.map(|g| g.check_publish(&s.subject)) {
+                        Some(Err(r)) => Err(CancelError::Forbidden(r)),
+                        _ => q.remove(n).map(|_| ()).map_err(|_| CancelError::NotFound),
+                    },
+                };
+                OwnerReply::Cancelled(r)
+            }
+            OwnerOp::List { subject } => {
+                let q = self.schedules.borrow();
+                let mut out = Vec::with_capacity(128);
+                out.extend_from_slice(b"{\"subject\":");
+                serde_json::to_writer(&mut out, &*subject).expect("Vec write");
+                out.extend_from_slice(b",\"scheduled\":[");
+                for (i, (n, s)) in q.of_subject(&subject).enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    let id = crate::schedule::schedule_id(self.id, n);
+                    out.extend_from_slice(
+                        format!("{{\"schedule_id\":\"{id}\",\"at\":{},", s.at_ms).as_bytes(),
+                    );
+                    if let Some(m) = &s.msg_id {
+                        out.extend_from_slice(b"\"msg_id\":");
+                        serde_json::to_writer(&mut out, &**m).expect("Vec write");
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(b"\"data\":");
+                    out.extend_from_slice(&s.data);
+                    out.push(b'}');
+                }
+                out.extend_from_slice(b"]}");
+                OwnerReply::Listed(out)
+            }
+        }
+    }
+
+    /// Fires scheduled publishes when due (one task per core, for the subjects it owns).
+    pub async fn run_schedules(self: Rc<Self>) {
+        /// Longest sleep between checks: bounds the effect of wall-clock jumps.
+        const MAX_SLEEP: Duration = Duration::from_secs(1);
+        while !self.shutting_down.get() {
+            let now = now_us() / 1000;
+            let due = self.schedules.borrow_mut().take_due(now);
+            for s in due {
+                self.sequence(&s.subject, &s.data, s.msg_id.as_deref());
+            }
+            let wait = match self.schedules.borrow().next_due() {
+                Some(at) => {
+                    Duration::from_millis(at.saturating_sub(now_us() / 1000)).min(MAX_SLEEP)
+                }
+                None => MAX_SLEEP,
+            };
+            monoio::select! {
+                _ = monoio::time::sleep(wait) => {}
+                _ = self.schedule_wake.wait() => {}
+            }
+        }
+    }
+
     // ---- the bus -------------------------------------------------------------------------
 
     /// Handles one message from another core.
@@ -1373,6 +1478,17 @@ impl Core {
                         sub.pending.set(sub.pending.get() & !(1 << owner));
                     }
                     self.push_frames(&conn, frames);
+                }
+            }
+            BusMsg::Call { op, from, token } => {
+                let reply = self.owner_op(op);
+                self.shared
+                    .bus
+                    .send(from, BusMsg::CallDone { token, reply });
+            }
+            BusMsg::CallDone { token, reply } => {
+                if let Some(Waiter::Call(slot)) = self.waiters.borrow_mut().remove(&token) {
+                    slot.fill(reply);
                 }
             }
             BusMsg::Shutdown => self.begin_shutdown(),

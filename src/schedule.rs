@@ -1,0 +1,161 @@
+//! `Schedules`: publishes accepted now and sequenced later (`POST /publish` with `"at"`).
+//!
+//! Owned by the subject's owner core (the one that will sequence the message): a time-ordered
+//! map of pending publishes plus an index by id. The core's scheduler task sleeps until the
+//! next due time and fires due entries through the normal publish path. Core-local, no locks.
+//! Schedule ids name their core (`<core:02x><n:x>`) so a cancel reaches the right one.
+
+use std::collections::BTreeMap;
+
+/// Most pending scheduled publishes per core (bounded: each holds its data until due).
+pub const MAX_PENDING_PER_CORE: usize = 100_000;
+
+/// One pending publish.
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    /// Concrete subject.
+    pub subject: Box<str>,
+    /// Raw JSON data.
+    pub data: Box<[u8]>,
+    /// De-duplication id, applied when it is sequenced.
+    pub msg_id: Option<Box<str>>,
+    /// Due time, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// Why a schedule request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScheduleError {
+    /// Too many pending on this core.
+    Full,
+    /// No such pending schedule (unknown, fired or cancelled).
+    NotFound,
+}
+
+/// Pending scheduled publishes of one core.
+#[derive(Default)]
+pub struct Schedules {
+    by_time: BTreeMap<(u64, u64), Scheduled>,
+    by_id: hashbrown::HashMap<u64, u64>,
+    next: u64,
+}
+
+impl Schedules {
+    /// Adds a publish due at `at_ms`; returns its number (the id's core-local part).
+    pub fn add(&mut self, s: Scheduled) -> Result<u64, ScheduleError> {
+        if self.by_time.len() >= MAX_PENDING_PER_CORE {
+            return Err(ScheduleError::Full);
+        }
+        self.next += 1;
+        let n = self.next;
+        self.by_id.insert(n, s.at_ms);
+        self.by_time.insert((s.at_ms, n), s);
+        Ok(n)
+    }
+
+    /// The pending publish `n`.
+    pub fn get(&self, n: u64) -> Option<&Scheduled> {
+        let at = self.by_id.get(&n)?;
+        self.by_time.get(&(*at, n))
+    }
+
+    /// Cancels `n`.
+    pub fn remove(&mut self, n: u64) -> Result<Scheduled, ScheduleError> {
+        let at = self.by_id.remove(&n).ok_or(ScheduleError::NotFound)?;
+        self.by_time.remove(&(at, n)).ok_or(ScheduleError::NotFound)
+    }
+
+    /// Removes and returns everything due at or before `now_ms`, in due order.
+    pub fn take_due(&mut self, now_ms: u64) -> Vec<Scheduled> {
+        let later = self.by_time.split_off(&(now_ms + 1, 0));
+        let due = std::mem::replace(&mut self.by_time, later);
+        due.into_iter()
+            .map(|((_, n), s)| {
+                self.by_id.remove(&n);
+                s
+            })
+            .collect()
+    }
+
+    /// When the next publish is due.
+    pub fn next_due(&self) -> Option<u64> {
+        self.by_time.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Pending publishes of `subject`, in due order, with their numbers.
+    pub fn of_subject<'a>(
+        &'a self,
+        subject: &'a str,
+    ) -> impl Iterator<Item = (u64, &'a Scheduled)> + 'a {
+        self.by_time
+            .iter()
+            .filter(move |(_, s)| &*s.subject == subject)
+            .map(|((_, n), s)| (*n, s))
+    }
+
+    /// Number pending.
+    pub fn len(&self) -> usize {
+        self.by_time.len()
+    }
+
+    /// True when nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.by_time.is_empty()
+    }
+}
+
+/// The public id of schedule `n` on `core`.
+pub fn schedule_id(core: usize, n: u64) -> String {
+    format!("{core:02x}{n:x}")
+}
+
+/// Splits a public id into (core, n).
+pub fn parse_id(id: &str) -> Option<(usize, u64)> {
+    if id.len() < 3 || id.len() > 18 {
+        return None;
+    }
+    let core = usize::from_str_radix(id.get(..2)?, 16).ok()?;
+    let n = u64::from_str_radix(id.get(2..)?, 16).ok()?;
+    Some((core, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(subject: &str, at_ms: u64) -> Scheduled {
+        Scheduled {
+            subject: subject.into(),
+            data: b"1".to_vec().into(),
+            msg_id: None,
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn due_publishes_come_out_in_time_order() {
+        let mut q = Schedules::default();
+        let b = q.add(s("b", 20)).unwrap();
+        let a = q.add(s("a", 10)).unwrap();
+        q.add(s("c", 30)).unwrap();
+        assert_eq!(q.next_due(), Some(10));
+        let due: Vec<_> = q.take_due(20).into_iter().map(|x| x.subject).collect();
+        assert_eq!(due, vec!["a".into(), "b".into()] as Vec<Box<str>>);
+        assert!(q.get(a).is_none() && q.get(b).is_none());
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn cancel_removes_and_ids_round_trip() {
+        let mut q = Schedules::default();
+        let n = q.add(s("a", 10)).unwrap();
+        assert_eq!(q.of_subject("a").count(), 1);
+        assert!(q.remove(n).is_ok());
+        assert_eq!(q.remove(n).unwrap_err(), ScheduleError::NotFound);
+        assert!(q.take_due(100).is_empty());
+        let id = schedule_id(1, 255);
+        assert_eq!(parse_id(&id), Some((1, 255)));
+        assert_eq!(parse_id("zz1"), None);
+        assert_eq!(parse_id(""), None);
+    }
+}

@@ -1,0 +1,169 @@
+//! Scheduled publishes: `POST /publish` with `"at"` in the future is sequenced and delivered at
+//! that time by the subject's owner core; pending ones can be listed and cancelled.
+
+mod common;
+
+use common::{http, start};
+use ringcast::config::DriverChoice;
+use serde_json::Value;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn json(b: &[u8]) -> Value {
+    serde_json::from_slice(b).unwrap()
+}
+
+fn schedule(addr: std::net::SocketAddr, subject: &str, at: u64) -> (u16, Value) {
+    let body = format!(r#"{{"subject":"{subject}","data":{{"at":{at}}},"at":{at}}}"#);
+    let (status, _, resp) = http(addr, "POST", "/publish", &[], body.as_bytes());
+    (status, json(&resp))
+}
+
+fn a_future_publish_is_sequenced_and_delivered_at_its_time(d: DriverChoice) {
+    let node = start(d, |_| {});
+    let mut c = node.ws();
+    c.sub(1, "alerts.*");
+    let at = now_ms() + 300;
+    let (status, r) = schedule(node.addr, "alerts.open", at);
+    assert_eq!(status, 202);
+    let id = r["schedule_id"].as_str().unwrap().to_string();
+    let (_, _, list) = http(node.addr, "GET", "/schedule?subject=alerts.open", &[], b"");
+    let list = json(&list);
+    assert_eq!(list["scheduled"][0]["schedule_id"], id.as_str());
+    assert_eq!(list["scheduled"][0]["at"], at);
+    let m = c.recv_msgs(1).remove(0);
+    assert_eq!(
+        (m["subject"].as_str(), m["seq"].as_u64()),
+        (Some("alerts.open"), Some(1))
+    );
+    assert!(
+        m["ts"].as_u64().unwrap() >= at * 1000,
+        "sequenced no earlier than its time"
+    );
+    let (_, _, list) = http(node.addr, "GET", "/schedule?subject=alerts.open", &[], b"");
+    assert_eq!(json(&list)["scheduled"].as_array().unwrap().len(), 0);
+}
+
+fn pending_publishes_can_be_cancelled(d: DriverChoice) {
+    let node = start(d, |_| {});
+    let (_, r) = schedule(node.addr, "alerts.x", now_ms() + 60_000);
+    let id = r["schedule_id"].as_str().unwrap().to_string();
+    let (status, _, body) = http(node.addr, "DELETE", &format!("/schedule/{id}"), &[], b"");
+    assert_eq!(
+        (status, json(&body)["cancelled"].as_bool()),
+        (200, Some(true))
+    );
+    assert_eq!(
+        http(node.addr, "DELETE", &format!("/schedule/{id}"), &[], b"").0,
+        404
+    );
+    assert_eq!(http(node.addr, "DELETE", "/schedule/zz", &[], b"").0, 404);
+    assert_eq!(http(node.addr, "DELETE", "/schedule/7f01", &[], b"").0, 404);
+    let (_, _, list) = http(node.addr, "GET", "/schedule?subject=alerts.x", &[], b"");
+    assert_eq!(json(&list)["scheduled"].as_array().unwrap().len(), 0);
+    assert_eq!(http(node.addr, "GET", "/schedule", &[], b"").0, 400);
+}
+
+fn a_time_in_the_past_publishes_now(d: DriverChoice) {
+    let node = start(d, |_| {});
+    let (status, r) = schedule(node.addr, "alerts.y", now_ms() - 1000);
+    assert_eq!(status, 200);
+    assert_eq!(r["seq"], 1);
+}
+
+on_both_drivers!(
+    a_future_publish_is_sequenced_and_delivered_at_its_time,
+    pending_publishes_can_be_cancelled,
+    a_time_in_the_past_publishes_now,
+);
+
+#[test]
+fn scheduling_needs_publish_permission() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let secret = "test-secret-that-is-long-enough-0123456789";
+    let node = start(DriverChoice::Auto, |c| c.jwt_secret = Some(secret.into()));
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let token = |allowed: &str| {
+        let claims =
+            serde_json::json!({"exp":exp,"permissions":["publish"],"allowed_subjects":[allowed]});
+        format!(
+            "Bearer {}",
+            encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(secret.as_bytes())
+            )
+            .unwrap()
+        )
+    };
+    let (owner, other) = (token("alerts.>"), token("news.>"));
+    let body = format!(
+        r#"{{"subject":"alerts.z","data":1,"at":{}}}"#,
+        now_ms() + 60_000
+    );
+    let (status, _, resp) = http(
+        node.addr,
+        "POST",
+        "/publish",
+        &[("Authorization", &owner)],
+        body.as_bytes(),
+    );
+    assert_eq!(status, 202);
+    let id = json(&resp)["schedule_id"].as_str().unwrap().to_string();
+    let path = format!("/schedule/{id}");
+    assert_eq!(
+        http(
+            node.addr,
+            "POST",
+            "/publish",
+            &[("Authorization", &other)],
+            body.as_bytes()
+        )
+        .0,
+        403
+    );
+    assert_eq!(http(node.addr, "DELETE", &path, &[], b"").0, 401);
+    assert_eq!(
+        http(
+            node.addr,
+            "DELETE",
+            &path,
+            &[("Authorization", &other)],
+            b""
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        http(
+            node.addr,
+            "GET",
+            "/schedule?subject=alerts.z",
+            &[("Authorization", &other)],
+            b""
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        http(
+            node.addr,
+            "DELETE",
+            &path,
+            &[("Authorization", &owner)],
+            b""
+        )
+        .0,
+        200
+    );
+}
