@@ -7,14 +7,17 @@
 //! ```text
 //!  server   start-up: one pinned thread per core, each a monoio runtime (io_uring or epoll),
 //!           one SO_REUSEPORT listener per core; shutdown on SIGINT/SIGTERM
-//!  conn     a connection's life on its core: HTTP keep-alive, then WebSocket reader + writer
+//!  conn     a connection's life on its core: HTTP keep-alive, then WebSocket or SSE
+//!           (reader + on-demand writer), endpoints, auth at the door
 //!  http     bytes -> HTTP request; responses            (pure, no sockets)
 //!  ws       bytes -> WebSocket frames -> messages       (pure, no sockets)
 //!  proto    message -> ClientOp; control replies        (pure, no sockets)
-//!  shard    Core: a core's subscriptions (trie + cache), connections, owned subjects
+//!  shard    Core: a core's subscriptions (trie + cache), connections and sessions (resume
+//!           hand-over between cores), owned subjects, scheduled publishes
 //!  owner    SubjectState: seq, history ring, dedup window of one subject (owner core only)
 //!  frame    Frame: one message encoded once (WebSocket bytes + rkyv envelope), shared by Arc
-//!  outbound OutboundQueue/WriteBatch: bounded per-connection queue, coalesced writev
+//!  outbound OutboundQueue/WriteBatch/SessionLog: bounded per-connection queue, coalesced
+//!           writev (WebSocket or SSE framing), the session's sent-message log
 //!  bus      the only cross-core path: crossbeam channels + doorbells
 //!  trie     SubjectTrie: one level per token, `*` and `>` slots
 //!  subject  subject/pattern syntax, matching, coverage

@@ -132,6 +132,18 @@ impl OutboundQueue {
         true
     }
 
+    /// Removes queued message frames (keeping control replies), handing each to `f` in order.
+    pub fn drain_messages(&mut self, mut f: impl FnMut(LocalFrame, u64)) {
+        let items = std::mem::take(&mut self.items);
+        for item in items {
+            match item {
+                Out::Msg(frame, k) => f(frame, k),
+                raw => self.items.push_back(raw),
+            }
+        }
+        self.bytes = self.items.iter().map(Out::weight).sum();
+    }
+
     /// Drops queued message frames, keeping control replies (an `err` before a close must still
     /// go out); returns how many were discarded.
     pub fn clear_messages(&mut self) -> usize {
@@ -239,6 +251,20 @@ impl SessionLog {
         self.first_k + self.entries.len() as u64
     }
 
+    /// Records message `k`. Messages arrive in `k` order; a jump (never expected) restarts the
+    /// log at `k`, so later resumes from before it fail instead of skipping messages.
+    pub fn put(&mut self, k: u64, frame: LocalFrame) {
+        let next = self.next_k();
+        if k < next {
+            return;
+        }
+        if k > next {
+            self.entries.clear();
+            self.first_k = k;
+        }
+        self.push(frame);
+    }
+
     /// Records message `next_k()`.
     pub fn push(&mut self, frame: LocalFrame) {
         if self.retain == 0 {
@@ -250,16 +276,6 @@ impl SessionLog {
             self.first_k += 1;
         }
         self.entries.push_back(frame);
-    }
-
-    /// Replaces message `k` (conflation), if still retained.
-    pub fn replace(&mut self, k: u64, frame: LocalFrame) {
-        if let Some(e) = k
-            .checked_sub(self.first_k)
-            .and_then(|i| self.entries.get_mut(i as usize))
-        {
-            *e = frame;
-        }
     }
 
     /// Messages after the first `received` ones, or `None` if some of them are no longer
@@ -317,6 +333,15 @@ impl WriteBatch {
     /// Bytes not yet written.
     pub fn remaining(&self) -> usize {
         self.total
+    }
+
+    /// Calls `f` for every message frame carried, in order, with its index `k`.
+    pub fn for_each_msg(&self, mut f: impl FnMut(&LocalFrame, u64)) {
+        for item in &self.items {
+            if let Out::Msg(frame, k) = item {
+                f(frame, *k);
+            }
+        }
     }
 
     /// Message frames carried.
@@ -475,8 +500,10 @@ mod tests {
         assert_eq!(seqs(log.after(2).unwrap()), vec![3, 4, 5]);
         assert_eq!(seqs(log.after(5).unwrap()), Vec::<u64>::new());
         assert!(log.after(6).is_none(), "more than was sent");
-        log.replace(4, frame("a", 9));
-        assert_eq!(seqs(log.after(3).unwrap()), vec![9, 5]);
+        log.put(9, frame("a", 9));
+        assert_eq!(log.next_k(), 10);
+        assert!(log.after(5).is_none(), "a jump in k restarts the log");
+        assert_eq!(seqs(log.after(8).unwrap()), vec![9]);
     }
 
     #[test]

@@ -124,6 +124,8 @@ pub struct Conn {
     sse: bool,
     /// The `msg` frames this session was sent, for exact resume.
     log: RefCell<SessionLog>,
+    /// Index `k` the next message of this session gets.
+    next_k: Cell<u64>,
     /// Core clock (ms) when the socket went away while the session is retained.
     detached_at: Cell<Option<u64>>,
     /// The socket, for a forced shutdown when a close cannot be flushed in time.
@@ -296,6 +298,21 @@ impl Conn {
             Framing::WebSocket
         };
         self.out.borrow_mut().fill(batch, framing);
+        // From here the frames count as sent: log them for resume, in k order.
+        let mut log = self.log.borrow_mut();
+        batch.for_each_msg(|frame, k| log.put(k, frame.clone()));
+    }
+
+    /// Moves messages still queued into the session log (the socket is going away; a resume
+    /// must replay them) and drops them from the queue. Returns how many there were.
+    fn spill_queue_to_log(&self) -> usize {
+        let mut log = self.log.borrow_mut();
+        let mut n = 0;
+        self.out.borrow_mut().drain_messages(|frame, k| {
+            log.put(k, frame);
+            n += 1;
+        });
+        n
     }
 
     /// True for a Server-Sent Events stream.
@@ -377,7 +394,8 @@ impl Conn {
         if self.closing.get().is_some() {
             return;
         }
-        let dropped = self.out.borrow_mut().clear_messages();
+        // Queued messages will not reach this socket; the session log keeps them for a resume.
+        let dropped = self.spill_queue_to_log();
         metrics::add(&m.dropped, dropped as u64);
         if self.websocket {
             // Past the limit on purpose: the close frame must go out even for a slow consumer.
@@ -409,27 +427,29 @@ impl Conn {
                 }
             }
         }
+        let k = self.next_k.get();
         if detached {
             // No socket: the session only records what it would have been sent, for resume.
-            self.log.borrow_mut().push(frame.clone());
+            self.next_k.set(k + 1);
+            self.log.borrow_mut().put(k, frame.clone());
             return true;
         }
         let was_empty = self.out.borrow().is_empty();
-        let k = self.log.borrow().next_k();
         let pushed = self
             .out
             .borrow_mut()
             .push_msg(frame, k, conflate, self.queue_limit);
         match pushed {
             Pushed::Queued => {
-                self.log.borrow_mut().push(frame.clone());
+                // Logged for resume when it is taken for writing (see `fill`), not here: that
+                // keeps the per-delivery path to one queue push.
+                self.next_k.set(k + 1);
                 if was_empty {
                     self.kick();
                 }
                 true
             }
-            Pushed::Conflated(old_k) => {
-                self.log.borrow_mut().replace(old_k, frame.clone());
+            Pushed::Conflated(_) => {
                 metrics::add(&m.dropped, 1);
                 true
             }
@@ -670,6 +690,7 @@ impl Core {
             websocket,
             sse,
             log: RefCell::new(SessionLog::new(self.cfg().session_retain, 1)),
+            next_k: Cell::new(1),
             detached_at: Cell::new(None),
             fd: Cell::new(-1),
             last_rx: Cell::new(self.clock_ms.get()),
@@ -1086,8 +1107,8 @@ impl Core {
         if !keep {
             return self.unregister(conn);
         }
-        let dropped = conn.out.borrow_mut().clear();
-        metrics::add(&self.metrics().dropped, dropped as u64);
+        conn.spill_queue_to_log();
+        conn.out.borrow_mut().clear();
         conn.fd.set(-1);
         if conn.closing.get().is_none() {
             conn.closing.set(Some(CloseReason::ClientClosed));
@@ -1107,6 +1128,7 @@ impl Core {
             .find(|c| &*c.session == session)
             .cloned()
             .ok_or(())?;
+        conn.spill_queue_to_log();
         let frames = conn.log.borrow().after(received).ok_or(())?;
         if conn.detached_at.get().is_none() {
             // Still attached (the old socket is not known dead yet): it is being replaced.
@@ -1183,6 +1205,7 @@ impl Core {
     fn adopt(&self, conn: &Rc<Conn>, st: SessionState) {
         let m = self.metrics();
         *conn.log.borrow_mut() = SessionLog::new(self.cfg().session_retain, st.next_k);
+        conn.next_k.set(st.next_k);
         // Track per-subject seq from here on; the old session's marks are merged only after its
         // replay went out (the replayed frames are at or below them).
         conn.hwm.borrow_mut().get_or_insert_with(HashMap::new);
