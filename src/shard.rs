@@ -136,6 +136,9 @@ pub struct Conn {
     ping_sent: Cell<bool>,
     /// Core clock (ms) when the close was decided.
     closed_at: Cell<u64>,
+    /// Subjects whose `since` replay is on its way from their owner core: their live messages
+    /// are held back (the replay includes them). Empty, and unallocated, almost always.
+    held: RefCell<Vec<Box<str>>>,
     /// What the connection's token allows (`None`: auth off, or not authenticated yet).
     grant: RefCell<Option<Arc<Grant>>>,
     /// Per-subject delivery verdicts when the grant denies some subjects (bounded cache).
@@ -165,7 +168,19 @@ pub enum RateVerdict {
 /// The write half of a connection's socket.
 pub type WriteHalf = monoio::io::OwnedWriteHalf<monoio::net::TcpStream>;
 
+#[inline]
+fn frame_subject(f: &LocalFrame) -> &str {
+    f.subject()
+}
+
 impl Conn {
+    /// True while a `since` replay of `subject` is pending.
+    #[inline]
+    fn holds(&self, subject: &str) -> bool {
+        let held = self.held.borrow();
+        !held.is_empty() && held.iter().any(|s| &**s == subject)
+    }
+
     /// Installs the grant of a verified token (or `None` when auth is off).
     pub fn set_grant(&self, grant: Option<Arc<Grant>>) {
         *self.verdicts.borrow_mut() = grant
@@ -512,8 +527,12 @@ enum Waiter {
     },
     /// An HTTP publish.
     HttpPub(Rc<Slot<PubAck>>),
-    /// A `since`/`snapshot` replay for a subscription.
-    Replay { conn: Rc<Conn>, sub: Rc<SubState> },
+    /// A `since`/`snapshot` replay for a subscription (`since`: the subject is held meanwhile).
+    Replay {
+        conn: Rc<Conn>,
+        sub: Rc<SubState>,
+        since: bool,
+    },
     /// An HTTP `/history` request.
     History(Rc<Slot<Vec<u8>>>),
     /// A resume waiting for the session's owner core to hand it over.
@@ -696,6 +715,7 @@ impl Core {
             last_rx: Cell::new(self.clock_ms.get()),
             ping_sent: Cell::new(false),
             closed_at: Cell::new(0),
+            held: RefCell::new(Vec::new()),
             grant: RefCell::new(None),
             verdicts: RefCell::new(None),
             auth_deadline: Cell::new(0),
@@ -818,9 +838,16 @@ impl Core {
                 self.apply_replay(conn, &sub, replay);
             } else {
                 sub.pending.set(sub.pending.get() | 1 << owner);
+                let since = matches!(kind, ReplayKind::Since(_));
+                if since {
+                    // Live messages of this subject wait for the replay whichever of the
+                    // connection's subscriptions they match: the replay covers them.
+                    conn.held.borrow_mut().push(pattern.into());
+                }
                 let token = self.park(Waiter::Replay {
                     conn: conn.clone(),
                     sub: sub.clone(),
+                    since,
                 });
                 let msg = BusMsg::Replay {
                     pattern: pattern.into(),
@@ -1017,6 +1044,9 @@ impl Core {
                 continue;
             }
             e.conn.stamp.set(stamp);
+            if e.conn.holds(frame_subject(&local)) {
+                continue;
+            }
             if e.conn.push_msg(m, &local, e.sub.conflate.get()) {
                 n += 1;
             }
@@ -1436,9 +1466,15 @@ impl Core {
                 owner,
                 replay,
             } => {
-                if let Some(Waiter::Replay { conn, sub }) = self.waiters.borrow_mut().remove(&token)
-                {
+                let waiter = self.waiters.borrow_mut().remove(&token);
+                if let Some(Waiter::Replay { conn, sub, since }) = waiter {
                     sub.pending.set(sub.pending.get() & !(1 << owner));
+                    if since {
+                        let mut held = conn.held.borrow_mut();
+                        if let Some(i) = held.iter().position(|s| *s == sub.pattern) {
+                            held.swap_remove(i);
+                        }
+                    }
                     self.apply_replay(&conn, &sub, replay);
                 }
             }

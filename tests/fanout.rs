@@ -241,6 +241,59 @@ fn since_is_exact_while_publishing_continues(d: DriverChoice) {
     }
 }
 
+fn since_is_exact_even_when_a_wildcard_subscription_covers_the_subject(d: DriverChoice) {
+    let node = start(d, |c| c.max_msgs_per_sec = 0);
+    let subjects: Vec<String> = (0..8).map(|i| format!("r.s{i}")).collect();
+    for s in &subjects {
+        for i in 0..20 {
+            node.publish(s, &i.to_string());
+        }
+    }
+    let addr = node.addr;
+    let subs = subjects.clone();
+    let publisher = std::thread::spawn(move || {
+        // Pipelined, as fast as the node takes them, so live messages race the replays.
+        let mut p = Ws::connect(addr);
+        for i in 0..4000 {
+            let s = &subs[i % 8];
+            p.send(&format!(
+                r#"{{"op":"pub","id":{i},"subject":"{s}","data":{i}}}"#
+            ));
+        }
+        let mut acks = 0;
+        while acks < 4000 {
+            if p.recv_json()["op"] == "ok" {
+                acks += 1;
+            }
+        }
+    });
+    let mut clients: Vec<Ws> = (0..6).map(|_| node.ws()).collect();
+    for c in &mut clients {
+        for s in &subjects {
+            c.send(&format!(
+                r#"{{"op":"sub","id":"{s}","subject":"{s}","since":10}}"#
+            ));
+        }
+        c.send(r#"{"op":"sub","id":"all","subject":"r.>"}"#);
+    }
+    publisher.join().unwrap();
+    // 20 + 500 messages per subject; each connection gets 11..=520 of each, once, in order.
+    for (k, c) in clients.iter_mut().enumerate() {
+        let mut next: BTreeMap<String, u64> = subjects.iter().map(|s| (s.clone(), 11)).collect();
+        for _ in 0..8 * 510 {
+            let m = c.recv_msgs(1).remove(0);
+            let s = m["subject"].as_str().unwrap().to_string();
+            let seq = m["seq"].as_u64().unwrap();
+            let want = next.get_mut(&s).unwrap();
+            assert_eq!(
+                seq, *want,
+                "client {k}, subject {s}: the since replay must not be lost"
+            );
+            *want += 1;
+        }
+    }
+}
+
 fn snapshot_sends_the_latest_of_each_subject_then_live(d: DriverChoice) {
     let node = start(d, |_| {});
     for s in ["fx.EURUSD", "fx.GBPUSD", "fx.USDJPY", "other.X"] {
@@ -418,6 +471,7 @@ on_both_drivers!(
     overlapping_subscriptions_deliver_once,
     since_replays_history_and_reports_the_gap,
     since_is_exact_while_publishing_continues,
+    since_is_exact_even_when_a_wildcard_subscription_covers_the_subject,
     snapshot_sends_the_latest_of_each_subject_then_live,
     duplicate_msg_ids_return_the_original_and_are_not_redelivered,
     slow_consumer_is_closed_with_4008_while_a_fast_one_keeps_receiving,
