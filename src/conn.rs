@@ -212,18 +212,21 @@ struct WsMode {
     must_auth: bool,
 }
 
+/// `--allowed-origins`: a browser request from another origin gets 403. Requests without an
+/// `Origin` header (non-browser clients) pass.
+fn check_origin(core: &Core, req: &Request) -> Result<(), Vec<u8>> {
+    let origins = &core.cfg().allowed_origins;
+    match &req.headers.origin {
+        Some(origin) if !origins.is_empty() && !origins.iter().any(|o| o == origin) => Err(
+            http::error(ErrorCode::Forbidden, "origin not allowed", false),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// Origin and token checks of an upgrade; the error is the HTTP response to send.
 fn ws_admission(core: &Core, req: &Request, echo: bool) -> Result<WsMode, Vec<u8>> {
-    let origins = &core.cfg().allowed_origins;
-    if let Some(origin) = &req.headers.origin {
-        if !origins.is_empty() && !origins.iter().any(|o| o == origin) {
-            return Err(http::error(
-                ErrorCode::Forbidden,
-                "origin not allowed",
-                false,
-            ));
-        }
-    }
+    check_origin(core, req)?;
     let Some(verifier) = core.shared.verifier.as_ref().filter(|_| !echo) else {
         return Ok(WsMode {
             echo,
@@ -289,16 +292,7 @@ struct SsePlan {
 
 /// Origin, token, subjects and permissions of `GET /sse`; the error is the HTTP response.
 fn sse_admission(core: &Core, req: &Request) -> Result<SsePlan, Vec<u8>> {
-    let origins = &core.cfg().allowed_origins;
-    if let Some(origin) = &req.headers.origin {
-        if !origins.is_empty() && !origins.iter().any(|o| o == origin) {
-            return Err(http::error(
-                ErrorCode::Forbidden,
-                "origin not allowed",
-                false,
-            ));
-        }
-    }
+    check_origin(core, req)?;
     let grant = http_grant(core, req, false)?;
     let mut patterns: Vec<String> = Vec::new();
     let mut snapshot = false;
@@ -543,16 +537,12 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
 struct PublishBody<'a> {
     #[serde(borrow)]
     subject: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "raw_present")]
+    #[serde(borrow, default, deserialize_with = "proto::raw_present")]
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     msg_id: Option<Cow<'a, str>>,
     /// Publish at this time (ms since the Unix epoch) instead of now.
     at: Option<u64>,
-}
-
-fn raw_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
 }
 
 async fn http_publish(

@@ -134,7 +134,10 @@ pub struct OpError<'a> {
 /// Longest accepted `msg_id`, in bytes: ids are kept in the dedup window, so they are bounded.
 pub const MAX_MSG_ID_BYTES: usize = 256;
 
-fn raw_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+/// Deserializes a JSON value that is present (even `null`) as `Some(raw)`.
+pub(crate) fn raw_present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 

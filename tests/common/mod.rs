@@ -39,17 +39,8 @@ impl Node {
         Ws::connect(self.addr)
     }
 
-    pub fn metric(&self, name: &str) -> u64 {
-        let (_, _, body) = http(self.addr, "GET", "/metrics", &[], b"");
-        let text = String::from_utf8(body).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
-            .sum()
-    }
-
-    /// Sum of a metric's series whose labels contain `label`.
-    pub fn metric_labelled(&self, name: &str, label: &str) -> u64 {
+    /// Values of a metric's series (one per core) whose labels contain `label`.
+    pub fn metric_values(&self, name: &str, label: &str) -> Vec<u64> {
         let (_, _, body) = http(self.addr, "GET", "/metrics", &[], b"");
         let text = String::from_utf8(body).unwrap();
         text.lines()
@@ -57,16 +48,22 @@ impl Node {
                 l.starts_with(name) && l[name.len()..].starts_with('{') && l.contains(label)
             })
             .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
-            .sum()
+            .collect()
     }
 
+    /// A metric summed over cores.
+    pub fn metric(&self, name: &str) -> u64 {
+        self.metric_values(name, "").iter().sum()
+    }
+
+    /// Sum of a metric's series whose labels contain `label`.
+    pub fn metric_labelled(&self, name: &str, label: &str) -> u64 {
+        self.metric_values(name, label).iter().sum()
+    }
+
+    /// A metric per core.
     pub fn metric_per_core(&self, name: &str) -> Vec<u64> {
-        let (_, _, body) = http(self.addr, "GET", "/metrics", &[], b"");
-        let text = String::from_utf8(body).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
-            .collect()
+        self.metric_values(name, "")
     }
 
     pub fn publish(&self, subject: &str, data: &str) -> Value {
