@@ -359,7 +359,15 @@ async fn run_sse(core: Rc<Core>, stream: TcpStream, plan: SsePlan, _admission: A
     conn.send_raw(m, head.into());
     let mut resumed = false;
     if let Some((session, k)) = &plan.resume {
-        resumed = core.resume(&conn, session, *k, || {}).await.is_ok();
+        let announce = || {
+            // Confirms the resume before the replayed events (the `hello` went out earlier).
+            let mut b = Vec::with_capacity(96);
+            b.extend_from_slice(br#"{"op":"resumed","session":"#);
+            serde_json::to_writer(&mut b, session).expect("Vec write");
+            b.extend_from_slice(format!(r#","received":{k}}}"#).as_bytes());
+            conn.send_event(m, "resumed", &b);
+        };
+        resumed = core.resume(&conn, session, *k, announce).await.is_ok();
         if !resumed {
             let mut b = Vec::with_capacity(96);
             b.extend_from_slice(br#"{"op":"gap","session":"#);

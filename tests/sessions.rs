@@ -216,6 +216,8 @@ fn sse_last_event_id_resumes_exactly(d: DriverChoice) {
         &[("Last-Event-ID", &last_id)],
     );
     let hello = again.next_named("hello");
+    let resumed = again.next_named("resumed");
+    assert!(resumed.data.contains(&last_id[..18]), "{}", resumed.data);
     let new_session = serde_json::from_str::<Value>(&hello.data).unwrap()["session"]
         .as_str()
         .unwrap()
