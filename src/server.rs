@@ -76,7 +76,8 @@ fn bind_all(
 }
 
 /// The CPUs this process may run on, in order (for pinning core i to the i-th allowed CPU).
-fn allowed_cpus() -> Vec<usize> {
+/// Shared with the load generator, which pins its threads the same way.
+pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

@@ -153,7 +153,7 @@ pub fn start(
         Driver::Legacy => false,
         Driver::Auto => monoio::utils::detect_uring(),
     };
-    let cpus = allowed_cpus();
+    let cpus = ringcast::server::allowed_cpus();
     let ep = Arc::new(ep);
     let mut senders = Vec::new();
     for i in 0..n {
@@ -195,18 +195,6 @@ pub fn start(
     (senders, if uring { "io_uring" } else { "epoll" })
 }
 
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: cpu_set_t is plain data; sched_getaffinity writes at most its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|c| libc::CPU_ISSET(*c, &set))
-            .collect()
-    }
-}
 
 async fn control(ctx: Rc<Ctx>, rx: Receiver<Cmd>) {
     loop {
