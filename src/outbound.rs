@@ -184,6 +184,7 @@ impl OutboundQueue {
                 .count();
             batch.scratch.reserve(msgs * (session.len() + 26));
         }
+        batch.items.reserve(self.items.len().min(MAX_IOVECS));
         let scratch_cap = batch.scratch.capacity();
         while batch.iov.len() + per_msg <= MAX_IOVECS {
             let Some(item) = self.items.pop_front() else {
@@ -227,75 +228,115 @@ impl OutboundQueue {
     }
 }
 
-/// The `msg` frames a session was sent, by index `k` (1-based), kept for exact resume: the
-/// newest `retain` ones, as references to the shared frames.
+/// The `msg` frames a session was sent, by index `k` (1-based), kept for exact resume: at least
+/// the newest `retain` ones, as references to the shared frames.
+///
+/// The log is fed whole write batches: a batch's items are moved into an `Rc` shared by the
+/// in-flight write and the log, so logging costs one reference per write, not per message.
 pub struct SessionLog {
-    entries: VecDeque<LocalFrame>,
-    /// Index of `entries[0]`.
-    first_k: u64,
+    chunks: VecDeque<Chunk>,
+    /// Index the next message gets.
+    next_k: u64,
+    /// Messages held in `chunks`.
+    msgs: usize,
     retain: usize,
 }
 
+/// A run of consecutive messages (and the control replies written with them).
+struct Chunk {
+    first_k: u64,
+    msgs: usize,
+    items: Rc<Vec<Out>>,
+}
+
 impl SessionLog {
-    /// An empty log keeping up to `retain` frames, whose next message gets index `next_k`.
+    /// An empty log keeping at least `retain` messages, whose next message gets index `next_k`.
     pub fn new(retain: usize, next_k: u64) -> Self {
         SessionLog {
-            entries: VecDeque::new(),
-            first_k: next_k,
+            chunks: VecDeque::new(),
+            next_k,
+            msgs: 0,
             retain,
         }
     }
 
     /// Index the next message gets.
     pub fn next_k(&self) -> u64 {
-        self.first_k + self.entries.len() as u64
+        self.next_k
     }
 
-    /// Records message `k`. Messages arrive in `k` order; a jump (never expected) restarts the
-    /// log at `k`, so later resumes from before it fail instead of skipping messages.
+    fn first_k(&self) -> u64 {
+        self.chunks.front().map_or(self.next_k, |c| c.first_k)
+    }
+
+    /// Records message `k` alone (detached sessions, tests).
     pub fn put(&mut self, k: u64, frame: LocalFrame) {
-        let next = self.next_k();
-        if k < next {
-            return;
-        }
-        if k > next {
-            self.entries.clear();
-            self.first_k = k;
-        }
-        self.push(frame);
+        self.add(Rc::new(vec![Out::Msg(frame, k)]));
     }
 
-    /// Records message `next_k()`.
-    pub fn push(&mut self, frame: LocalFrame) {
-        if self.retain == 0 {
-            self.first_k += 1;
+    /// Records the messages of `items` (a written batch or a spilled queue), in order. Their
+    /// indexes continue the log; a jump (never expected) restarts the log, so a resume from
+    /// before it fails instead of skipping messages; anything already logged is ignored.
+    pub fn add(&mut self, items: Rc<Vec<Out>>) {
+        let mut ks = items.iter().filter_map(|o| match o {
+            Out::Msg(_, k) => Some(*k),
+            Out::Raw(_) => None,
+        });
+        let Some(first_k) = ks.next() else { return };
+        let msgs = 1 + ks.count();
+        if first_k < self.next_k {
             return;
         }
-        if self.entries.len() >= self.retain {
-            self.entries.pop_front();
-            self.first_k += 1;
+        if first_k > self.next_k {
+            self.chunks.clear();
+            self.msgs = 0;
         }
-        self.entries.push_back(frame);
+        self.next_k = first_k + msgs as u64;
+        if self.retain == 0 {
+            return;
+        }
+        self.chunks.push_back(Chunk {
+            first_k,
+            msgs,
+            items,
+        });
+        self.msgs += msgs;
+        while let Some(front) = self.chunks.front() {
+            if self.msgs - front.msgs < self.retain {
+                break;
+            }
+            self.msgs -= front.msgs;
+            self.chunks.pop_front();
+        }
     }
 
     /// Messages after the first `received` ones, or `None` if some of them are no longer
     /// retained (or `received` is beyond what was sent).
     pub fn after(&self, received: u64) -> Option<Vec<LocalFrame>> {
-        if received + 1 < self.first_k || received > self.next_k().saturating_sub(1) {
+        if received + 1 < self.first_k() || received + 1 > self.next_k {
             return None;
         }
-        let skip = (received + 1 - self.first_k) as usize;
-        Some(self.entries.iter().skip(skip).cloned().collect())
+        let mut out = Vec::new();
+        for c in &self.chunks {
+            for item in c.items.iter() {
+                if let Out::Msg(f, k) = item {
+                    if *k > received {
+                        out.push(f.clone());
+                    }
+                }
+            }
+        }
+        Some(out)
     }
 
-    /// Frames retained (for memory accounting and tests).
+    /// Messages retained (for memory accounting and tests).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.msgs
     }
 
     /// True when nothing is retained.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.msgs == 0
     }
 }
 
@@ -305,6 +346,8 @@ impl SessionLog {
 #[derive(Default)]
 pub struct WriteBatch {
     items: Vec<Out>,
+    /// The items after [`WriteBatch::share`]: shared with the session log while in flight.
+    shared: Option<Rc<Vec<Out>>>,
     iov: Vec<libc::iovec>,
     scratch: Vec<u8>,
     start: usize,
@@ -321,9 +364,19 @@ impl WriteBatch {
         self.total += b.len();
     }
 
+    /// Moves the items into an `Rc` (kept by the batch until the write finishes) and returns
+    /// another reference for the session log. The iovecs stay valid: they point into the
+    /// items' heap buffers, which do not move.
+    pub fn share(&mut self) -> Rc<Vec<Out>> {
+        let items = Rc::new(std::mem::take(&mut self.items));
+        self.shared = Some(items.clone());
+        items
+    }
+
     /// Releases the references of a finished write (keeps the allocations for reuse).
     pub fn clear(&mut self) {
         self.items.clear();
+        self.shared = None;
         self.iov.clear();
         self.scratch.clear();
         self.start = 0;
@@ -333,15 +386,6 @@ impl WriteBatch {
     /// Bytes not yet written.
     pub fn remaining(&self) -> usize {
         self.total
-    }
-
-    /// Calls `f` for every message frame carried, in order, with its index `k`.
-    pub fn for_each_msg(&self, mut f: impl FnMut(&LocalFrame, u64)) {
-        for item in &self.items {
-            if let Out::Msg(frame, k) = item {
-                f(frame, *k);
-            }
-        }
     }
 
     /// Message frames carried.
@@ -375,7 +419,7 @@ impl WriteBatch {
     }
 }
 
-// SAFETY: `iov[start..]` points into buffers owned by `items`, into `scratch` (reserved before
+// SAFETY: `iov[start..]` points into buffers owned by `items` (or `shared`), into `scratch` (reserved before
 // any pointer was taken, never reallocated while the batch lives) or into static bytes; none of
 // them is modified or moved while the runtime owns the batch (moving the batch moves only the
 // Vec headers, not their heap buffers).
@@ -492,7 +536,7 @@ mod tests {
     fn the_session_log_keeps_the_newest_frames_by_index() {
         let mut log = SessionLog::new(3, 1);
         for i in 1..=5 {
-            log.push(frame("a", i));
+            log.put(i, frame("a", i));
         }
         assert_eq!(log.next_k(), 6);
         assert!(log.after(1).is_none(), "messages 2 is no longer retained");

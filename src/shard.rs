@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::frame::Frame;
 use crate::metrics::{self, CloseReason, CoreMetrics};
 use crate::outbound::{
-    Framing, LocalFrame, LocalNotify, OutboundQueue, Pushed, SessionLog, WriteBatch,
+    Framing, LocalFrame, LocalNotify, Out, OutboundQueue, Pushed, SessionLog, WriteBatch,
 };
 use crate::owner::{Accepted, Replay, Stamp, SubjectLimits, SubjectState};
 use crate::proto::{self, ErrorCode};
@@ -313,20 +313,20 @@ impl Conn {
             Framing::WebSocket
         };
         self.out.borrow_mut().fill(batch, framing);
-        // From here the frames count as sent: log them for resume, in k order.
-        let mut log = self.log.borrow_mut();
-        batch.for_each_msg(|frame, k| log.put(k, frame.clone()));
+        // From here the frames count as sent: the batch is shared with the session log.
+        let items = batch.share();
+        self.log.borrow_mut().add(items);
     }
 
     /// Moves messages still queued into the session log (the socket is going away; a resume
     /// must replay them) and drops them from the queue. Returns how many there were.
     fn spill_queue_to_log(&self) -> usize {
-        let mut log = self.log.borrow_mut();
-        let mut n = 0;
-        self.out.borrow_mut().drain_messages(|frame, k| {
-            log.put(k, frame);
-            n += 1;
-        });
+        let mut spilled = Vec::new();
+        self.out
+            .borrow_mut()
+            .drain_messages(|frame, k| spilled.push(Out::Msg(frame, k)));
+        let n = spilled.len();
+        self.log.borrow_mut().add(Rc::new(spilled));
         n
     }
 

@@ -195,7 +195,6 @@ pub fn start(
     (senders, if uring { "io_uring" } else { "epoll" })
 }
 
-
 async fn control(ctx: Rc<Ctx>, rx: Receiver<Cmd>) {
     loop {
         match rx.try_recv() {
