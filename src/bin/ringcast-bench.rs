@@ -127,6 +127,9 @@ struct Args {
     /// Do not stop the sweep on loss / slow-consumer closes / p99 limit.
     #[arg(long)]
     keep_going: bool,
+    /// idle / storm: open SSE streams (`GET /sse?subject=bench.idle`) instead of WebSockets.
+    #[arg(long)]
+    sse: bool,
     /// idle: connections (50000); storm: clients (10000).
     #[arg(long)]
     conns: Option<usize>,
@@ -211,6 +214,7 @@ fn parse_url(url: &str, target: Target) -> Result<Endpoint, String> {
         host: hostport.to_string(),
         path,
         target,
+        sse: false,
     })
 }
 
@@ -269,10 +273,20 @@ fn run(args: Args, scenario: Scenario) -> Result<(), String> {
                 host: s.addr.to_string(),
                 path: path.into(),
                 target: args.target,
+                sse: false,
             };
             (ep, Some(s))
         }
     };
+    let mut ep = ep;
+    if args.sse {
+        if args.target != Target::Ringcast || !matches!(scenario, Scenario::Idle | Scenario::Storm)
+        {
+            return Err("--sse is for the idle and storm scenarios against ringcast".into());
+        }
+        ep.sse = true;
+        ep.path = "/sse?subject=bench.idle".into();
+    }
     let srcs: Vec<Ipv4Addr> = match ep.addr {
         SocketAddr::V4(a) if a.ip().is_loopback() => (0..args.source_ips)
             .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i))

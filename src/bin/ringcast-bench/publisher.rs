@@ -73,7 +73,7 @@ impl Publisher {
                 return Err(std::io::Error::other("closed during upgrade"));
             }
             buf.extend_from_slice(&chunk[..n]);
-            if let Some(r) = wire::parse_upgrade_response(&buf) {
+            if let Some(r) = wire::parse_upgrade_response(&buf, false) {
                 break r.map_err(std::io::Error::other)?;
             }
         };

@@ -31,6 +31,9 @@ pub struct Endpoint {
     pub host: String,
     pub path: String,
     pub target: Target,
+    /// Open SSE streams (`GET <path>`, 200 `text/event-stream`) instead of WebSockets
+    /// (`idle` and `storm` only).
+    pub sse: bool,
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: one clock shared by every thread of this process, so a
@@ -81,6 +84,13 @@ pub fn start_connect(
 
 /// The HTTP upgrade request (fixed key: the generator does not check the accept hash).
 pub fn upgrade_request(ep: &Endpoint) -> Vec<u8> {
+    if ep.sse {
+        return format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+            ep.path, ep.host
+        )
+        .into_bytes();
+    }
     format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         ep.path, ep.host
@@ -88,10 +98,15 @@ pub fn upgrade_request(ep: &Endpoint) -> Vec<u8> {
     .into_bytes()
 }
 
-/// If `buf` holds a complete response head: Ok(head length) for a 101, Err for anything else.
-pub fn parse_upgrade_response(buf: &[u8]) -> Option<Result<usize, String>> {
+/// If `buf` holds a complete response head: Ok(head length) for a 101 (or, for SSE, a 200),
+/// Err for anything else.
+pub fn parse_upgrade_response(buf: &[u8], sse: bool) -> Option<Result<usize, String>> {
     let end = find(buf, b"\r\n\r\n")? + 4;
-    if buf.starts_with(b"HTTP/1.1 101") {
+    if buf.starts_with(if sse {
+        b"HTTP/1.1 200"
+    } else {
+        b"HTTP/1.1 101"
+    }) {
         Some(Ok(end))
     } else {
         let line = String::from_utf8_lossy(&buf[..end.min(200)])

@@ -353,6 +353,38 @@ async fn conn_task(
     let target = ctx.ep.target;
     let mut out = Vec::new();
     loop {
+        if ctx.ep.sse {
+            // SSE streams only need to come up and stay open: wait for the hello event, then
+            // discard whatever arrives (heartbeats).
+            if !c.ready && wire::find(&buf, b"event: hello").is_some() {
+                c.ready = true;
+                let mut st = ctx.stats.borrow_mut();
+                st.connected += 1;
+                st.last_ready_ns = wire::mono_ns();
+                drop(st);
+                release(&mut released);
+            }
+            if c.ready {
+                buf.clear();
+            }
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(read_buf.max(4096));
+            }
+            let len = buf.len();
+            let (r, slice) = stream.read(std::mem::take(&mut buf).slice_mut(len..)).await;
+            buf = slice.into_inner();
+            if !matches!(r, Ok(n) if n > 0) {
+                let mut st = ctx.stats.borrow_mut();
+                st.disconnects += 1;
+                if !c.ready {
+                    st.connect_failed += 1;
+                }
+                drop(st);
+                release(&mut released);
+                return;
+            }
+            continue;
+        }
         // Process everything buffered.
         let now = wire::mono_ns();
         let mut off = 0;
@@ -573,7 +605,7 @@ async fn handshake(
                 "closed during upgrade",
             ));
         }
-        if let Some(res) = wire::parse_upgrade_response(&buf) {
+        if let Some(res) = wire::parse_upgrade_response(&buf, ep.sse) {
             let head = res.map_err(std::io::Error::other)?;
             buf.drain(..head);
             return Ok((stream, buf));
