@@ -173,6 +173,14 @@ pub enum BusMsg {
         /// The answer.
         reply: OwnerReply,
     },
+    /// A handed-over session whose new connection died: keep it detached under its old id
+    /// (sent to the core that id names).
+    Restore {
+        /// The old session id.
+        session: Box<str>,
+        /// The session.
+        state: SessionState,
+    },
     /// Stop accepting, close connections with 1001, finish.
     Shutdown,
 }

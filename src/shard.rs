@@ -689,11 +689,22 @@ impl Core {
 
     /// Registers a new connection: a WebSocket, or an SSE stream (`sse`).
     pub fn register_kind(self: &Rc<Self>, websocket: bool, sse: bool) -> Rc<Conn> {
+        self.register_conn(websocket, sse, None)
+    }
+
+    /// Registers a connection, with a new session id unless `session` is given (restore).
+    fn register_conn(
+        self: &Rc<Self>,
+        websocket: bool,
+        sse: bool,
+        session: Option<Box<str>>,
+    ) -> Rc<Conn> {
         let n = self.next_conn.get();
         self.next_conn.set(n + 1);
         let id = ((self.id as u64) << 48) | n;
         // Session ids are unguessable (resume hands over a session): core + 64 random bits.
-        let session = format!("{:02x}{:016x}", self.id, random_u64()).into_boxed_str();
+        let session = session
+            .unwrap_or_else(|| format!("{:02x}{:016x}", self.id, random_u64()).into_boxed_str());
         let conn = Rc::new_cyclic(|me| Conn {
             id,
             session,
@@ -1223,13 +1234,36 @@ impl Core {
             slot.wait().await
         };
         let state = state.map_err(|()| ResumeError::Expired)?;
-        if !self.conns.borrow().contains_key(&conn.id) {
-            // The new connection went away meanwhile; the session cannot be saved.
+        if !self.conns.borrow().contains_key(&conn.id) || conn.closing().is_some() {
+            // The new connection went away meanwhile: give the session back, detached and
+            // under its old id, so the client's next attempt can still resume it exactly.
+            if owner == self.id {
+                self.restore(session, state);
+            } else {
+                self.shared.bus.send(
+                    owner,
+                    BusMsg::Restore {
+                        session: session.into(),
+                        state,
+                    },
+                );
+            }
             return Err(ResumeError::Expired);
         }
         on_adopt();
         self.adopt(conn, state);
         Ok(())
+    }
+
+    /// Re-creates a handed-over session as a detached one under its old id (this core is the
+    /// one its id names). Adopting it into a detached connection replays and catches up into
+    /// the session log exactly as for a live one.
+    fn restore(self: &Rc<Self>, session: &str, st: SessionState) {
+        let conn = self.register_conn(true, false, Some(session.into()));
+        conn.closing.set(Some(CloseReason::ClientClosed));
+        conn.detached_at.set(Some(self.clock_ms.get()));
+        conn.hwm.borrow_mut().get_or_insert_with(HashMap::new);
+        self.adopt(&conn, st);
     }
 
     fn adopt(&self, conn: &Rc<Conn>, st: SessionState) {
@@ -1425,7 +1459,7 @@ impl Core {
     // ---- the bus -------------------------------------------------------------------------
 
     /// Handles one message from another core.
-    pub fn handle_bus(&self, msg: BusMsg) {
+    pub fn handle_bus(self: &Rc<Self>, msg: BusMsg) {
         match msg {
             BusMsg::Deliver { frame, from } => self.deliver(frame, from),
             BusMsg::Publish {
@@ -1550,6 +1584,7 @@ impl Core {
                     slot.fill(reply);
                 }
             }
+            BusMsg::Restore { session, state } => self.restore(&session, state),
             BusMsg::Shutdown => self.begin_shutdown(),
         }
     }

@@ -154,6 +154,55 @@ fn a_session_that_missed_more_than_it_retains_is_expired(d: DriverChoice) {
     assert_eq!(fourth.recv_msgs(1)[0]["data"], "y");
 }
 
+fn a_resume_whose_new_connection_dies_keeps_the_session(d: DriverChoice) {
+    use std::io::Write;
+    let node = start(d, unlimited);
+    let mut first = node.ws();
+    first.sub(1, "ticks.*");
+    for i in 1..=5 {
+        node.publish("ticks.a", &i.to_string());
+    }
+    first.recv_msgs(3);
+    let session = first.session.clone();
+    drop(first);
+    // The resume and a close frame arrive together: the new connection is gone before the
+    // hand-over completes. The session must survive under its old id.
+    let mut second = node.ws();
+    let mut wire = ringcast::ws::client_frame(
+        0x1,
+        true,
+        format!(r#"{{"op":"resume","id":1,"session":"{session}","received":3}}"#).as_bytes(),
+        [1, 2, 3, 4],
+    );
+    wire.extend(ringcast::ws::client_frame(
+        0x8,
+        true,
+        &1000u16.to_be_bytes(),
+        [1, 2, 3, 4],
+    ));
+    second.stream.write_all(&wire).unwrap();
+    drop(second);
+    node.publish("ticks.a", "6");
+    for _ in 0..200 {
+        let mut third = node.ws();
+        let (r, _) = third.request(&format!(
+            r#"{{"op":"resume","id":2,"session":"{session}","received":3}}"#
+        ));
+        if r["op"] == "ok" {
+            let seqs: Vec<u64> = third
+                .recv_msgs(3)
+                .iter()
+                .map(|m| m["seq"].as_u64().unwrap())
+                .collect();
+            assert_eq!(seqs, vec![4, 5, 6]);
+            return;
+        }
+        // The hand-back may still be on its way between cores: retry (bounded).
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the session was lost when the resuming connection died");
+}
+
 fn sessions_expire_after_their_ttl(d: DriverChoice) {
     let node = start(d, |c| c.session_ttl = 1);
     let mut first = node.ws();
@@ -270,6 +319,7 @@ on_both_drivers!(
     resuming_an_unknown_session_is_session_expired,
     a_session_that_missed_more_than_it_retains_is_expired,
     sessions_expire_after_their_ttl,
+    a_resume_whose_new_connection_dies_keeps_the_session,
     sse_streams_the_shared_msg_body_with_session_ids,
     sse_last_event_id_resumes_exactly,
     sse_with_an_unknown_last_event_id_gets_a_gap_and_starts_fresh,
