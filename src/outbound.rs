@@ -144,15 +144,6 @@ impl OutboundQueue {
         self.bytes = self.items.iter().map(Out::weight).sum();
     }
 
-    /// Drops queued message frames, keeping control replies (an `err` before a close must still
-    /// go out); returns how many were discarded.
-    pub fn clear_messages(&mut self) -> usize {
-        let before = self.items.len();
-        self.items.retain(|o| matches!(o, Out::Raw(_)));
-        self.bytes = self.items.iter().map(Out::weight).sum();
-        before - self.items.len()
-    }
-
     /// Drops everything queued; returns how many message frames were discarded.
     pub fn clear(&mut self) -> usize {
         let msgs = self
@@ -220,7 +211,6 @@ impl OutboundQueue {
             }
             batch.items.push(item);
         }
-        let _ = scratch_cap;
         if self.items.is_empty() && self.items.capacity() > 64 {
             // Give back memory a burst left behind; idle connections stay small.
             self.items.shrink_to(0);
@@ -390,10 +380,8 @@ impl WriteBatch {
 
     /// Message frames carried.
     pub fn messages(&self) -> usize {
-        self.items
-            .iter()
-            .filter(|o| matches!(o, Out::Msg(..)))
-            .count()
+        let items = self.shared.as_deref().unwrap_or(&self.items);
+        items.iter().filter(|o| matches!(o, Out::Msg(..))).count()
     }
 
     /// Records that the kernel took `n` bytes; the batch then describes the rest.
@@ -411,11 +399,6 @@ impl WriteBatch {
                 n = 0;
             }
         }
-    }
-
-    /// The size of the iovec allocation (pool accounting).
-    pub fn capacity(&self) -> usize {
-        self.iov.capacity()
     }
 }
 

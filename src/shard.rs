@@ -330,11 +330,6 @@ impl Conn {
         n
     }
 
-    /// True for a Server-Sent Events stream.
-    pub fn is_sse(&self) -> bool {
-        self.sse
-    }
-
     /// Queues a named event: an SSE `event:` block, or a WebSocket text frame of the JSON.
     pub fn send_event(&self, m: &CoreMetrics, name: &str, json: &[u8]) {
         if !self.sse {

@@ -133,11 +133,6 @@ impl WsDecoder {
         }
     }
 
-    /// Bytes held by a partial fragmented message (for memory accounting).
-    pub fn buffered(&self) -> usize {
-        self.fragment.as_ref().map_or(0, |(_, v)| v.capacity())
-    }
-
     /// Decodes the next frame from `input` (unmasking it in place). Returns the event and the
     /// bytes consumed, `Ok(None)` when more input is needed. Data frames that continue a
     /// fragmented message are consumed and reported as `Ok(Some((None, n)))`.
