@@ -486,7 +486,9 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
                 )
             }
             Method::Get => {
-                let text = crate::metrics::render(&core.shared.metrics);
+                let bus = &core.shared.bus;
+                let depth: Vec<usize> = (0..bus.cores()).map(|c| bus.depth(c)).collect();
+                let text = crate::metrics::render(&core.shared.metrics, &depth);
                 http::response(
                     200,
                     "text/plain; version=0.0.4",

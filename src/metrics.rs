@@ -124,104 +124,116 @@ impl CoreMetrics {
     }
 }
 
-/// Renders all cores' counters in the Prometheus text exposition format.
-pub fn render(cores: &[CoreMetrics]) -> String {
+/// A per-core series of `/metrics`: name, type, help, and how to read it from a core.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&CoreMetrics) -> u64,
+);
+
+/// Every per-core series, in output order.
+const SERIES: [Series; 12] = [
+    ("ringcast_connections", "gauge", "Open connections.", |m| {
+        m.connections.load(Relaxed)
+    }),
+    (
+        "ringcast_websockets",
+        "gauge",
+        "Open WebSocket connections.",
+        |m| m.websockets.load(Relaxed),
+    ),
+    (
+        "ringcast_subscriptions",
+        "gauge",
+        "Active subscriptions.",
+        |m| m.subscriptions.load(Relaxed),
+    ),
+    (
+        "ringcast_published_total",
+        "counter",
+        "Publishes sequenced (by owner core).",
+        |m| m.published.load(Relaxed),
+    ),
+    (
+        "ringcast_duplicates_total",
+        "counter",
+        "Publishes answered as duplicates.",
+        |m| m.duplicates.load(Relaxed),
+    ),
+    (
+        "ringcast_delivered_total",
+        "counter",
+        "Messages queued to connections.",
+        |m| m.delivered.load(Relaxed),
+    ),
+    (
+        "ringcast_dropped_total",
+        "counter",
+        "Messages conflated away or discarded.",
+        |m| m.dropped.load(Relaxed),
+    ),
+    (
+        "ringcast_bytes_out_total",
+        "counter",
+        "Bytes written to sockets.",
+        |m| m.bytes_out.load(Relaxed),
+    ),
+    (
+        "ringcast_writes_total",
+        "counter",
+        "Socket writes (coalesced frames).",
+        |m| m.writes.load(Relaxed),
+    ),
+    (
+        "ringcast_http_requests_total",
+        "counter",
+        "HTTP requests served.",
+        |m| m.http_requests.load(Relaxed),
+    ),
+    (
+        "ringcast_rejected_total",
+        "counter",
+        "Connections refused (node full or out of fds).",
+        |m| m.rejected.load(Relaxed),
+    ),
+    (
+        "ringcast_slow_consumer_closes_total",
+        "counter",
+        "Connections closed as slow consumers.",
+        |m| m.closes(CloseReason::SlowConsumer),
+    ),
+];
+
+/// Renders all cores' counters in the Prometheus text exposition format, plus each core's
+/// cross-core bus backlog (`bus_depth[i]`: messages waiting for core i).
+pub fn render(cores: &[CoreMetrics], bus_depth: &[usize]) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(4096);
-    type Series = (
-        &'static str,
-        &'static str,
-        &'static str,
-        fn(&CoreMetrics) -> u64,
-    );
-    let series: [Series; 11] = [
-        ("ringcast_connections", "gauge", "Open connections.", |m| {
-            m.connections.load(Relaxed)
-        }),
-        (
-            "ringcast_websockets",
-            "gauge",
-            "Open WebSocket connections.",
-            |m| m.websockets.load(Relaxed),
-        ),
-        (
-            "ringcast_subscriptions",
-            "gauge",
-            "Active subscriptions.",
-            |m| m.subscriptions.load(Relaxed),
-        ),
-        (
-            "ringcast_published_total",
-            "counter",
-            "Publishes sequenced (by owner core).",
-            |m| m.published.load(Relaxed),
-        ),
-        (
-            "ringcast_duplicates_total",
-            "counter",
-            "Publishes answered as duplicates.",
-            |m| m.duplicates.load(Relaxed),
-        ),
-        (
-            "ringcast_delivered_total",
-            "counter",
-            "Messages queued to connections.",
-            |m| m.delivered.load(Relaxed),
-        ),
-        (
-            "ringcast_dropped_total",
-            "counter",
-            "Messages conflated away or discarded.",
-            |m| m.dropped.load(Relaxed),
-        ),
-        (
-            "ringcast_bytes_out_total",
-            "counter",
-            "Bytes written to sockets.",
-            |m| m.bytes_out.load(Relaxed),
-        ),
-        (
-            "ringcast_writes_total",
-            "counter",
-            "Socket writes (coalesced frames).",
-            |m| m.writes.load(Relaxed),
-        ),
-        (
-            "ringcast_http_requests_total",
-            "counter",
-            "HTTP requests served.",
-            |m| m.http_requests.load(Relaxed),
-        ),
-        (
-            "ringcast_rejected_total",
-            "counter",
-            "Connections refused (node full).",
-            |m| m.rejected.load(Relaxed),
-        ),
-    ];
-    for (name, kind, help, get) in series {
+    let head = |out: &mut String, name: &str, kind: &str, help: &str| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    for (name, kind, help, get) in SERIES {
+        head(&mut out, name, kind, help);
         for (i, m) in cores.iter().enumerate() {
             let _ = writeln!(out, "{name}{{core=\"{i}\"}} {}", get(m));
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_slow_consumer_closes_total Connections closed as slow consumers."
+    head(
+        &mut out,
+        "ringcast_bus_depth",
+        "gauge",
+        "Cross-core messages waiting for each core.",
     );
-    let _ = writeln!(out, "# TYPE ringcast_slow_consumer_closes_total counter");
-    for (i, m) in cores.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "ringcast_slow_consumer_closes_total{{core=\"{i}\"}} {}",
-            m.closes(CloseReason::SlowConsumer)
-        );
+    for (i, d) in bus_depth.iter().enumerate() {
+        let _ = writeln!(out, "ringcast_bus_depth{{core=\"{i}\"}} {d}");
     }
-    let _ = writeln!(
-        out,
-        "# HELP ringcast_closes_total Connections closed, by reason."
+    head(
+        &mut out,
+        "ringcast_closes_total",
+        "counter",
+        "Connections closed, by reason.",
     );
-    let _ = writeln!(out, "# TYPE ringcast_closes_total counter");
     for (i, m) in cores.iter().enumerate() {
         for r in CloseReason::ALL {
             let _ = writeln!(
@@ -244,10 +256,11 @@ mod tests {
         let cores: Vec<CoreMetrics> = (0..2).map(|_| CoreMetrics::default()).collect();
         add(&cores[1].delivered, 5);
         cores[0].closed(CloseReason::SlowConsumer);
-        let text = render(&cores);
+        let text = render(&cores, &[3, 0]);
         assert!(text.contains("ringcast_delivered_total{core=\"1\"} 5"));
         assert!(text.contains("ringcast_slow_consumer_closes_total{core=\"0\"} 1"));
         assert!(text.contains("ringcast_closes_total{core=\"0\",reason=\"slow_consumer\"} 1"));
+        assert!(text.contains("ringcast_bus_depth{core=\"0\"} 3"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
             v.parse::<u64>().unwrap();

@@ -34,6 +34,7 @@ fn healthz_and_metrics_answer(d: DriverChoice) {
         "ringcast_delivered_total",
         "ringcast_dropped_total",
         "ringcast_slow_consumer_closes_total",
+        "ringcast_bus_depth",
     ] {
         assert!(
             text.contains(&format!("{name}{{core=\"0\"}}")),
