@@ -159,6 +159,20 @@ pub fn read_some(s: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
     }
 }
 
+/// Appends what the socket has to `buf`; false at EOF (a reset counts as EOF).
+fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 65536];
+    match read_some(s, &mut chunk) {
+        Ok(0) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+        Err(e) => panic!("read: {e}"),
+    }
+}
+
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -317,16 +331,9 @@ impl Ws {
                     });
                 }
             }
-            let mut chunk = [0u8; 65536];
-            let n = match read_some(&mut self.stream, &mut chunk) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
-                Err(e) => panic!("read: {e}"),
-            };
-            if n == 0 {
+            if !read_more(&mut self.stream, &mut self.buf) {
                 return None;
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -475,16 +482,9 @@ impl Sse {
                 }
                 return Some(ev);
             }
-            let mut chunk = [0u8; 65536];
-            let n = match read_some(&mut self.stream, &mut chunk) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
-                Err(e) => panic!("read: {e}"),
-            };
-            if n == 0 {
+            if !read_more(&mut self.stream, &mut self.buf) {
                 return None;
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 

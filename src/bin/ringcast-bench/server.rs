@@ -70,13 +70,7 @@ pub fn spawn_ringcast(
         bin.display(),
         extra.join(" ")
     );
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| std::io::Error::other(format!("spawn {}: {e}", bin.display())))?;
-    if let Err(e) = wait_listening(addr, &mut child) {
-        let _ = child.kill();
-        return Err(e);
-    }
+    let child = start_listening(&mut cmd, addr, &bin.display().to_string())?;
     let pid = child.id();
     Ok(Spawned {
         child,
@@ -85,6 +79,22 @@ pub fn spawn_ringcast(
         description: description.trim().to_string(),
         conf: None,
     })
+}
+
+/// Spawns `cmd` and waits until it accepts connections on `addr` (killed if it never does).
+fn start_listening(
+    cmd: &mut Command,
+    addr: SocketAddr,
+    name: &str,
+) -> std::io::Result<std::process::Child> {
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| std::io::Error::other(format!("spawn {name}: {e}")))?;
+    if let Err(e) = wait_listening(addr, &mut child) {
+        let _ = child.kill();
+        return Err(e);
+    }
+    Ok(child)
 }
 
 pub fn spawn_nats(bin: &str, out_dir: &Path) -> std::io::Result<Spawned> {
@@ -103,13 +113,7 @@ pub fn spawn_nats(bin: &str, out_dir: &Path) -> std::io::Result<Spawned> {
     cmd.arg("-c").arg(&conf);
     cmd.stdout(log_file(out_dir, "nats-server.out.log"))
         .stderr(log_file(out_dir, "nats-server.log"));
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| std::io::Error::other(format!("spawn {bin}: {e}")))?;
-    if let Err(e) = wait_listening(addr, &mut child) {
-        let _ = child.kill();
-        return Err(e);
-    }
+    let child = start_listening(&mut cmd, addr, bin)?;
     let pid = child.id();
     Ok(Spawned {
         child,
