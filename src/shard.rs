@@ -795,23 +795,7 @@ impl Core {
                 if conn.subs.borrow().len() >= self.cfg().max_subs_per_conn {
                     return Err(SubError::TooMany);
                 }
-                let s = Rc::new(SubState {
-                    pattern: pattern.into(),
-                    conflate: Cell::new(conflate),
-                    pending: Cell::new(0),
-                    active: Cell::new(true),
-                });
-                conn.subs.borrow_mut().insert(pattern.into(), s.clone());
-                self.trie.borrow_mut().insert(
-                    pattern,
-                    SubEntry {
-                        conn: conn.clone(),
-                        sub: s.clone(),
-                    },
-                );
-                self.cache.borrow_mut().clear();
-                metrics::add(&self.metrics().subscriptions, 1);
-                s
+                self.add_sub(conn, pattern, conflate)
             }
         };
         let mut b = Vec::with_capacity(32);
@@ -865,6 +849,25 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Adds a new subscription of `conn` to the trie (the one place that does).
+    fn add_sub(&self, conn: &Rc<Conn>, pattern: &str, conflate: bool) -> Rc<SubState> {
+        let s = Rc::new(SubState {
+            pattern: pattern.into(),
+            conflate: Cell::new(conflate),
+            pending: Cell::new(0),
+            active: Cell::new(true),
+        });
+        conn.subs.borrow_mut().insert(pattern.into(), s.clone());
+        let entry = SubEntry {
+            conn: conn.clone(),
+            sub: s.clone(),
+        };
+        self.trie.borrow_mut().insert(pattern, entry);
+        self.cache.borrow_mut().clear();
+        metrics::add(&self.metrics().subscriptions, 1);
+        s
     }
 
     /// `unsub`: true if the connection had that subscription.
@@ -1285,24 +1288,7 @@ impl Core {
             let existing = conn.subs.borrow().get(&**pattern).cloned();
             let sub = match existing {
                 Some(s) => s,
-                None => {
-                    let s = Rc::new(SubState {
-                        pattern: pattern.clone(),
-                        conflate: Cell::new(*conflate),
-                        pending: Cell::new(0),
-                        active: Cell::new(true),
-                    });
-                    conn.subs.borrow_mut().insert(pattern.clone(), s.clone());
-                    self.trie.borrow_mut().insert(
-                        pattern,
-                        SubEntry {
-                            conn: conn.clone(),
-                            sub: s.clone(),
-                        },
-                    );
-                    metrics::add(&m.subscriptions, 1);
-                    s
-                }
+                None => self.add_sub(conn, pattern, *conflate),
             };
             sub.pending.set(sub.pending.get() | others);
             subs.push(sub);
