@@ -135,7 +135,7 @@ pub enum BusMsg {
         /// Request token.
         token: u64,
         /// The session.
-        result: Result<SessionState, ()>,
+        result: Result<SessionState, crate::shard::TakeError>,
     },
     /// Ask an owner for frames of matching subjects it broadcast after a stream position.
     CatchUp {

@@ -531,7 +531,7 @@ enum Waiter {
     /// An HTTP `/history` request.
     History(Rc<Slot<Vec<u8>>>),
     /// A resume waiting for the session's owner core to hand it over.
-    Resume(Rc<Slot<Result<SessionState, ()>>>),
+    Resume(Rc<Slot<Result<SessionState, TakeError>>>),
     /// A call to an owner core (scheduled publishes).
     Call(Rc<Slot<OwnerReply>>),
     /// A resumed session waiting for one owner's catch-up frames.
@@ -539,6 +539,15 @@ enum Waiter {
         conn: Rc<Conn>,
         subs: Vec<Rc<SubState>>,
     },
+}
+
+/// Why a session could not be handed over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeError {
+    /// Unknown, expired, or no longer holding the messages asked for.
+    Unknown,
+    /// Still receiving a replay or catch-up: ask again shortly.
+    Busy,
 }
 
 /// Why a resume failed.
@@ -1159,16 +1168,28 @@ impl Core {
     }
 
     /// Owner side of a resume: removes the session and returns what the new connection needs.
-    fn take_session(&self, session: &str, received: u64) -> Result<SessionState, ()> {
+    fn take_session(&self, session: &str, received: u64) -> Result<SessionState, TakeError> {
         let conn = self
             .conns
             .borrow()
             .values()
             .find(|c| &*c.session == session)
             .cloned()
-            .ok_or(())?;
+            .ok_or(TakeError::Unknown)?;
         conn.spill_queue_to_log();
-        let frames = conn.log.borrow().after(received).ok_or(())?;
+        // A session still waiting for a replay or catch-up (just resumed or subscribed with
+        // `since`) has frames in flight to it that neither its log nor a cut would cover:
+        // hand it over once they arrived.
+        let waiting = conn.subs.borrow().values().any(|s| s.pending.get() != 0)
+            || !conn.held.borrow().is_empty();
+        if waiting {
+            return Err(TakeError::Busy);
+        }
+        let frames = conn
+            .log
+            .borrow()
+            .after(received)
+            .ok_or(TakeError::Unknown)?;
         if conn.detached_at.get().is_none() {
             // Still attached (the old socket is not known dead yet): it is being replaced.
             conn.close(
@@ -1217,21 +1238,33 @@ impl Core {
             .and_then(|h| usize::from_str_radix(h, 16).ok())
             .filter(|o| *o < self.cores() && session.len() == 18 && session != &*conn.session)
             .ok_or(ResumeError::Expired)?;
-        let state = if owner == self.id {
-            self.take_session(session, received)
-        } else {
-            let slot = Rc::new(Slot::default());
-            let token = self.park(Waiter::Resume(slot.clone()));
-            let msg = BusMsg::Resume {
-                session: session.into(),
-                received,
-                from: self.id,
-                token,
+        /// How long a resume waits for a session that is itself still catching up.
+        const BUSY_RETRIES: usize = 500;
+        let mut tries = 0;
+        let state = loop {
+            let r = if owner == self.id {
+                self.take_session(session, received)
+            } else {
+                let slot = Rc::new(Slot::default());
+                let token = self.park(Waiter::Resume(slot.clone()));
+                let msg = BusMsg::Resume {
+                    session: session.into(),
+                    received,
+                    from: self.id,
+                    token,
+                };
+                self.shared.bus.send(owner, msg);
+                slot.wait().await
             };
-            self.shared.bus.send(owner, msg);
-            slot.wait().await
+            match r {
+                Err(TakeError::Busy) if tries < BUSY_RETRIES => {
+                    tries += 1;
+                    monoio::time::sleep(Duration::from_millis(2)).await;
+                }
+                other => break other,
+            }
         };
-        let state = state.map_err(|()| ResumeError::Expired)?;
+        let state = state.map_err(|_| ResumeError::Expired)?;
         if !self.conns.borrow().contains_key(&conn.id) || conn.closing().is_some() {
             // The new connection went away meanwhile: give the session back, detached and
             // under its old id, so the client's next attempt can still resume it exactly.
