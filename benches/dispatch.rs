@@ -41,6 +41,7 @@ fn core() -> Rc<Core> {
         shutting_down: AtomicBool::new(false),
         driver: "bench",
         verifier: None,
+        store: Arc::new(ringcast::store::MemoryStore),
     });
     Core::new(0, shared, rxs.pop().expect("one core"))
 }

@@ -49,6 +49,35 @@ pub struct PubAck {
     pub duplicate: bool,
 }
 
+/// Why a publish was not accepted (the client gets 503 `overloaded` and may retry; with a
+/// `msg_id` a retry is never applied twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PubError {
+    /// Sync durability: the store failed to write the message's group.
+    NotDurable,
+    /// Cluster mode: NATS is unreachable (or did not answer in time).
+    ClusterUnavailable,
+    /// Cluster mode: other nodes kept winning the race for this subject's next seq.
+    ClusterConflict,
+    /// Cluster mode: JetStream refused the message.
+    ClusterRejected,
+}
+
+impl PubError {
+    /// The message clients see.
+    pub fn message(self) -> &'static str {
+        match self {
+            PubError::NotDurable => "the store could not make the message durable",
+            PubError::ClusterUnavailable => "cluster unavailable (NATS unreachable)",
+            PubError::ClusterConflict => "too many concurrent publishers on this subject",
+            PubError::ClusterRejected => "rejected by the cluster log",
+        }
+    }
+}
+
+/// The outcome of a publish.
+pub type PubResult = Result<PubAck, PubError>;
+
 /// A message between cores. `token` values are chosen by the requesting core and returned
 /// unchanged so it can find the waiting connection or request.
 pub enum BusMsg {
@@ -70,7 +99,22 @@ pub enum BusMsg {
         /// Request token.
         token: u64,
         /// The outcome.
-        ack: PubAck,
+        result: PubResult,
+    },
+    /// From the storage thread (sync durability): this core's appends up to ticket `upto`
+    /// are on disk (`ok`), or failed to be written.
+    Durable {
+        /// Highest ticket of the group.
+        upto: u64,
+        /// False when the group's commit failed.
+        ok: bool,
+    },
+    /// From the storage thread: the answer to a deep read.
+    StoreRead {
+        /// Request token.
+        token: u64,
+        /// The stored messages.
+        range: crate::store::StoredRange,
     },
     /// A sequenced message from its owner core, for local subscribers.
     Deliver {
@@ -100,18 +144,7 @@ pub enum BusMsg {
         replay: Replay,
     },
     /// Ask the owner for `/history/{subject}`.
-    History {
-        /// Concrete subject.
-        subject: Box<str>,
-        /// Messages with seq > since.
-        since: u64,
-        /// At most this many.
-        limit: usize,
-        /// Requesting core.
-        from: usize,
-        /// Request token.
-        token: u64,
-    },
+    History(HistoryReq),
     /// The owner's answer to `History`: the complete JSON body.
     HistoryDone {
         /// Request token.
@@ -183,6 +216,21 @@ pub enum BusMsg {
     },
     /// Stop accepting, close connections with 1001, finish.
     Shutdown,
+}
+
+/// A `/history/{subject}` request to the subject's owner core.
+#[derive(Debug)]
+pub struct HistoryReq {
+    /// Concrete subject.
+    pub subject: Box<str>,
+    /// Messages with seq > since.
+    pub since: u64,
+    /// At most this many.
+    pub limit: usize,
+    /// Requesting core.
+    pub from: usize,
+    /// Request token.
+    pub token: u64,
 }
 
 /// Requests served by a subject's owner core.

@@ -147,6 +147,27 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_DEMO_FEED")]
     pub demo_feed: bool,
 
+    /// Directory of the durable store (history, seqs, dedup ids, pending schedules survive a
+    /// restart). Unset: memory only.
+    #[arg(long, env = "RINGCAST_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+
+    /// What an acknowledged publish survives: `none` (memory only), `batch` (acknowledged
+    /// before fsync; fsync every --fsync-interval-ms), `sync` (acknowledged and delivered after
+    /// the fsync of its group). Default: `batch` with --data-dir, else `none`.
+    #[arg(long, env = "RINGCAST_DURABILITY")]
+    pub durability: Option<crate::store::Durability>,
+
+    /// `batch` durability: most time between a commit and its fsync, milliseconds.
+    #[arg(long, env = "RINGCAST_FSYNC_INTERVAL_MS", default_value_t = 5)]
+    pub fsync_interval_ms: u64,
+
+    /// Stored-history retention per subject pattern, `PATTERN=count:N,age:DUR` (DUR: 30s, 15m,
+    /// 2h, 7d), repeatable; the first matching pattern wins; `>=...` sets the default
+    /// (count:10000, no age limit).
+    #[arg(long, env = "RINGCAST_RETENTION", value_delimiter = ';')]
+    pub retention: Vec<String>,
+
     /// How long shutdown waits for connections to flush their close frames, milliseconds.
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_MS", default_value_t = 2_000)]
     pub shutdown_grace_ms: u64,
@@ -202,6 +223,16 @@ impl Config {
             audience: self.jwt_audience.clone(),
             leeway_secs: self.jwt_leeway_secs,
         })
+    }
+
+    /// The effective durability: `--durability`, else `batch` with `--data-dir`, else `none`.
+    pub fn effective_durability(&self) -> crate::store::Durability {
+        use crate::store::Durability;
+        match (self.durability, &self.data_dir) {
+            (Some(d), _) => d,
+            (None, Some(_)) => Durability::Batch,
+            (None, None) => Durability::None,
+        }
     }
 
     /// HTTP parse limits.

@@ -618,9 +618,13 @@ async fn http_publish(
             ),
         };
     }
-    let ack = core
+    let ack = match core
         .publish_http(&subject, data.get().as_bytes(), b.msg_id.as_deref())
-        .await;
+        .await
+    {
+        Ok(ack) => ack,
+        Err(e) => return http::error(ErrorCode::Overloaded, e.message(), keep_alive),
+    };
     let mut out = Vec::with_capacity(96);
     out.extend_from_slice(b"{\"subject\":");
     serde_json::to_writer(&mut out, &*subject).expect("Vec write");

@@ -45,6 +45,7 @@ pub async fn run(core: Rc<Core>) {
         let spread = mid * 0.00004;
         let subject = format!("prices.{}", INSTRUMENTS[i].0);
         let data = format!(r#"{{"bid":{:.5},"ask":{:.5}}}"#, mid - spread, mid + spread);
-        core.publish_http(&subject, data.as_bytes(), None).await;
+        // A refused tick (store or cluster trouble) is simply skipped: the next one follows.
+        let _ = core.publish_http(&subject, data.as_bytes(), None).await;
     }
 }

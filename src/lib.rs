@@ -26,6 +26,8 @@
 //!  limits   start-up checks of OS limits (nofile, memlock, somaxconn)
 //!  auth     JWT verification and subject ACLs (grants compiled into tries)
 //!  schedule Schedules: publishes due later, kept and fired by the owner core
+//!  store    HistoryStore: memory, or durable (fjall) written by the ringcast-store thread
+//!           with group commit; recovery at start-up; retention by count and age
 //!  demo     --demo-feed: synthetic price publisher for the demo page
 //!  web/     the browser client (ringcast.js) and demo page, served at /ringcast.js and /
 //! ```
@@ -56,6 +58,7 @@ pub mod proto;
 pub mod schedule;
 pub mod server;
 pub mod shard;
+pub mod store;
 pub mod subject;
 pub mod trie;
 pub mod ws;

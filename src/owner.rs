@@ -79,8 +79,11 @@ impl Dedup {
 /// State of one subject on its owner core.
 #[derive(Default)]
 pub struct SubjectState {
-    last_seq: u64,
+    /// Highest seq assigned (accepted, maybe still waiting to be durable).
+    assigned: u64,
     last_ts: u64,
+    /// Highest seq retained (delivered); trails `assigned` while frames wait to be durable.
+    visible: u64,
     history: VecDeque<Arc<Frame>>,
     dedup: Dedup,
 }
@@ -103,17 +106,11 @@ impl SubjectState {
                 return Accepted::Duplicate { seq, ts };
             }
         }
-        let seq = self.last_seq + 1;
+        let seq = self.assigned + 1;
         let ts = now_us.max(self.last_ts);
         let frame = Arc::new(Frame::encode(subject, seq, ts, data, msg_id).with_xseq(xseq));
-        self.last_seq = seq;
+        self.assigned = seq;
         self.last_ts = ts;
-        if limits.history > 0 {
-            if self.history.len() >= limits.history {
-                self.history.pop_front();
-            }
-            self.history.push_back(frame.clone());
-        }
         if let Some(id) = msg_id {
             let id: Rc<str> = Rc::from(id);
             self.dedup.seen.insert(id.clone(), (seq, ts));
@@ -123,14 +120,58 @@ impl SubjectState {
         Accepted::New(frame)
     }
 
-    /// Highest seq assigned so far (0: never published).
-    pub fn last_seq(&self) -> u64 {
-        self.last_seq
+    /// Adds an accepted frame to the history ring (at once, or once it is durable: frames are
+    /// retained in seq order either way, so the ring stays contiguous).
+    pub fn retain(&mut self, frame: Arc<Frame>, limits: &SubjectLimits) {
+        self.visible = frame.seq();
+        if limits.history > 0 {
+            if self.history.len() >= limits.history {
+                self.history.pop_front();
+            }
+            self.history.push_back(frame);
+        }
     }
 
-    /// Seq of the oldest retained message (`last_seq + 1` when none is retained).
+    /// Rebuilds a subject's state from the store (start-up): seq and ts continue, the newest
+    /// stored messages fill the ring, and ids still inside the dedup window are remembered.
+    pub fn restore(rec: crate::store::RecoveredSubject, limits: &SubjectLimits) -> SubjectState {
+        let now = Instant::now();
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let mut s = SubjectState {
+            assigned: rec.last_seq,
+            last_ts: rec.last_ts,
+            visible: rec.last_seq,
+            ..SubjectState::default()
+        };
+        let skip = rec.frames.len().saturating_sub(limits.history);
+        for f in rec.frames.into_iter().skip(skip) {
+            s.history.push_back(f);
+        }
+        for (id, seq, ts) in rec.ids {
+            let age = Duration::from_micros(now_us.saturating_sub(ts));
+            if age > limits.dedup_ttl {
+                continue;
+            }
+            let at = now.checked_sub(age).unwrap_or(now);
+            let id: Rc<str> = Rc::from(&*id);
+            s.dedup.seen.insert(id.clone(), (seq, ts));
+            s.dedup.order.push_back((id, at));
+        }
+        s.dedup.expire(now, limits);
+        s
+    }
+
+    /// Highest seq delivered so far (0: never published). Sync durability: seqs assigned
+    /// to messages still waiting for their fsync are not counted.
+    pub fn last_seq(&self) -> u64 {
+        self.visible
+    }
+
+    /// Seq of the oldest retained message (`last_seq() + 1` when none is retained).
     pub fn first_retained(&self) -> u64 {
-        self.history.front().map_or(self.last_seq + 1, |f| f.seq())
+        self.history.front().map_or(self.visible + 1, |f| f.seq())
     }
 
     /// The latest retained message.
@@ -156,7 +197,7 @@ impl SubjectState {
     /// the retained frames after `since`.
     pub fn replay_since(&self, since: u64) -> Replay {
         let first = self.first_retained();
-        let gap = (since + 1 < first && since < self.last_seq).then(|| (since + 1, first - 1));
+        let gap = (since + 1 < first && since < self.visible).then(|| (since + 1, first - 1));
         Replay {
             gap,
             frames: self.after(since, usize::MAX).cloned().collect(),
@@ -193,7 +234,11 @@ mod tests {
             },
             l,
         ) {
-            Accepted::New(f) => (f.seq(), false),
+            Accepted::New(f) => {
+                let seq = f.seq();
+                s.retain(f, l);
+                (seq, false)
+            }
             Accepted::Duplicate { seq, .. } => (seq, true),
         }
     }

@@ -53,6 +53,19 @@ impl Schedules {
         Ok(n)
     }
 
+    /// Re-adds a publish recovered from the store under its old number when that is free
+    /// (same core count as before the restart), else under a new one; returns the number.
+    pub fn restore(&mut self, n: Option<u64>, s: Scheduled) -> u64 {
+        let n = match n {
+            Some(n) if n > 0 && !self.by_id.contains_key(&n) => n,
+            _ => self.next + 1,
+        };
+        self.next = self.next.max(n);
+        self.by_id.insert(n, s.at_ms);
+        self.by_time.insert((s.at_ms, n), s);
+        n
+    }
+
     /// The pending publish `n`.
     pub fn get(&self, n: u64) -> Option<&Scheduled> {
         let at = self.by_id.get(&n)?;
@@ -65,14 +78,14 @@ impl Schedules {
         self.by_time.remove(&(at, n)).ok_or(ScheduleError::NotFound)
     }
 
-    /// Removes and returns everything due at or before `now_ms`, in due order.
-    pub fn take_due(&mut self, now_ms: u64) -> Vec<Scheduled> {
+    /// Removes and returns everything due at or before `now_ms`, in due order, with numbers.
+    pub fn take_due(&mut self, now_ms: u64) -> Vec<(u64, Scheduled)> {
         let later = self.by_time.split_off(&(now_ms + 1, 0));
         let due = std::mem::replace(&mut self.by_time, later);
         due.into_iter()
             .map(|((_, n), s)| {
                 self.by_id.remove(&n);
-                s
+                (n, s)
             })
             .collect()
     }
@@ -139,7 +152,7 @@ mod tests {
         let a = q.add(s("a", 10)).unwrap();
         q.add(s("c", 30)).unwrap();
         assert_eq!(q.next_due(), Some(10));
-        let due: Vec<_> = q.take_due(20).into_iter().map(|x| x.subject).collect();
+        let due: Vec<_> = q.take_due(20).into_iter().map(|x| x.1.subject).collect();
         assert_eq!(due, vec!["a".into(), "b".into()] as Vec<Box<str>>);
         assert!(q.get(a).is_none() && q.get(b).is_none());
         assert_eq!(q.len(), 1);
@@ -153,6 +166,13 @@ mod tests {
         assert!(q.remove(n).is_ok());
         assert_eq!(q.remove(n).unwrap_err(), ScheduleError::NotFound);
         assert!(q.take_due(100).is_empty());
+        assert_eq!(q.restore(Some(7), s("r", 5)), 7);
+        assert_eq!(
+            q.restore(Some(7), s("r", 5)),
+            8,
+            "a taken number gets a new one"
+        );
+        assert!(q.add(s("x", 1)).unwrap() > 8);
         let id = schedule_id(1, 255);
         assert_eq!(parse_id(&id), Some((1, 255)));
         assert_eq!(parse_id("zz1"), None);

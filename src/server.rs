@@ -10,6 +10,7 @@ use crate::bus::{Bus, BusMsg};
 use crate::config::{Config, DriverChoice};
 use crate::metrics::CoreMetrics;
 use crate::shard::{Core, Shared};
+use crate::store::{Durability, DurableStore, HistoryStore, MemoryStore, Retention};
 use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -117,6 +118,7 @@ impl Server {
         let listeners = bind_all(cfg.listen, cfg.backlog, cores)?;
         let addr = listeners[0].local_addr()?;
         let (bus, receivers) = Bus::new(cores);
+        let store = open_store(&cfg, cores, &bus)?;
         let shared = Arc::new(Shared {
             cfg: Arc::new(cfg),
             bus,
@@ -125,6 +127,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             driver: if driver { "io_uring" } else { "epoll" },
             verifier,
+            store,
         });
         let cpus = allowed_cpus();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<()>>(cores);
@@ -205,7 +208,7 @@ impl Server {
         self.stopper().stop();
     }
 
-    /// Waits for every core to finish.
+    /// Waits for every core to finish, then flushes and closes the store.
     pub fn join(self) -> io::Result<()> {
         let mut result = Ok(());
         for t in self.threads {
@@ -215,8 +218,40 @@ impl Server {
                 Err(_) => result = Err(io::Error::other("a core thread panicked")),
             }
         }
+        self.shared.store.close();
         result
     }
+}
+
+/// The node's history store: durable under `--data-dir`, else memory only.
+fn open_store(cfg: &Config, cores: usize, bus: &Arc<Bus>) -> io::Result<Arc<dyn HistoryStore>> {
+    let durability = cfg.effective_durability();
+    let Some(dir) = &cfg.data_dir else {
+        if durability != Durability::None {
+            return Err(io::Error::other(format!(
+                "--durability {durability:?} needs --data-dir"
+            )));
+        }
+        return Ok(Arc::new(MemoryStore));
+    };
+    if durability == Durability::None {
+        tracing::warn!(
+            "--durability none: --data-dir {} is not used",
+            dir.display()
+        );
+        return Ok(Arc::new(MemoryStore));
+    }
+    let retention = Retention::parse(&cfg.retention).map_err(io::Error::other)?;
+    let store = DurableStore::open(
+        dir,
+        durability,
+        Duration::from_millis(cfg.fsync_interval_ms.max(1)),
+        retention,
+        cores,
+        bus.clone(),
+    )?;
+    tracing::info!(dir = %dir.display(), ?durability, "durable store open");
+    Ok(Arc::new(store))
 }
 
 /// Stops a node from any thread.

@@ -13,8 +13,8 @@
 
 use crate::auth::Grant;
 use crate::bus::{
-    owner_of, Bus, BusMsg, CancelError, OwnerOp, OwnerReply, PubAck, ReplayKind, SessionState,
-    MAX_CORES,
+    owner_of, Bus, BusMsg, CancelError, HistoryReq, OwnerOp, OwnerReply, PubAck, PubError,
+    PubResult, ReplayKind, SessionState, MAX_CORES,
 };
 use crate::config::Config;
 use crate::frame::Frame;
@@ -24,10 +24,12 @@ use crate::outbound::{
 };
 use crate::owner::{Accepted, Replay, Stamp, SubjectLimits, SubjectState};
 use crate::proto::{self, ErrorCode};
+use crate::store::{Durability, HistoryStore, ReadReq, StoredRange};
 use crate::trie::SubjectTrie;
 use crossbeam_channel::Receiver;
 use hashbrown::HashMap;
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -67,6 +69,8 @@ pub struct Shared {
     pub driver: &'static str,
     /// Token verifier; `None`: auth is off.
     pub verifier: Option<crate::auth::Verifier>,
+    /// Where history outlives memory (`MemoryStore` without `--data-dir`).
+    pub store: Arc<dyn HistoryStore>,
 }
 
 /// One subscription of one connection.
@@ -521,7 +525,9 @@ enum Waiter {
         id: Option<Box<str>>,
     },
     /// An HTTP publish.
-    HttpPub(Rc<Slot<PubAck>>),
+    HttpPub(Rc<Slot<PubResult>>),
+    /// An owner's answer waiting for older messages from the store.
+    Deep(Deep),
     /// A `since`/`snapshot` replay for a subscription (`since`: the subject is held meanwhile).
     Replay {
         conn: Rc<Conn>,
@@ -540,6 +546,47 @@ enum Waiter {
         subs: Vec<Rc<SubState>>,
     },
 }
+
+/// Who gets a publish's outcome.
+enum AckTo {
+    /// A WebSocket `pub` on this core.
+    Ws {
+        conn: Rc<Conn>,
+        id: Option<Box<str>>,
+    },
+    /// An HTTP publish on this core.
+    Http(Rc<Slot<PubResult>>),
+    /// A publish forwarded by another core (`PubDone`).
+    Core { core: usize, token: u64 },
+    /// A scheduled publish firing.
+    Nobody,
+}
+
+/// Sync durability: an accepted message (or a duplicate's answer) waiting for the fsync of
+/// the store group holding everything before it.
+struct Unsynced {
+    ticket: u64,
+    frame: Option<Arc<Frame>>,
+    ack: PubAck,
+    to: AckTo,
+}
+
+/// An owner-side answer that needs stored messages older than the history ring.
+enum Deep {
+    /// A `since` replay.
+    Replay {
+        subject: Box<str>,
+        since: u64,
+        from: usize,
+        token: u64,
+        tries: u8,
+    },
+    /// A `/history` request.
+    History(HistoryReq),
+}
+
+/// Re-reads allowed when the ring moved past the store read while it was in flight.
+const DEEP_READ_TRIES: u8 = 3;
 
 /// Why a session could not be handed over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -597,6 +644,10 @@ pub struct Core {
     xseq: Cell<u64>,
     /// Per owner core: the last broadcast position this core has processed.
     seen: Box<[Cell<u64>]>,
+    /// Sync durability: accepted messages waiting for their fsync, in acceptance order.
+    unsynced: RefCell<VecDeque<Unsynced>>,
+    /// Ticket of this core's last store append.
+    ticket: Cell<u64>,
 }
 
 thread_local! {
@@ -633,6 +684,28 @@ impl Core {
             dedup_ids: cfg.dedup_window,
             dedup_ttl: Duration::from_secs(cfg.dedup_secs),
         };
+        let recovered = shared
+            .store
+            .recover(id, shared.bus.cores(), cfg.history, cfg.dedup_window);
+        let owned: HashMap<Box<str>, SubjectState> = recovered
+            .subjects
+            .into_iter()
+            .map(|r| (r.subject.clone(), SubjectState::restore(r, &limits)))
+            .collect();
+        let mut schedules = crate::schedule::Schedules::default();
+        for (old, sch) in recovered.schedules {
+            let n = crate::schedule::parse_id(&old)
+                .filter(|(core, _)| *core == id)
+                .map(|(_, n)| n);
+            let kept = schedules.restore(n, sch.clone());
+            if Some(kept) != n {
+                // Renumbered (the core count changed): store it under its new id.
+                shared.store.delete_schedule(&old);
+                let new = crate::schedule::schedule_id(id, kept);
+                shared.store.put_schedule(&new, &sch);
+                tracing::warn!(old, new, "scheduled publish renumbered after a restart");
+            }
+        }
         Rc::new(Core {
             id,
             shared,
@@ -640,7 +713,7 @@ impl Core {
             trie: RefCell::new(SubjectTrie::new()),
             cache: RefCell::new(HashMap::new()),
             conns: RefCell::new(HashMap::new()),
-            owned: RefCell::new(HashMap::new()),
+            owned: RefCell::new(owned),
             waiters: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
             next_conn: Cell::new(1),
@@ -653,10 +726,12 @@ impl Core {
             clock_ms: Cell::new(0),
             started: Instant::now(),
             accepts: Cell::new((0, 0)),
-            schedules: RefCell::new(crate::schedule::Schedules::default()),
+            schedules: RefCell::new(schedules),
             schedule_wake: LocalNotify::default(),
             xseq: Cell::new(0),
             seen: (0..MAX_CORES).map(|_| Cell::new(0)).collect(),
+            unsynced: RefCell::new(VecDeque::new()),
+            ticket: Cell::new(0),
         })
     }
 
@@ -832,7 +907,8 @@ impl Core {
             ReplayKind::Snapshot => (0..self.cores()).collect(),
         };
         for owner in owners {
-            if owner == self.id {
+            let deep = matches!(kind, ReplayKind::Since(n) if self.needs_store(pattern, n));
+            if owner == self.id && !deep {
                 let replay = self.replay_owned(pattern, &kind);
                 self.apply_replay(conn, &sub, replay);
             } else {
@@ -952,8 +1028,11 @@ impl Core {
     ) {
         let owner = owner_of(subject, self.cores());
         if owner == self.id {
-            let ack = self.sequence(subject, data, msg_id);
-            reply_pub(self.metrics(), conn, id, ack);
+            let to = AckTo::Ws {
+                conn: conn.clone(),
+                id: id.map(Into::into),
+            };
+            self.sequence(subject, data, msg_id, to, None);
         } else {
             let token = self.park(Waiter::WsPub {
                 conn: conn.clone(),
@@ -963,15 +1042,22 @@ impl Core {
         }
     }
 
-    /// Publishes from HTTP; resolves when the owner has sequenced it.
-    pub async fn publish_http(&self, subject: &str, data: &[u8], msg_id: Option<&str>) -> PubAck {
+    /// Publishes from HTTP; resolves when the owner has sequenced it (sync durability: and
+    /// made it durable).
+    pub async fn publish_http(
+        &self,
+        subject: &str,
+        data: &[u8],
+        msg_id: Option<&str>,
+    ) -> PubResult {
         let owner = owner_of(subject, self.cores());
-        if owner == self.id {
-            return self.sequence(subject, data, msg_id);
-        }
         let slot = Rc::new(Slot::default());
-        let token = self.park(Waiter::HttpPub(slot.clone()));
-        self.forward_publish(owner, subject, data, msg_id, token);
+        if owner == self.id {
+            self.sequence(subject, data, msg_id, AckTo::Http(slot.clone()), None);
+        } else {
+            let token = self.park(Waiter::HttpPub(slot.clone()));
+            self.forward_publish(owner, subject, data, msg_id, token);
+        }
         slot.wait().await
     }
 
@@ -993,8 +1079,29 @@ impl Core {
         self.shared.bus.send(owner, msg);
     }
 
-    /// Owner side: sequence, retain, encode once, fan out to every core.
-    fn sequence(&self, subject: &str, data: &[u8], msg_id: Option<&str>) -> PubAck {
+    /// Delivers a publish's outcome to whoever asked.
+    fn answer(&self, to: AckTo, result: PubResult) {
+        match to {
+            AckTo::Ws { conn, id } => reply_pub(self.metrics(), &conn, id.as_deref(), result),
+            AckTo::Http(slot) => slot.fill(result),
+            AckTo::Core { core, token } => self
+                .shared
+                .bus
+                .send(core, BusMsg::PubDone { token, result }),
+            AckTo::Nobody => {}
+        }
+    }
+
+    /// Owner side: sequence, encode once, store, then (at once, or after the fsync with sync
+    /// durability) retain, fan out to every core and answer. `fired`: the schedule this fires.
+    fn sequence(
+        &self,
+        subject: &str,
+        data: &[u8],
+        msg_id: Option<&str>,
+        to: AckTo,
+        fired: Option<u64>,
+    ) {
         let accepted = {
             let mut owned = self.owned.borrow_mut();
             let state = owned.entry_ref(subject).or_default();
@@ -1010,13 +1117,30 @@ impl Core {
                 &self.limits,
             )
         };
+        let store = &self.shared.store;
+        let fired = fired.map(|n| crate::schedule::schedule_id(self.id, n));
+        let sync = store.durability() == Durability::Sync;
         match accepted {
             Accepted::Duplicate { seq, ts } => {
                 metrics::add(&self.metrics().duplicates, 1);
-                PubAck {
+                if let Some(id) = &fired {
+                    store.delete_schedule(id);
+                }
+                let ack = PubAck {
                     seq,
                     ts,
                     duplicate: true,
+                };
+                if sync && !self.unsynced.borrow().is_empty() {
+                    // The original may still be waiting for its fsync: answer after it.
+                    self.unsynced.borrow_mut().push_back(Unsynced {
+                        ticket: self.ticket.get(),
+                        frame: None,
+                        ack,
+                        to,
+                    });
+                } else {
+                    self.answer(to, Ok(ack));
                 }
             }
             Accepted::New(frame) => {
@@ -1027,20 +1151,67 @@ impl Core {
                     ts: frame.ts(),
                     duplicate: false,
                 };
-                for core in 0..self.cores() {
-                    if core != self.id {
-                        self.shared.bus.send(
-                            core,
-                            BusMsg::Deliver {
-                                frame: frame.clone(),
-                                from: self.id,
-                            },
-                        );
-                    }
+                if store.durability() != Durability::None {
+                    self.ticket
+                        .set(store.append(self.id, &frame, fired.as_deref()));
                 }
-                self.deliver(frame, self.id);
-                ack
+                if sync {
+                    self.unsynced.borrow_mut().push_back(Unsynced {
+                        ticket: self.ticket.get(),
+                        frame: Some(frame),
+                        ack,
+                        to,
+                    });
+                } else {
+                    self.publish_frame(frame);
+                    self.answer(to, Ok(ack));
+                }
             }
+        }
+    }
+
+    /// Retains an accepted frame in its subject's ring and fans it out to every core.
+    fn publish_frame(&self, frame: Arc<Frame>) {
+        if let Some(state) = self.owned.borrow_mut().get_mut(frame.subject()) {
+            state.retain(frame.clone(), &self.limits);
+        }
+        for core in 0..self.cores() {
+            if core != self.id {
+                self.shared.bus.send(
+                    core,
+                    BusMsg::Deliver {
+                        frame: frame.clone(),
+                        from: self.id,
+                    },
+                );
+            }
+        }
+        self.deliver(frame, self.id);
+    }
+
+    /// Sync durability: the store made this core's appends up to `upto` durable (or failed
+    /// to): deliver and answer everything waiting for them, in order.
+    fn durable(&self, upto: u64, ok: bool) {
+        loop {
+            let next = {
+                let mut q = self.unsynced.borrow_mut();
+                match q.front() {
+                    Some(u) if u.ticket <= upto => q.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some(u) = next else { break };
+            if let Some(frame) = u.frame {
+                // A failed write is still delivered (memory stays consistent and seqs stay
+                // contiguous); the publisher is told it is not durable.
+                self.publish_frame(frame);
+            }
+            let result = if ok {
+                Ok(u.ack)
+            } else {
+                Err(PubError::NotDurable)
+            };
+            self.answer(u.to, result);
         }
     }
 
@@ -1094,47 +1265,155 @@ impl Core {
     /// `/history/{subject}` body, from the owner core.
     pub async fn history(&self, subject: &str, since: u64, limit: usize) -> Vec<u8> {
         let owner = owner_of(subject, self.cores());
-        if owner == self.id {
-            return self.history_body(subject, since, limit);
+        if owner == self.id && !self.needs_store(subject, since) {
+            return self.history_body(subject, since, limit, None);
         }
         let slot = Rc::new(Slot::default());
         let token = self.park(Waiter::History(slot.clone()));
-        let msg = BusMsg::History {
+        let msg = BusMsg::History(HistoryReq {
             subject: subject.into(),
             since,
             limit,
             from: self.id,
             token,
-        };
+        });
         self.shared.bus.send(owner, msg);
         slot.wait().await
     }
 
-    fn history_body(&self, subject: &str, since: u64, limit: usize) -> Vec<u8> {
+    /// The `/history` body: `stored` (messages older than the ring, read from the store)
+    /// first, then the ring.
+    fn history_body(
+        &self,
+        subject: &str,
+        since: u64,
+        limit: usize,
+        stored: Option<StoredRange>,
+    ) -> Vec<u8> {
         let owned = self.owned.borrow();
-        let (first, last) = owned
+        let (mut first, last) = owned
             .get(subject)
             .map_or((1, 0), |s| (s.first_retained(), s.last_seq()));
+        let stored = stored.unwrap_or_default();
+        if stored.first_seq > 0 {
+            first = first.min(stored.first_seq);
+        }
         let mut out = Vec::with_capacity(128);
         out.extend_from_slice(b"{\"subject\":");
         serde_json::to_writer(&mut out, subject).expect("Vec write");
         out.extend_from_slice(
             format!(",\"first_seq\":{first},\"last_seq\":{last},\"messages\":[").as_bytes(),
         );
-        if let Some(s) = owned.get(subject) {
-            for (i, f) in s.after(since, limit).enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(
-                    format!("{{\"seq\":{},\"ts\":{},\"data\":", f.seq(), f.ts()).as_bytes(),
-                );
-                out.extend_from_slice(f.data());
-                out.push(b'}');
+        let from_ring = stored.frames.last().map_or(since, |f| f.seq().max(since));
+        let ring = owned
+            .get(subject)
+            .into_iter()
+            .flat_map(|s| s.after(from_ring, limit));
+        for (i, f) in stored.frames.iter().chain(ring).take(limit).enumerate() {
+            if i > 0 {
+                out.push(b',');
             }
+            out.extend_from_slice(
+                format!("{{\"seq\":{},\"ts\":{},\"data\":", f.seq(), f.ts()).as_bytes(),
+            );
+            out.extend_from_slice(f.data());
+            out.push(b'}');
         }
         out.extend_from_slice(b"]}");
         out
+    }
+
+    /// Owner side: true when messages after `since` are older than the ring and the store
+    /// may hold them.
+    fn needs_store(&self, subject: &str, since: u64) -> bool {
+        self.shared.store.durability() != Durability::None
+            && self
+                .owned
+                .borrow()
+                .get(subject)
+                .is_some_and(|s| since + 1 < s.first_retained() && since < s.last_seq())
+    }
+
+    /// Owner side: asks the store for the part of `deep` that is older than the ring.
+    fn read_store(&self, deep: Deep) {
+        let (subject, since, limit, newest) = match &deep {
+            Deep::Replay { subject, since, .. } => {
+                (subject.clone(), *since, crate::store::MAX_READ, true)
+            }
+            Deep::History(r) => (r.subject.clone(), r.since, r.limit, false),
+        };
+        let before = self
+            .owned
+            .borrow()
+            .get(&*subject)
+            .map_or(u64::MAX, |s| s.first_retained());
+        let token = self.park(Waiter::Deep(deep));
+        self.shared.store.read(ReadReq {
+            subject,
+            after: since,
+            before,
+            limit,
+            newest,
+            core: self.id,
+            token,
+        });
+    }
+
+    /// Owner side: the store answered a deep read; finish the replay or history request.
+    fn finish_deep(&self, deep: Deep, range: StoredRange) {
+        match deep {
+            Deep::History(HistoryReq {
+                subject,
+                since,
+                limit,
+                from,
+                token,
+            }) => {
+                let body = self.history_body(&subject, since, limit, Some(range));
+                self.shared
+                    .bus
+                    .send(from, BusMsg::HistoryDone { token, body });
+            }
+            Deep::Replay {
+                subject,
+                since,
+                from,
+                token,
+                tries,
+            } => {
+                let (ring_first, mut replay) = {
+                    let owned = self.owned.borrow();
+                    let s = owned.get(&*subject);
+                    (
+                        s.map_or(u64::MAX, |s| s.first_retained()),
+                        s.map(|s| s.replay_since(since)).unwrap_or_default(),
+                    )
+                };
+                if let (Some(first), Some(last)) = (range.frames.first(), range.frames.last()) {
+                    if ring_first > last.seq() + 1 && tries < DEEP_READ_TRIES {
+                        // The ring moved on while the read was in flight: read again.
+                        return self.read_store(Deep::Replay {
+                            subject,
+                            since,
+                            from,
+                            token,
+                            tries: tries + 1,
+                        });
+                    }
+                    replay.gap = (first.seq() > since + 1).then(|| (since + 1, first.seq() - 1));
+                    let newer = replay.frames.into_iter().filter(|f| f.seq() > last.seq());
+                    replay.frames = range.frames.iter().cloned().chain(newer).collect();
+                }
+                self.shared.bus.send(
+                    from,
+                    BusMsg::ReplayDone {
+                        token,
+                        owner: self.id,
+                        replay,
+                    },
+                );
+            }
+        }
     }
 
     // ---- sessions --------------------------------------------------------------------------
@@ -1399,11 +1678,16 @@ impl Core {
     fn owner_op(&self, op: OwnerOp) -> OwnerReply {
         match op {
             OwnerOp::Schedule(s) => {
+                let durable = self.shared.store.durability() != Durability::None;
+                let copy = durable.then(|| s.clone());
                 let r = self
                     .schedules
                     .borrow_mut()
                     .add(s)
                     .map(|n| crate::schedule::schedule_id(self.id, n));
+                if let (Ok(id), Some(s)) = (&r, copy) {
+                    self.shared.store.put_schedule(id, &s);
+                }
                 self.schedule_wake.notify();
                 OwnerReply::Scheduled(r)
             }
@@ -1416,6 +1700,10 @@ impl Core {
                         _ => q.remove(n).map(|_| ()).map_err(|_| CancelError::NotFound),
                     },
                 };
+                if r.is_ok() {
+                    let id = crate::schedule::schedule_id(self.id, n);
+                    self.shared.store.delete_schedule(&id);
+                }
                 OwnerReply::Cancelled(r)
             }
             OwnerOp::List { subject } => {
@@ -1454,8 +1742,14 @@ impl Core {
         while !self.shutting_down.get() {
             let now = now_us() / 1000;
             let due = self.schedules.borrow_mut().take_due(now);
-            for s in due {
-                self.sequence(&s.subject, &s.data, s.msg_id.as_deref());
+            for (n, s) in due {
+                self.sequence(
+                    &s.subject,
+                    &s.data,
+                    s.msg_id.as_deref(),
+                    AckTo::Nobody,
+                    Some(n),
+                );
             }
             let wait = match self.schedules.borrow().next_due() {
                 Some(at) => {
@@ -1483,22 +1777,43 @@ impl Core {
                 from,
                 token,
             } => {
-                let ack = self.sequence(&subject, &data, msg_id.as_deref());
-                self.shared.bus.send(from, BusMsg::PubDone { token, ack });
+                let to = AckTo::Core { core: from, token };
+                self.sequence(&subject, &data, msg_id.as_deref(), to, None);
             }
-            BusMsg::PubDone { token, ack } => match self.waiters.borrow_mut().remove(&token) {
-                Some(Waiter::WsPub { conn, id }) => {
-                    reply_pub(self.metrics(), &conn, id.as_deref(), ack)
+            BusMsg::PubDone { token, result } => {
+                let waiter = self.waiters.borrow_mut().remove(&token);
+                match waiter {
+                    Some(Waiter::WsPub { conn, id }) => {
+                        reply_pub(self.metrics(), &conn, id.as_deref(), result)
+                    }
+                    Some(Waiter::HttpPub(slot)) => slot.fill(result),
+                    _ => {}
                 }
-                Some(Waiter::HttpPub(slot)) => slot.fill(ack),
-                _ => {}
-            },
+            }
+            BusMsg::Durable { upto, ok } => self.durable(upto, ok),
+            BusMsg::StoreRead { token, range } => {
+                let waiter = self.waiters.borrow_mut().remove(&token);
+                if let Some(Waiter::Deep(deep)) = waiter {
+                    self.finish_deep(deep, range);
+                }
+            }
             BusMsg::Replay {
                 pattern,
                 kind,
                 from,
                 token,
             } => {
+                if let ReplayKind::Since(since) = kind {
+                    if self.needs_store(&pattern, since) {
+                        return self.read_store(Deep::Replay {
+                            subject: pattern,
+                            since,
+                            from,
+                            token,
+                            tries: 0,
+                        });
+                    }
+                }
                 let replay = self.replay_owned(&pattern, &kind);
                 self.shared.bus.send(
                     from,
@@ -1526,14 +1841,18 @@ impl Core {
                     self.apply_replay(&conn, &sub, replay);
                 }
             }
-            BusMsg::History {
-                subject,
-                since,
-                limit,
-                from,
-                token,
-            } => {
-                let body = self.history_body(&subject, since, limit);
+            BusMsg::History(req) => {
+                if self.needs_store(&req.subject, req.since) {
+                    return self.read_store(Deep::History(req));
+                }
+                let HistoryReq {
+                    subject,
+                    since,
+                    limit,
+                    from,
+                    token,
+                } = req;
+                let body = self.history_body(&subject, since, limit, None);
                 self.shared
                     .bus
                     .send(from, BusMsg::HistoryDone { token, body });
@@ -1794,10 +2113,15 @@ impl Core {
     }
 }
 
-fn reply_pub(m: &CoreMetrics, conn: &Conn, id: Option<&str>, ack: PubAck) {
-    let mut b = Vec::with_capacity(80);
-    proto::ok_pub(&mut b, id, ack.seq, ack.ts, ack.duplicate);
-    conn.send_json(m, &b);
+fn reply_pub(m: &CoreMetrics, conn: &Conn, id: Option<&str>, result: PubResult) {
+    match result {
+        Ok(ack) => {
+            let mut b = Vec::with_capacity(80);
+            proto::ok_pub(&mut b, id, ack.seq, ack.ts, ack.duplicate);
+            conn.send_json(m, &b);
+        }
+        Err(e) => conn.send_err(m, id, ErrorCode::Overloaded, e.message()),
+    }
 }
 
 /// Yields once to the scheduler so other tasks (socket I/O) run.

@@ -87,6 +87,30 @@ impl Drop for Node {
     }
 }
 
+/// Runs the `ringcast` binary with `args` (logging at info) and waits for its "listening"
+/// line: the child, its address, and that log line. The rest of its log is drained.
+pub fn spawn_ringcast<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+) -> (std::process::Child, SocketAddr, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .args(args)
+        .env("RINGCAST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let (addr, line) = loop {
+        let line = lines.next().expect("ringcast logs before exiting").unwrap();
+        if line.contains("ringcast listening") {
+            let a = line.split("addr=").nth(1).unwrap();
+            break (a.split_whitespace().next().unwrap().parse().unwrap(), line);
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr, line)
+}
+
 /// One HTTP/1.1 request on a fresh connection: (status, head, body).
 pub fn http(
     addr: SocketAddr,
