@@ -471,7 +471,10 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
             _ => not_allowed(),
         },
         "/healthz" => match method {
-            Method::Get | Method::Head => http::response(200, "text/plain", &[], b"ok", keep_alive),
+            Method::Get | Method::Head => match core.shared.health() {
+                Ok(()) => http::response(200, "text/plain", &[], b"ok", keep_alive),
+                Err(why) => http::response(503, "text/plain", &[], why.as_bytes(), keep_alive),
+            },
             _ => not_allowed(),
         },
         "/metrics" => match method {
@@ -488,7 +491,8 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
             Method::Get => {
                 let bus = &core.shared.bus;
                 let depth: Vec<usize> = (0..bus.cores()).map(|c| bus.depth(c)).collect();
-                let text = crate::metrics::render(&core.shared.metrics, &depth);
+                let node = core.shared.store.series();
+                let text = crate::metrics::render(&core.shared.metrics, &depth, &node);
                 http::response(
                     200,
                     "text/plain; version=0.0.4",

@@ -205,9 +205,22 @@ const SERIES: [Series; 12] = [
     ),
 ];
 
+/// One node-wide series (no `core` label), e.g. of the store or the cluster bridge.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeSeries {
+    /// Metric name.
+    pub name: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
+    /// Help text.
+    pub help: &'static str,
+    /// Current value.
+    pub value: u64,
+}
+
 /// Renders all cores' counters in the Prometheus text exposition format, plus each core's
-/// cross-core bus backlog (`bus_depth[i]`: messages waiting for core i).
-pub fn render(cores: &[CoreMetrics], bus_depth: &[usize]) -> String {
+/// cross-core bus backlog (`bus_depth[i]`: messages waiting for core i) and node-wide series.
+pub fn render(cores: &[CoreMetrics], bus_depth: &[usize], node: &[NodeSeries]) -> String {
     use std::fmt::Write;
     let mut out = String::with_capacity(4096);
     let head = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -227,6 +240,10 @@ pub fn render(cores: &[CoreMetrics], bus_depth: &[usize]) -> String {
     );
     for (i, d) in bus_depth.iter().enumerate() {
         let _ = writeln!(out, "ringcast_bus_depth{{core=\"{i}\"}} {d}");
+    }
+    for n in node {
+        head(&mut out, n.name, n.kind, n.help);
+        let _ = writeln!(out, "{} {}", n.name, n.value);
     }
     head(
         &mut out,
@@ -256,7 +273,14 @@ mod tests {
         let cores: Vec<CoreMetrics> = (0..2).map(|_| CoreMetrics::default()).collect();
         add(&cores[1].delivered, 5);
         cores[0].closed(CloseReason::SlowConsumer);
-        let text = render(&cores, &[3, 0]);
+        let node = [NodeSeries {
+            name: "ringcast_store_healthy",
+            kind: "gauge",
+            help: "h",
+            value: 1,
+        }];
+        let text = render(&cores, &[3, 0], &node);
+        assert!(text.contains("\nringcast_store_healthy 1\n"));
         assert!(text.contains("ringcast_delivered_total{core=\"1\"} 5"));
         assert!(text.contains("ringcast_slow_consumer_closes_total{core=\"0\"} 1"));
         assert!(text.contains("ringcast_closes_total{core=\"0\",reason=\"slow_consumer\"} 1"));

@@ -73,6 +73,17 @@ pub struct Shared {
     pub store: Arc<dyn HistoryStore>,
 }
 
+impl Shared {
+    /// `/healthz`: `Ok` while the node can accept publishes, else why not. A degraded node
+    /// keeps serving its subscribers.
+    pub fn health(&self) -> Result<(), String> {
+        if !self.store.healthy() {
+            return Err("degraded: the durable store failed to write (see the log)".into());
+        }
+        Ok(())
+    }
+}
+
 /// One subscription of one connection.
 pub struct SubState {
     /// The pattern.

@@ -36,6 +36,7 @@
 
 use crate::bus::{Bus, BusMsg};
 use crate::frame::Frame;
+use crate::metrics::NodeSeries;
 use crate::schedule::Scheduled;
 use crossbeam_channel::{Receiver, Sender};
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
@@ -240,6 +241,10 @@ pub trait HistoryStore: Send + Sync {
     fn healthy(&self) -> bool;
     /// Writes, fsyncs and stops (after the cores have stopped).
     fn close(&self);
+    /// Node-wide metrics of the store.
+    fn series(&self) -> Vec<NodeSeries> {
+        Vec::new()
+    }
 }
 
 /// `--durability none`: the rings are the history.
@@ -294,7 +299,19 @@ pub struct DurableStore {
     /// Next ticket per core (each core only touches its own slot).
     tickets: Box<[AtomicU64]>,
     healthy: Arc<AtomicBool>,
+    stats: Arc<Stats>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Counters of the storage thread (its only writer), read by `/metrics`.
+#[derive(Debug, Default)]
+struct Stats {
+    appended: AtomicU64,
+    groups: AtomicU64,
+    fsyncs: AtomicU64,
+    expired: AtomicU64,
+    /// Microseconds of the last group commit (incl. its fsync in sync mode).
+    last_commit_us: AtomicU64,
 }
 
 fn msg_key(subject: &str, seq: u64) -> Vec<u8> {
@@ -395,7 +412,9 @@ impl DurableStore {
         });
         let (tx, rx) = crossbeam_channel::unbounded();
         let healthy = Arc::new(AtomicBool::new(true));
+        let stats = Arc::new(Stats::default());
         let mut writer = Writer {
+            stats: stats.clone(),
             keyspace: keyspace.clone(),
             parts: parts.clone(),
             durability,
@@ -417,6 +436,7 @@ impl DurableStore {
             tx,
             tickets: (0..cores).map(|_| AtomicU64::new(0)).collect(),
             healthy,
+            stats,
             thread: std::sync::Mutex::new(Some(thread)),
         })
     }
@@ -539,6 +559,61 @@ impl HistoryStore for DurableStore {
         self.healthy.load(Ordering::Acquire)
     }
 
+    fn series(&self) -> Vec<NodeSeries> {
+        let s = &self.stats;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let series = |name, kind, help, value| NodeSeries {
+            name,
+            kind,
+            help,
+            value,
+        };
+        vec![
+            series(
+                "ringcast_store_healthy",
+                "gauge",
+                "1 while the durable store writes successfully.",
+                self.healthy() as u64,
+            ),
+            series(
+                "ringcast_store_appended_total",
+                "counter",
+                "Messages written to the durable store.",
+                get(&s.appended),
+            ),
+            series(
+                "ringcast_store_groups_total",
+                "counter",
+                "Group commits (one batch each).",
+                get(&s.groups),
+            ),
+            series(
+                "ringcast_store_fsyncs_total",
+                "counter",
+                "fsyncs of the store journal.",
+                get(&s.fsyncs),
+            ),
+            series(
+                "ringcast_store_expired_total",
+                "counter",
+                "Messages removed by age retention.",
+                get(&s.expired),
+            ),
+            series(
+                "ringcast_store_last_commit_microseconds",
+                "gauge",
+                "Duration of the last group commit (with its fsync in sync mode).",
+                get(&s.last_commit_us),
+            ),
+            series(
+                "ringcast_store_backlog",
+                "gauge",
+                "Store operations queued for the storage thread.",
+                self.tx.len() as u64,
+            ),
+        ]
+    }
+
     fn close(&self) {
         let _ = self.tx.send(Op::Close);
         if let Some(t) = self.thread.lock().expect("not poisoned").take() {
@@ -566,6 +641,7 @@ struct Writer {
     retention: Retention,
     bus: Arc<Bus>,
     healthy: Arc<AtomicBool>,
+    stats: Arc<Stats>,
     meta: HashMap<Box<str>, Meta>,
     /// Committed but not yet fsynced (batch mode).
     dirty: bool,
@@ -637,6 +713,7 @@ impl Writer {
     }
 
     fn fsync(&mut self) {
+        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.keyspace.persist(PersistMode::SyncAll) {
             tracing::error!("store fsync failed: {e}");
             self.healthy.store(false, Ordering::Release);
@@ -653,6 +730,7 @@ impl Writer {
         let mut touched: HashMap<Box<str>, ()> = HashMap::new();
         let mut done: HashMap<usize, u64> = HashMap::new();
         let mut reads = Vec::new();
+        let mut appended = 0;
         for op in group.drain(..) {
             match op {
                 Op::Append {
@@ -693,6 +771,7 @@ impl Writer {
                         m.first += 1;
                     }
                     touched.insert(subject.into(), ());
+                    appended += 1;
                     let d = done.entry(core).or_insert(0);
                     *d = (*d).max(ticket);
                 }
@@ -710,6 +789,7 @@ impl Writer {
             batch.insert(&self.parts.subjects, subject.as_bytes(), v.to_vec());
         }
         if !batch.is_empty() {
+            let started = Instant::now();
             let mode = (self.durability == Durability::Sync).then_some(PersistMode::SyncAll);
             let ok = match batch.durability(mode).commit() {
                 Ok(()) => true,
@@ -720,6 +800,13 @@ impl Writer {
                 }
             };
             self.dirty |= ok && self.durability == Durability::Batch;
+            let st = &self.stats;
+            st.groups.fetch_add(1, Ordering::Relaxed);
+            st.fsyncs
+                .fetch_add(mode.is_some() as u64, Ordering::Relaxed);
+            st.appended.fetch_add(appended, Ordering::Relaxed);
+            st.last_commit_us
+                .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             if self.durability == Durability::Sync {
                 for (core, upto) in done {
                     self.bus.send(core, BusMsg::Durable { upto, ok });
@@ -786,6 +873,7 @@ impl Writer {
                 batch.remove(&self.parts.msgs, k);
                 m.first += 1;
                 budget -= 1;
+                self.stats.expired.fetch_add(1, Ordering::Relaxed);
             }
             if m.first > m.last {
                 m.first = 0;
