@@ -396,7 +396,11 @@ impl DurableStore {
         cores: usize,
         bus: Arc<Bus>,
     ) -> std::io::Result<DurableStore> {
+        // One background flush and one compaction thread: the cores own the CPUs, and this
+        // workload (append, rarely read, delete from the front) needs little compaction.
         let keyspace = fjall::Config::new(dir)
+            .flush_workers(1)
+            .compaction_workers(1)
             .open()
             .map_err(|e| std::io::Error::other(format!("--data-dir {}: {e}", dir.display())))?;
         let open = |name: &str| {
