@@ -530,13 +530,8 @@ impl<T> Slot<T> {
 
 /// Who is waiting for another core's answer.
 enum Waiter {
-    /// A WebSocket `pub`: answer with `ok` + seq/ts.
-    WsPub {
-        conn: Rc<Conn>,
-        id: Option<Box<str>>,
-    },
-    /// An HTTP publish.
-    HttpPub(Rc<Slot<PubResult>>),
+    /// A publish sequenced elsewhere (owner core, or the cluster): who gets the answer.
+    Pub(AckTo),
     /// An owner's answer waiting for older messages from the store.
     Deep(Deep),
     /// A `since`/`snapshot` replay for a subscription (`since`: the subject is held meanwhile).
@@ -1037,20 +1032,11 @@ impl Core {
         data: &[u8],
         msg_id: Option<&str>,
     ) {
-        let owner = owner_of(subject, self.cores());
-        if owner == self.id {
-            let to = AckTo::Ws {
-                conn: conn.clone(),
-                id: id.map(Into::into),
-            };
-            self.sequence(subject, data, msg_id, to, None);
-        } else {
-            let token = self.park(Waiter::WsPub {
-                conn: conn.clone(),
-                id: id.map(Into::into),
-            });
-            self.forward_publish(owner, subject, data, msg_id, token);
-        }
+        let to = AckTo::Ws {
+            conn: conn.clone(),
+            id: id.map(Into::into),
+        };
+        self.publish(subject, data, msg_id, to);
     }
 
     /// Publishes from HTTP; resolves when the owner has sequenced it (sync durability: and
@@ -1061,25 +1047,19 @@ impl Core {
         data: &[u8],
         msg_id: Option<&str>,
     ) -> PubResult {
-        let owner = owner_of(subject, self.cores());
         let slot = Rc::new(Slot::default());
-        if owner == self.id {
-            self.sequence(subject, data, msg_id, AckTo::Http(slot.clone()), None);
-        } else {
-            let token = self.park(Waiter::HttpPub(slot.clone()));
-            self.forward_publish(owner, subject, data, msg_id, token);
-        }
+        self.publish(subject, data, msg_id, AckTo::Http(slot.clone()));
         slot.wait().await
     }
 
-    fn forward_publish(
-        &self,
-        owner: usize,
-        subject: &str,
-        data: &[u8],
-        msg_id: Option<&str>,
-        token: u64,
-    ) {
+    /// Routes a publish to its sequencer: this core when it owns the subject, else the owner
+    /// core over the bus; the answer goes to `to`.
+    fn publish(&self, subject: &str, data: &[u8], msg_id: Option<&str>, to: AckTo) {
+        let owner = owner_of(subject, self.cores());
+        if owner == self.id {
+            return self.sequence(subject, data, msg_id, to, None);
+        }
+        let token = self.park(Waiter::Pub(to));
         let msg = BusMsg::Publish {
             subject: subject.into(),
             data: data.into(),
@@ -1793,12 +1773,8 @@ impl Core {
             }
             BusMsg::PubDone { token, result } => {
                 let waiter = self.waiters.borrow_mut().remove(&token);
-                match waiter {
-                    Some(Waiter::WsPub { conn, id }) => {
-                        reply_pub(self.metrics(), &conn, id.as_deref(), result)
-                    }
-                    Some(Waiter::HttpPub(slot)) => slot.fill(result),
-                    _ => {}
+                if let Some(Waiter::Pub(to)) = waiter {
+                    self.answer(to, result);
                 }
             }
             BusMsg::Durable { upto, ok } => self.durable(upto, ok),
