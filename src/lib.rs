@@ -26,6 +26,8 @@
 //!  limits   start-up checks of OS limits (nofile, memlock, somaxconn)
 //!  auth     JWT verification and subject ACLs (grants compiled into tries)
 //!  schedule Schedules: publishes due later, kept and fired by the owner core
+//!  cluster  Bridge: cluster mode over NATS JetStream (the stream sequences, logs and carries
+//!           messages between nodes); its own thread `ringcast-nats` with a tokio runtime
 //!  demo     --demo-feed: synthetic price publisher for the demo page
 //!  web/     the browser client (ringcast.js) and demo page, served at /ringcast.js and /
 //! ```
@@ -43,6 +45,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod demo;
