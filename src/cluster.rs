@@ -530,7 +530,7 @@ async fn connect(
     })?
     .map_err(|e| format!("stream {}: {e}", cfg.stream))?;
     let have = &stream.cached_info().config;
-    if !have.subjects.iter().any(|s| *s == wanted) {
+    if !have.subjects.contains(&wanted) {
         return Err(format!(
             "stream {} exists with subjects {:?}, not {wanted:?}",
             cfg.stream, have.subjects
