@@ -80,6 +80,9 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub const RESUBSCRIBE_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Longest pause between reconnect attempts (async-nats backs off 0, 2, 4 .. ms up to this).
 pub const RECONNECT_DELAY_MAX: Duration = Duration::from_millis(500);
+/// Room kept for the fixed headers of a publish (names, seqs, ts, generated id) when checking a
+/// message against the server's `max_payload`; escaped subject and msg id are added on top.
+pub const HEADER_ROOM: usize = 256;
 /// Header carrying the per-subject ringcast seq.
 pub const HDR_SEQ: &str = "Ringcast-Seq";
 /// Header carrying the ringcast ts (µs since the Unix epoch).
@@ -308,6 +311,12 @@ impl Bridge {
 
     /// Non-blocking, callable from any thread: queue a publish of `data` (raw JSON) on ringcast
     /// subject `subject`; answered through [`ClusterSink::published`] with `from` and `token`.
+    ///
+    /// `Unavailable` comes at once when NATS is not connected or [`MAX_PENDING_PUBLISHES`] are
+    /// pending, and after [`REQUEST_TIMEOUT`] without an ack. After a timeout the message may
+    /// still have been stored (it is then replicated like any other); its generated
+    /// `Nats-Msg-Id` keeps a re-send of that same publish from being stored twice, and a client
+    /// that retries with its own `msg_id` gets the original back as a duplicate.
     pub fn publish(
         &self,
         subject: &str,
@@ -338,7 +347,8 @@ impl Bridge {
         &self.status
     }
 
-    /// Stops the thread (queued publishes are answered `Unavailable`) and joins it.
+    /// Stops the thread and joins it. Queued publishes are answered `Unavailable`; publishes and
+    /// fetches in flight at that moment, and requests made after it, get no answer.
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
@@ -375,8 +385,10 @@ struct Shared {
     stream: stream::Stream,
     sink: Arc<dyn ClusterSink>,
     status: Arc<ClusterStatus>,
-    /// Per-subject view feeding the guard. A std Mutex, not an async one: it is never held
-    /// across an `.await`, and every task runs on the one bridge thread, so it never contends.
+    /// Per-subject view feeding the guard: one entry per subject the stream has held while this
+    /// bridge ran (the stream's subject count is the bound). A std Mutex, not an async one: it
+    /// is never held across an `.await`, and every task runs on the one bridge thread, so it
+    /// never contends.
     views: Mutex<HashMap<Box<str>, View>>,
     /// Generated `Nats-Msg-Id`s: node-random part and counter.
     node_id: u64,
@@ -653,8 +665,11 @@ async fn publish_one(sh: &Shared, p: &PubReq) -> Result<PubAck, ClusterError> {
     if crate::subject::validate_subject(&p.subject).is_err() {
         return Err(ClusterError::Rejected);
     }
-    // Client-side limit: async-nats would refuse it anyway, the server too.
-    if p.data.len() > sh.client.server_info().max_payload {
+    // The server's limit covers headers and payload, and a client exceeding it is disconnected:
+    // refuse here, leaving room for the headers.
+    let headers =
+        HEADER_ROOM + p.subject.len() * 3 + p.msg_id.as_ref().map_or(0, |id| id.len() * 3);
+    if p.data.len() + headers > sh.client.server_info().max_payload {
         return Err(ClusterError::Rejected);
     }
     let full = sh.full_subject(&p.subject);
@@ -958,25 +973,7 @@ async fn fetch_one(sh: &Shared, what: Fetch) -> Result<Fetched, ClusterError> {
             since,
             limit,
         } => fetch_since(sh, &subject, since, limit).await,
-        Fetch::Latest { pattern } => {
-            if crate::subject::validate_pattern(&pattern).is_err() {
-                return Err(ClusterError::Rejected);
-            }
-            let filter = sh.full_subject(&pattern);
-            let messages = read_filtered(
-                sh,
-                filter,
-                DeliverPolicy::LastPerSubject,
-                |_| true,
-                FETCH_LATEST_MAX,
-            )
-            .await?;
-            Ok(Fetched {
-                first_seq: 0,
-                last_seq: 0,
-                messages,
-            })
-        }
+        Fetch::Latest { pattern } => fetch_latest(sh, &pattern).await,
     }
 }
 
@@ -1019,9 +1016,53 @@ async fn fetch_since(
         fetched.messages.push(last);
         return Ok(fetched);
     }
-    fetched.messages =
-        read_filtered(sh, full, DeliverPolicy::All, |r| r.seq > since, limit).await?;
+    // Everything up to `last` (messages published meanwhile are not part of this answer).
+    let stop_at = last.stream_seq;
+    let out = &mut fetched.messages;
+    read_filtered(sh, full, DeliverPolicy::All, stop_at, |r| {
+        if r.seq > since && r.stream_seq <= stop_at {
+            out.push(r);
+        }
+        out.len() < limit
+    })
+    .await?;
     Ok(fetched)
+}
+
+async fn fetch_latest(sh: &Shared, pattern: &str) -> Result<Fetched, ClusterError> {
+    if crate::subject::validate_pattern(pattern).is_err() {
+        return Err(ClusterError::Rejected);
+    }
+    // Where the stream ends now: the snapshot is complete once the consumer passes it (under
+    // steady publishing its pending count may never reach 0).
+    let stop_at = sh
+        .stream
+        .get_info()
+        .await
+        .map_err(|_| ClusterError::Unavailable)?
+        .state
+        .last_sequence;
+    let mut messages: Vec<Replicated> = Vec::new();
+    read_filtered(
+        sh,
+        sh.full_subject(pattern),
+        DeliverPolicy::LastPerSubject,
+        stop_at,
+        |r| {
+            // Past the snapshot a subject may come again with a newer value: keep only that.
+            if r.stream_seq > stop_at {
+                messages.retain(|m| m.subject != r.subject);
+            }
+            messages.push(r);
+            messages.len() < FETCH_LATEST_MAX
+        },
+    )
+    .await?;
+    Ok(Fetched {
+        first_seq: 0,
+        last_seq: 0,
+        messages,
+    })
 }
 
 /// Decodes a direct-get answer; `Ok(None)` when there is no such message.
@@ -1039,15 +1080,16 @@ fn direct(
     }
 }
 
-/// Reads an ephemeral ordered consumer on `filter` until nothing is pending or `limit` messages
-/// passed `keep`; deletes the consumer afterwards.
+/// Reads an ephemeral ordered consumer on `filter`, handing each decodable message to `take`,
+/// until nothing is pending, a message at or past stream seq `stop_at` was handed over, or
+/// `take` answers false. Deletes the consumer afterwards.
 async fn read_filtered(
     sh: &Shared,
     filter: String,
     deliver_policy: DeliverPolicy,
-    keep: impl Fn(&Replicated) -> bool,
-    limit: usize,
-) -> Result<Vec<Replicated>, ClusterError> {
+    stop_at: u64,
+    mut take: impl FnMut(Replicated) -> bool,
+) -> Result<(), ClusterError> {
     if !sh.connected() {
         return Err(ClusterError::Unavailable);
     }
@@ -1064,33 +1106,36 @@ async fn read_filtered(
             ClusterError::Unavailable
         })?;
     let name = consumer.cached_info().name.clone();
-    let mut out = Vec::new();
-    if consumer.cached_info().num_pending > 0 {
+    let pending = consumer.cached_info().num_pending;
+    let read = async {
+        if pending == 0 {
+            return Ok(());
+        }
         let mut msgs = consumer
             .messages()
             .await
             .map_err(|_| ClusterError::Unavailable)?;
-        while out.len() < limit {
-            let m = match msgs.next().await {
-                Some(Ok(m)) => m,
-                _ => return Err(ClusterError::Unavailable),
+        loop {
+            let Some(Ok(m)) = msgs.next().await else {
+                return Err(ClusterError::Unavailable);
             };
             let Ok(info) = m.info() else {
                 return Err(ClusterError::Unavailable);
             };
             let (sseq, pending) = (info.stream_sequence, info.pending);
             if let Some(r) = sh.decode(&m.subject, m.headers.as_ref(), &m.payload, sseq) {
-                if keep(&r) {
-                    out.push(r);
+                if !take(r) {
+                    return Ok(());
                 }
             }
-            if pending == 0 {
-                break;
+            if pending == 0 || sseq >= stop_at {
+                return Ok(());
             }
         }
-    }
+    };
+    let r = read.await;
     let _ = tokio::time::timeout(Duration::from_secs(1), sh.stream.delete_consumer(&name)).await;
-    Ok(out)
+    r
 }
 
 /// `Nats-Msg-Id` of a client `msg_id`: `<subject>/<msg_id>`, escaped so that it is a valid

@@ -186,6 +186,11 @@ fn concurrent_publishers_on_two_nodes_get_contiguous_seqs_in_one_order() {
         acks.windows(2).all(|w| w[0].ts <= w[1].ts),
         "ts never goes back"
     );
+    eprintln!(
+        "guard conflicts retried: a {} b {}",
+        a.bridge.status().conflicts.load(Ordering::Relaxed),
+        b.bridge.status().conflicts.load(Ordering::Relaxed)
+    );
     let on_a = a.replicated(2 * PER_NODE as usize);
     let on_b = b.replicated(2 * PER_NODE as usize);
     assert_eq!(seqs(&on_a), (1..=2 * PER_NODE).collect::<Vec<_>>());
@@ -534,4 +539,23 @@ fn nats_server_guard_and_dedup_behave_as_the_bridge_assumes() {
             2
         );
     });
+}
+
+#[test]
+fn oversized_or_malformed_publishes_are_rejected() {
+    let nats = NatsServer::start();
+    let a = Node::start(config(&nats));
+    let big = format!("\"{}\"", "x".repeat(1024 * 1024));
+    assert_eq!(
+        a.publish("big.one", &big, None),
+        Err(ClusterError::Rejected)
+    );
+    assert_eq!(
+        a.publish("bad subject", "1", None),
+        Err(ClusterError::Rejected)
+    );
+    assert_eq!(a.publish("wild.*", "1", None), Err(ClusterError::Rejected));
+    // The connection survived: the next publish is stored as seq 1.
+    assert_eq!(a.publish("big.one", "1", None).unwrap().seq, 1);
+    assert!(a.bridge.status().connected.load(Ordering::Acquire));
 }
