@@ -28,6 +28,8 @@
 //!  schedule Schedules: publishes due later, kept and fired by the owner core
 //!  store    HistoryStore: memory, or durable (fjall) written by the ringcast-store thread
 //!           with group commit; recovery at start-up; retention by count and age
+//!  cluster  Bridge: cluster mode over NATS JetStream (the stream sequences, logs and carries
+//!           messages between nodes); its own thread `ringcast-nats` with a tokio runtime
 //!  demo     --demo-feed: synthetic price publisher for the demo page
 //!  web/     the browser client (ringcast.js) and demo page, served at /ringcast.js and /
 //! ```
@@ -45,6 +47,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod demo;

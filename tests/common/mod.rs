@@ -1,6 +1,8 @@
 //! Test harness: starts real nodes on loopback port 0 and speaks raw wire bytes to them.
 #![allow(dead_code)]
 
+pub mod nats;
+
 use ringcast::config::{Config, DriverChoice};
 use ringcast::server::Server;
 use serde_json::Value;
