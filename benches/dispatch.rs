@@ -42,6 +42,7 @@ fn core() -> Rc<Core> {
         driver: "bench",
         verifier: None,
         store: Arc::new(ringcast::store::MemoryStore),
+        cluster: None,
     });
     Core::new(0, shared, rxs.pop().expect("one core"))
 }

@@ -214,8 +214,52 @@ pub enum BusMsg {
         /// The session.
         state: SessionState,
     },
+    /// Cluster mode: a message consumed from the JetStream stream (sent to its owner core).
+    Replicated(crate::cluster::Replicated),
+    /// Cluster mode: the answer to a fetch from the stream.
+    Fetched {
+        /// Request token.
+        token: u64,
+        /// The messages, or why not.
+        result: Result<crate::cluster::Fetched, crate::cluster::ClusterError>,
+    },
     /// Stop accepting, close connections with 1001, finish.
     Shutdown,
+}
+
+/// Cluster mode: the bridge thread's answers, delivered over the bus (replicated messages to
+/// the subject's owner core, answers to the core that asked).
+pub struct BusSink(pub Arc<Bus>);
+
+impl crate::cluster::ClusterSink for BusSink {
+    fn replicated(&self, msg: crate::cluster::Replicated) {
+        let owner = owner_of(&msg.subject, self.0.cores());
+        self.0.send(owner, BusMsg::Replicated(msg));
+    }
+
+    fn published(
+        &self,
+        from: usize,
+        token: u64,
+        result: Result<PubAck, crate::cluster::ClusterError>,
+    ) {
+        use crate::cluster::ClusterError;
+        let result = result.map_err(|e| match e {
+            ClusterError::Unavailable => PubError::ClusterUnavailable,
+            ClusterError::Conflict => PubError::ClusterConflict,
+            ClusterError::Rejected => PubError::ClusterRejected,
+        });
+        self.0.send(from, BusMsg::PubDone { token, result });
+    }
+
+    fn fetched(
+        &self,
+        from: usize,
+        token: u64,
+        result: Result<crate::cluster::Fetched, crate::cluster::ClusterError>,
+    ) {
+        self.0.send(from, BusMsg::Fetched { token, result });
+    }
 }
 
 /// A `/history/{subject}` request to the subject's owner core.

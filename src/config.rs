@@ -168,6 +168,33 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_RETENTION", value_delimiter = ';')]
     pub retention: Vec<String>,
 
+    /// Cluster mode: the NATS server (JetStream enabled) that nodes share, e.g.
+    /// `nats://127.0.0.1:4222`. Every publish is sequenced and logged by JetStream and every
+    /// node fans out the whole stream. Unset: a standalone node.
+    #[arg(long, env = "RINGCAST_NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// Cluster mode: the JetStream stream (created when missing).
+    #[arg(long, env = "RINGCAST_NATS_STREAM", default_value = "RINGCAST")]
+    pub nats_stream: String,
+
+    /// Cluster mode: ringcast subject S is the stream subject `<prefix>.S`.
+    #[arg(long, env = "RINGCAST_NATS_PREFIX", default_value = "ringcast")]
+    pub nats_prefix: String,
+
+    /// Cluster mode: replicas of the stream when ringcast creates it (NATS cluster size).
+    #[arg(long, env = "RINGCAST_NATS_REPLICAS", default_value_t = 1)]
+    pub nats_replicas: usize,
+
+    /// Cluster mode: messages the stream keeps per subject (history beyond the ring is read
+    /// from it).
+    #[arg(
+        long,
+        env = "RINGCAST_NATS_MAX_MSGS_PER_SUBJECT",
+        default_value_t = 10_000
+    )]
+    pub nats_max_msgs_per_subject: i64,
+
     /// How long shutdown waits for connections to flush their close frames, milliseconds.
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_MS", default_value_t = 2_000)]
     pub shutdown_grace_ms: u64,
@@ -233,6 +260,19 @@ impl Config {
             (None, Some(_)) => Durability::Batch,
             (None, None) => Durability::None,
         }
+    }
+
+    /// Cluster-mode settings, when `--nats-url` is set.
+    pub fn cluster_config(&self) -> Option<crate::cluster::ClusterConfig> {
+        Some(crate::cluster::ClusterConfig {
+            url: self.nats_url.clone()?,
+            stream: self.nats_stream.clone(),
+            prefix: self.nats_prefix.clone(),
+            replicas: self.nats_replicas.max(1),
+            max_msgs_per_subject: self.nats_max_msgs_per_subject.max(1),
+            duplicate_window: Duration::from_secs(self.dedup_secs.max(1)),
+            ..Default::default()
+        })
     }
 
     /// HTTP parse limits.

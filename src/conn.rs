@@ -491,7 +491,7 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
             Method::Get => {
                 let bus = &core.shared.bus;
                 let depth: Vec<usize> = (0..bus.cores()).map(|c| bus.depth(c)).collect();
-                let node = core.shared.store.series();
+                let node = core.shared.node_series();
                 let text = crate::metrics::render(&core.shared.metrics, &depth, &node);
                 http::response(
                     200,

@@ -64,6 +64,13 @@ struct Dedup {
 }
 
 impl Dedup {
+    fn remember(&mut self, id: &str, seq: u64, ts: u64, at: Instant, limits: &SubjectLimits) {
+        let id: Rc<str> = Rc::from(id);
+        self.seen.insert(id.clone(), (seq, ts));
+        self.order.push_back((id, at));
+        self.expire(at, limits);
+    }
+
     fn expire(&mut self, now: Instant, limits: &SubjectLimits) {
         while let Some((id, at)) = self.order.front() {
             if self.order.len() > limits.dedup_ids || now.duration_since(*at) > limits.dedup_ttl {
@@ -112,12 +119,36 @@ impl SubjectState {
         self.assigned = seq;
         self.last_ts = ts;
         if let Some(id) = msg_id {
-            let id: Rc<str> = Rc::from(id);
-            self.dedup.seen.insert(id.clone(), (seq, ts));
-            self.dedup.order.push_back((id, now));
-            self.dedup.expire(now, limits);
+            self.dedup.remember(id, seq, ts, now, limits);
         }
         Accepted::New(frame)
+    }
+
+    /// Cluster mode: takes a message as the cluster's stream sequenced it. `None` when this
+    /// subject already has that seq (a repeat after a reconnect). A jump in seq (the node
+    /// started late, or the stream's retention dropped what it had not consumed) restarts the
+    /// ring, which must stay contiguous.
+    pub fn accept_replicated(
+        &mut self,
+        msg: &crate::cluster::Replicated,
+        at: Stamp,
+        limits: &SubjectLimits,
+    ) -> Option<Arc<Frame>> {
+        if msg.seq <= self.assigned {
+            return None;
+        }
+        if msg.seq != self.assigned + 1 {
+            self.history.clear();
+        }
+        let msg_id = msg.msg_id.as_deref();
+        let frame = Frame::encode(&msg.subject, msg.seq, msg.ts, &msg.data, msg_id);
+        let frame = Arc::new(frame.with_xseq(at.xseq));
+        self.assigned = msg.seq;
+        self.last_ts = self.last_ts.max(msg.ts);
+        if let Some(id) = msg_id {
+            self.dedup.remember(id, msg.seq, msg.ts, at.now, limits);
+        }
+        Some(frame)
     }
 
     /// Adds an accepted frame to the history ring (at once, or once it is durable: frames are
@@ -155,11 +186,8 @@ impl SubjectState {
                 continue;
             }
             let at = now.checked_sub(age).unwrap_or(now);
-            let id: Rc<str> = Rc::from(&*id);
-            s.dedup.seen.insert(id.clone(), (seq, ts));
-            s.dedup.order.push_back((id, at));
+            s.dedup.remember(&id, seq, ts, at, limits);
         }
-        s.dedup.expire(now, limits);
         s
     }
 

@@ -119,6 +119,7 @@ impl Server {
         let addr = listeners[0].local_addr()?;
         let (bus, receivers) = Bus::new(cores);
         let store = open_store(&cfg, cores, &bus)?;
+        let cluster = start_cluster(&cfg, &bus)?;
         let shared = Arc::new(Shared {
             cfg: Arc::new(cfg),
             bus,
@@ -128,6 +129,7 @@ impl Server {
             driver: if driver { "io_uring" } else { "epoll" },
             verifier,
             store,
+            cluster,
         });
         let cpus = allowed_cpus();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<()>>(cores);
@@ -252,6 +254,40 @@ fn open_store(cfg: &Config, cores: usize, bus: &Arc<Bus>) -> io::Result<Arc<dyn 
     )?;
     tracing::info!(dir = %dir.display(), ?durability, "durable store open");
     Ok(Arc::new(store))
+}
+
+/// Cluster mode: connects the JetStream bridge and waits (bounded) until it has consumed what
+/// the stream held at start, so the node starts with every subject's latest value and seq.
+fn start_cluster(cfg: &Config, bus: &Arc<Bus>) -> io::Result<Option<crate::cluster::Bridge>> {
+    /// Longest start-up wait for the initial catch-up; after it the node serves anyway and
+    /// `/healthz` says it is still catching up.
+    const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
+    let Some(cc) = cfg.cluster_config() else {
+        return Ok(None);
+    };
+    if cfg.data_dir.is_some() {
+        return Err(io::Error::other(
+            "--data-dir and --nats-url exclude each other: in cluster mode the JetStream stream is the durable log",
+        ));
+    }
+    let url = cc.url.clone();
+    let sink = Arc::new(crate::bus::BusSink(bus.clone()));
+    let bridge = crate::cluster::Bridge::start(cc, sink)
+        .map_err(|e| io::Error::other(format!("--nats-url {url}: {e}")))?;
+    let deadline = Instant::now() + CATCH_UP_WAIT;
+    while !bridge
+        .status()
+        .caught_up
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        if Instant::now() >= deadline {
+            tracing::warn!("still catching up with the cluster stream; serving anyway");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    tracing::info!(%url, "cluster mode: JetStream bridge up");
+    Ok(Some(bridge))
 }
 
 /// Stops a node from any thread.

@@ -32,7 +32,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::{Rc, Weak};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -71,6 +71,8 @@ pub struct Shared {
     pub verifier: Option<crate::auth::Verifier>,
     /// Where history outlives memory (`MemoryStore` without `--data-dir`).
     pub store: Arc<dyn HistoryStore>,
+    /// Cluster mode (`--nats-url`): the JetStream bridge, which sequences every publish.
+    pub cluster: Option<crate::cluster::Bridge>,
 }
 
 impl Shared {
@@ -80,7 +82,27 @@ impl Shared {
         if !self.store.healthy() {
             return Err("degraded: the durable store failed to write (see the log)".into());
         }
+        if let Some(status) = self.cluster.as_ref().map(|b| b.status()) {
+            if !status.connected.load(Ordering::Acquire) {
+                return Err(
+                    "degraded: NATS unreachable; serving what this node has, publishes are refused"
+                        .into(),
+                );
+            }
+            if !status.caught_up.load(Ordering::Acquire) {
+                return Err("degraded: catching up with the cluster stream".into());
+            }
+        }
         Ok(())
+    }
+
+    /// Node-wide `/metrics` series (store, cluster bridge).
+    pub fn node_series(&self) -> Vec<crate::metrics::NodeSeries> {
+        let mut v = self.store.series();
+        if let Some(b) = &self.cluster {
+            v.extend(b.status().series());
+        }
+        v
     }
 }
 
@@ -1052,9 +1074,14 @@ impl Core {
         slot.wait().await
     }
 
-    /// Routes a publish to its sequencer: this core when it owns the subject, else the owner
-    /// core over the bus; the answer goes to `to`.
+    /// Routes a publish to its sequencer: the cluster's stream in cluster mode, else this
+    /// core when it owns the subject, else the owner core over the bus; the answer goes to
+    /// `to`.
     fn publish(&self, subject: &str, data: &[u8], msg_id: Option<&str>, to: AckTo) {
+        if let Some(bridge) = &self.shared.cluster {
+            let token = self.park(Waiter::Pub(to));
+            return bridge.publish(subject, data, msg_id, self.id, token);
+        }
         let owner = owner_of(subject, self.cores());
         if owner == self.id {
             return self.sequence(subject, data, msg_id, to, None);
@@ -1158,6 +1185,26 @@ impl Core {
                     self.answer(to, Ok(ack));
                 }
             }
+        }
+    }
+
+    /// Cluster mode, owner side: a message the stream sequenced; encode once and fan out like
+    /// a local publish (repeats after a reconnect are dropped by seq).
+    fn replicated(&self, msg: crate::cluster::Replicated) {
+        let frame = {
+            let mut owned = self.owned.borrow_mut();
+            let state = owned.entry_ref(&*msg.subject).or_default();
+            let at = Stamp {
+                now_us: msg.ts,
+                now: Instant::now(),
+                xseq: self.xseq.get() + 1,
+            };
+            state.accept_replicated(&msg, at, &self.limits)
+        };
+        if let Some(frame) = frame {
+            self.xseq.set(frame.xseq());
+            metrics::add(&self.metrics().published, 1);
+            self.publish_frame(frame);
         }
     }
 
@@ -1317,7 +1364,7 @@ impl Core {
     /// Owner side: true when messages after `since` are older than the ring and the store
     /// may hold them.
     fn needs_store(&self, subject: &str, since: u64) -> bool {
-        self.shared.store.durability() != Durability::None
+        (self.shared.store.durability() != Durability::None || self.shared.cluster.is_some())
             && self
                 .owned
                 .borrow()
@@ -1339,6 +1386,16 @@ impl Core {
             .get(&*subject)
             .map_or(u64::MAX, |s| s.first_retained());
         let token = self.park(Waiter::Deep(deep));
+        if let Some(bridge) = &self.shared.cluster {
+            // Cluster mode: the stream is the store. Ask for exactly the hole below the ring.
+            let limit = limit.min(before.saturating_sub(since + 1) as usize);
+            let what = crate::cluster::Fetch::Since {
+                subject,
+                since,
+                limit,
+            };
+            return bridge.fetch(what, self.id, token);
+        }
         self.shared.store.read(ReadReq {
             subject,
             after: since,
@@ -1734,13 +1791,12 @@ impl Core {
             let now = now_us() / 1000;
             let due = self.schedules.borrow_mut().take_due(now);
             for (n, s) in due {
-                self.sequence(
-                    &s.subject,
-                    &s.data,
-                    s.msg_id.as_deref(),
-                    AckTo::Nobody,
-                    Some(n),
-                );
+                if self.shared.cluster.is_some() {
+                    self.publish(&s.subject, &s.data, s.msg_id.as_deref(), AckTo::Nobody);
+                } else {
+                    let id = s.msg_id.as_deref();
+                    self.sequence(&s.subject, &s.data, id, AckTo::Nobody, Some(n));
+                }
             }
             let wait = match self.schedules.borrow().next_due() {
                 Some(at) => {
@@ -1778,6 +1834,30 @@ impl Core {
                 }
             }
             BusMsg::Durable { upto, ok } => self.durable(upto, ok),
+            BusMsg::Replicated(msg) => self.replicated(msg),
+            BusMsg::Fetched { token, result } => {
+                let waiter = self.waiters.borrow_mut().remove(&token);
+                if let Some(Waiter::Deep(deep)) = waiter {
+                    let range = match result {
+                        Ok(f) => StoredRange {
+                            first_seq: f.first_seq,
+                            frames: f
+                                .messages
+                                .iter()
+                                .map(|m| {
+                                    let id = m.msg_id.as_deref();
+                                    Arc::new(Frame::encode(&m.subject, m.seq, m.ts, &m.data, id))
+                                })
+                                .collect(),
+                        },
+                        Err(e) => {
+                            tracing::warn!("history read from the cluster stream failed: {e}");
+                            StoredRange::default()
+                        }
+                    };
+                    self.finish_deep(deep, range);
+                }
+            }
             BusMsg::StoreRead { token, range } => {
                 let waiter = self.waiters.borrow_mut().remove(&token);
                 if let Some(Waiter::Deep(deep)) = waiter {
