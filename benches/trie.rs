@@ -46,9 +46,9 @@ impl Mix {
     fn pattern(self, i: usize) -> String {
         match self {
             Mix::Literal => format!("prices.SYM{i:05}"),
-            Mix::Star if i % 2 == 0 => format!("prices.SYM{:05}", i / 2),
+            Mix::Star if i.is_multiple_of(2) => format!("prices.SYM{:05}", i / 2),
             Mix::Star => format!("*.SYM{:05}", i / 2),
-            Mix::Fwc if i % 2 == 0 => format!("prices.SYM{:05}.bid", i / 2),
+            Mix::Fwc if i.is_multiple_of(2) => format!("prices.SYM{:05}.bid", i / 2),
             Mix::Fwc => format!("prices.SYM{:05}.>", i / 2),
         }
     }

@@ -25,7 +25,7 @@ fn steady_publisher(node: &Node, stop: Arc<AtomicBool>) -> std::thread::JoinHand
         let mut p = Ws::connect(addr);
         let mut n = 0u64;
         // Bounded: stops by itself even if the test fails before telling it to.
-        while (!stop.load(Ordering::Relaxed) || n % 3 != 0) && n < 60_000 {
+        while (!stop.load(Ordering::Relaxed) || !n.is_multiple_of(3)) && n < 60_000 {
             let s = SUBJECTS[(n % 3) as usize];
             let (ack, _) = p.request(&format!(
                 r#"{{"op":"pub","id":{n},"subject":"{s}","data":{n}}}"#
