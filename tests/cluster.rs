@@ -314,6 +314,12 @@ fn a_nats_restart_mid_stream_loses_nothing_acknowledged_and_leaves_no_gap() {
         refused >= 5,
         "publishes while NATS is down are refused, not queued"
     );
+    let mut ws_pub = a.ws();
+    let (err, _) = ws_pub.request(r#"{"op":"pub","id":3,"subject":"live.t","data":0}"#);
+    assert_eq!(
+        (err["op"].as_str(), err["code"].as_str()),
+        (Some("err"), Some("overloaded"))
+    );
     // Subscribers are still served what the node has.
     let mut late = b.ws();
     let (r, _) = late.request(r#"{"op":"sub","id":1,"subject":"live.t","since":18}"#);
