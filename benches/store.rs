@@ -1,0 +1,92 @@
+//! The durable store (`ringcast::store::DurableStore`, fjall): what one message costs on its way
+//! to disk, as the owner core sees it with `--durability sync` (append, group commit, fsync,
+//! `Durable` answer) and `batch` (append, group commit; fsync every 5 ms off the path), for
+//! bursts of 1, 64 and 1,024 messages of 150 B. A burst of 1 is the latency of one acked
+//! publish on an idle node; bigger bursts show group commit sharing one fsync.
+//! Run with `cargo bench --bench store` (add `-- --quick` for a fast pass). Uses a directory
+//! under the system temp dir, on whatever disk that is: the fsync numbers are the disk's.
+//!
+//! Throughput: messages per second (elements/s).
+
+/// The same allocator as the `ringcast` binary, so numbers match production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use ringcast::bus::{Bus, BusMsg};
+use ringcast::frame::Frame;
+use ringcast::store::{DurableStore, Durability, HistoryStore, Retention};
+use std::sync::Arc;
+use std::time::Duration;
+
+const BURSTS: [u64; 3] = [1, 64, 1_024];
+
+fn store(
+    durability: Durability,
+    name: &str,
+) -> (DurableStore, crossbeam_channel::Receiver<BusMsg>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("ringcast-bench-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (bus, mut rx) = Bus::new(1);
+    let s = DurableStore::open(
+        &dir,
+        durability,
+        Duration::from_millis(5),
+        Retention::default(),
+        1,
+        bus,
+    )
+    .expect("store opens");
+    (s, rx.pop().expect("one core"), dir)
+}
+
+fn bench_store(c: &mut Criterion) {
+    let data = format!(r#"{{"bid":1.0842,"ask":1.0844,"pad":"{}"}}"#, "x".repeat(100));
+    for (durability, name) in [(Durability::Sync, "sync"), (Durability::Batch, "batch")] {
+        let (s, rx, dir) = store(durability, name);
+        let mut g = c.benchmark_group(format!("store_{name}"));
+        let mut seq = 0u64;
+        for burst in BURSTS {
+            g.throughput(Throughput::Elements(burst));
+            g.bench_with_input(BenchmarkId::from_parameter(burst), &burst, |b, &burst| {
+                b.iter(|| {
+                    let mut last = 0;
+                    for _ in 0..burst {
+                        seq += 1;
+                        let f = Arc::new(Frame::encode("prices.EURUSD", seq, seq, data.as_bytes(), None));
+                        last = s.append(0, &f, None);
+                    }
+                    if durability == Durability::Sync {
+                        // Wait for the fsync of the group holding the burst's last message.
+                        loop {
+                            match rx.recv().expect("store answers") {
+                                BusMsg::Durable { upto, .. } if upto >= last => break,
+                                _ => {}
+                            }
+                        }
+                    } else {
+                        // Batch: acked at once; bound the backlog so the measurement is the
+                        // store's sustained rate, not the channel's.
+                        while s.series().iter().any(|m| m.name == "ringcast_store_backlog" && m.value > 4096) {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            });
+        }
+        g.finish();
+        s.close();
+        drop(s);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    targets = bench_store
+}
+criterion_main!(benches);
