@@ -266,6 +266,17 @@ fn run(args: Args, scenario: Scenario) -> Result<(), String> {
         );
     }
     let clustered = cluster_mode(&args)?;
+    let n_nodes = if args.url.is_some() { 1 } else { args.nodes };
+    let name = format!(
+        "{}-{}{}{}",
+        scenario.name(),
+        args.target.name(),
+        cluster_suffix(n_nodes, clustered),
+        args.label
+            .as_deref()
+            .map(|l| format!("-{l}"))
+            .unwrap_or_default()
+    );
     let (mut eps, srv) = match &args.url {
         Some(u) => (vec![parse_url(u, args.target)?], None),
         None => {
@@ -282,6 +293,7 @@ fn run(args: Args, scenario: Scenario) -> Result<(), String> {
                         &args.nats_server,
                         &args.server_args,
                         &args.out_dir,
+                        &name,
                     )
                     .map_err(|e| e.to_string())?
                 }
@@ -355,17 +367,6 @@ fn run(args: Args, scenario: Scenario) -> Result<(), String> {
     };
     let table = report::table(&rows);
     println!("{table}");
-    let name = format!(
-        "{}-{}{}{}",
-        scenario.name(),
-        b.ep.target.name(),
-        cluster_suffix(b.eps.len(), clustered),
-        b.args
-            .label
-            .as_deref()
-            .map(|l| format!("-{l}"))
-            .unwrap_or_default()
-    );
     let json = serde_json::json!({
         "scenario": scenario.name(),
         "target": b.ep.target.name(),
@@ -478,6 +479,18 @@ impl Bench {
         }
     }
 
+    /// Which spawned servers have exited (crashed or were killed) during the run, if any.
+    fn dead_servers(&mut self) -> Option<String> {
+        let dead = self.server.as_mut()?.exited();
+        (!dead.is_empty()).then(|| {
+            format!(
+                "server exited: {} (logs in {})",
+                dead.join(", "),
+                self.args.out_dir.display()
+            )
+        })
+    }
+
     /// Cluster mode: publish attempts the per-subject seq guard refused so far, all nodes.
     fn cluster_conflicts(&self) -> Option<u64> {
         let s = self.server.as_ref().filter(|s| s.jetstream.is_some())?;
@@ -534,6 +547,10 @@ impl Bench {
             let done = (s.connected - base.connected) + (s.connect_failed - base.connect_failed);
             let subs = s.sub_ok - base.sub_ok;
             if done >= n && subs >= want_subs {
+                return Ok((start, s));
+            }
+            if done >= n && s.connect_failed > base.connect_failed {
+                // Failed connections never subscribe: nothing more to wait for.
                 return Ok((start, s));
             }
             let now = mono_ns();
@@ -632,8 +649,12 @@ impl Bench {
         );
         if st.connect_failed > 0 {
             return Err(format!(
-                "{} subscriber connections failed: {:?}",
-                st.connect_failed, st.first_error
+                "{} subscriber connections failed: {:?}{}",
+                st.connect_failed,
+                st.first_error,
+                self.dead_servers()
+                    .map(|d| format!("; {d}"))
+                    .unwrap_or_default()
             ));
         }
         let n_pubs = if broadcast {
@@ -828,6 +849,10 @@ impl Bench {
                 || row.other_closes + row.disconnects > 0
                 || row.p99_ms > self.args.p99_limit_ms;
             rows.push(row);
+            if let Some(dead) = self.dead_servers() {
+                eprintln!("  stopping the sweep: {dead}");
+                break;
+            }
             if bad && !self.args.keep_going {
                 eprintln!(
                     "  stopping the sweep: loss, closes or p99 above {} ms",

@@ -28,10 +28,37 @@ fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_listening(addr: SocketAddr, child: &mut Child) -> std::io::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+/// When a started server counts as up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ready {
+    /// It accepts TCP connections (nats-server listens only once it is ready).
+    Listening,
+    /// `GET /healthz` answers 200. ringcast binds its listeners before it joins the cluster
+    /// (NATS connect, stream set-up, catch-up), so an accepted connection proves nothing there.
+    Healthz,
+}
+
+impl Ready {
+    /// Longest wait: ringcast may spend up to 30 s catching up with the stream at start.
+    fn bound(self) -> Duration {
+        match self {
+            Ready::Listening => Duration::from_secs(15),
+            Ready::Healthz => Duration::from_secs(45),
+        }
+    }
+}
+
+fn wait_ready(addr: SocketAddr, child: &mut Child, ready: Ready) -> std::io::Result<()> {
+    let bound = ready.bound();
+    let deadline = Instant::now() + bound;
     loop {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+        let up = match ready {
+            Ready::Listening => {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            }
+            Ready::Healthz => http_get(addr, "/healthz").is_some_and(|(code, _)| code == 200),
+        };
+        if up {
             return Ok(());
         }
         if let Some(st) = child.try_wait()? {
@@ -40,9 +67,9 @@ fn wait_listening(addr: SocketAddr, child: &mut Child) -> std::io::Result<()> {
             )));
         }
         if Instant::now() > deadline {
-            return Err(std::io::Error::other(
-                "server did not start listening within 15 s",
-            ));
+            return Err(std::io::Error::other(format!(
+                "server not ready ({ready:?}) within {bound:?}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -124,7 +151,7 @@ pub fn spawn_ringcast(
     );
     cmd.stdout(Stdio::null()).stderr(log_file(out_dir, log));
     let description = format!("{} {}", bin.display(), args.join(" "));
-    let child = start_listening(&mut cmd, addr, &bin.display().to_string())?;
+    let child = start(&mut cmd, addr, &bin.display().to_string(), Ready::Healthz)?;
     let pid = child.id();
     Ok(Spawned {
         child,
@@ -135,11 +162,12 @@ pub fn spawn_ringcast(
     })
 }
 
-/// Spawns `cmd` and waits until it accepts connections on `addr` (killed if it never does).
-fn start_listening(
+/// Spawns `cmd` and waits until it is `ready` on `addr` (killed if it never is).
+fn start(
     cmd: &mut Command,
     addr: SocketAddr,
     name: &str,
+    ready: Ready,
 ) -> std::io::Result<std::process::Child> {
     // SAFETY: prctl is async-signal-safe and touches only the forked child.
     unsafe {
@@ -151,7 +179,7 @@ fn start_listening(
     let mut child = cmd
         .spawn()
         .map_err(|e| std::io::Error::other(format!("spawn {name}: {e}")))?;
-    if let Err(e) = wait_listening(addr, &mut child) {
+    if let Err(e) = wait_ready(addr, &mut child, ready) {
         let _ = child.kill();
         let _ = child.wait();
         return Err(e);
@@ -175,7 +203,7 @@ pub fn spawn_nats(bin: &str, out_dir: &Path) -> std::io::Result<Spawned> {
     cmd.arg("-c").arg(&conf);
     cmd.stdout(log_file(out_dir, "nats-server.out.log"))
         .stderr(log_file(out_dir, "nats-server.log"));
-    let child = match start_listening(&mut cmd, addr, bin) {
+    let child = match start(&mut cmd, addr, bin, Ready::Listening) {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_file(&conf);
@@ -197,7 +225,7 @@ pub fn spawn_nats(bin: &str, out_dir: &Path) -> std::io::Result<Spawned> {
 
 /// Starts `nats-server -js` on a free loopback port with a fresh store directory under the
 /// system temp dir (removed when the returned [`Spawned`] drops). `addr` is the client port.
-pub fn spawn_jetstream(bin: &str, out_dir: &Path) -> std::io::Result<Spawned> {
+pub fn spawn_jetstream(bin: &str, out_dir: &Path, log: &str) -> std::io::Result<Spawned> {
     remove_orphan_stores(&std::env::temp_dir());
     let port = free_port()?;
     let store = std::env::temp_dir().join(format!("ringcast-bench-js-{}", std::process::id()));
@@ -207,9 +235,8 @@ pub fn spawn_jetstream(bin: &str, out_dir: &Path) -> std::io::Result<Spawned> {
     let mut cmd = Command::new(bin);
     cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(&store);
-    cmd.stdout(log_file(out_dir, "nats-js.out.log"))
-        .stderr(log_file(out_dir, "nats-js.log"));
-    let child = match start_listening(&mut cmd, addr, bin) {
+    cmd.stdout(Stdio::null()).stderr(log_file(out_dir, log));
+    let child = match start(&mut cmd, addr, bin, Ready::Listening) {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&store);
@@ -258,6 +285,11 @@ impl Spawned {
 
     pub fn peak_rss_kib(&self) -> Option<u64> {
         status_kib(self.pid, "VmHWM:")
+    }
+
+    /// How the process ended, if it has (non-blocking).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Asks the process to stop (SIGTERM) without waiting.
@@ -309,8 +341,10 @@ fn sum_all<T, V: std::iter::Sum<V>>(items: &[T], f: impl Fn(&T) -> Option<V>) ->
 }
 
 impl Servers {
-    /// Starts `nodes` ringcast processes; with `cluster`, first a JetStream they all join.
-    /// A failure part way drops (kills) whatever was already started.
+    /// Starts `nodes` ringcast processes one after the other, each ready (`/healthz` 200)
+    /// before the next starts; with `cluster`, first a JetStream they all join. Cluster runs
+    /// log to `<out_dir>/<run>.nats-js.log` and `<run>.node<i>.log`, a plain run to
+    /// `ringcast-server.log`. A failure part way drops (kills) whatever was already started.
     #[allow(clippy::too_many_arguments)]
     pub fn ringcast(
         bin: &Path,
@@ -320,13 +354,14 @@ impl Servers {
         nats_bin: &str,
         extra: &[String],
         out_dir: &Path,
+        run: &str,
     ) -> std::io::Result<Servers> {
         let mut s = Servers {
             nodes: Vec::new(),
             jetstream: None,
         };
         let link = if cluster {
-            let js = spawn_jetstream(nats_bin, out_dir)?;
+            let js = spawn_jetstream(nats_bin, out_dir, &format!("{run}.nats-js.log"))?;
             let link = ClusterLink::for_run(format!("nats://{}", js.addr), std::process::id());
             s.jetstream = Some(js);
             Some(link)
@@ -334,8 +369,8 @@ impl Servers {
             None
         };
         for i in 0..nodes.max(1) {
-            let log = if nodes > 1 || cluster {
-                format!("ringcast-node-{i}.log")
+            let log = if cluster {
+                format!("{run}.node{i}.log")
             } else {
                 "ringcast-server.log".to_string()
             };
@@ -367,6 +402,18 @@ impl Servers {
             d.push(n.description.clone());
         }
         d.join(" + ")
+    }
+
+    /// Measured servers that have exited, as "node <i> (pid): <status>".
+    pub fn exited(&mut self) -> Vec<String> {
+        self.nodes
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                n.exited()
+                    .map(|st| format!("node {i} (pid {}): {st}", n.pid))
+            })
+            .collect()
     }
 
     /// CPU seconds of all measured servers together.
@@ -411,6 +458,11 @@ impl Drop for Servers {
 /// `GET /metrics` of a ringcast at `addr` (plain HTTP/1.1, `Connection: close`): the body, or
 /// `None` when it cannot be read within a second.
 pub fn fetch_metrics(addr: SocketAddr) -> Option<String> {
+    http_get(addr, "/metrics").and_then(|(code, body)| (code == 200).then_some(body))
+}
+
+/// `GET path` (HTTP/1.1, `Connection: close`), bounded by a second per step: status and body.
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let t = Duration::from_secs(1);
     let mut s = TcpStream::connect_timeout(&addr, t).ok()?;
@@ -418,14 +470,26 @@ pub fn fetch_metrics(addr: SocketAddr) -> Option<String> {
     s.set_write_timeout(Some(t)).ok()?;
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out);
+    parse_http_response(&out)
+}
+
+/// Status code and body of a complete HTTP/1.x response (no chunked encoding).
+fn parse_http_response(raw: &[u8]) -> Option<(u16, String)> {
+    let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n")?;
-    head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    let code = head
+        .strip_prefix("HTTP/1.")?
+        .get(2..)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((code, body.to_string()))
 }
 
 /// Sum of every sample of the Prometheus series `name` in `text` (all label sets; `# ` comment
@@ -592,6 +656,18 @@ mod tests {
     }
 
     #[test]
+    fn http_status_and_body_are_read_from_a_response() {
+        let raw = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 11\r\n\r\ncatching up";
+        assert_eq!(parse_http_response(raw), Some((503, "catching up".into())));
+        assert_eq!(
+            parse_http_response(b"HTTP/1.1 200 OK\r\n\r\nok"),
+            Some((200, "ok".into()))
+        );
+        assert_eq!(parse_http_response(b"HTTP/1.1 200 OK\r\n"), None);
+        assert_eq!(parse_http_response(b"garbage\r\n\r\n"), None);
+    }
+
+    #[test]
     fn sums_over_servers_are_unknown_when_one_is_unknown() {
         assert_eq!(sum_all(&[1u64, 2, 3], |x| Some(*x)), Some(6));
         assert_eq!(sum_all(&[1u64, 2, 3], |x| (*x != 2).then_some(*x)), None);
@@ -609,7 +685,7 @@ mod tests {
     fn spawned_jetstream_is_stopped_and_its_store_removed_on_drop() {
         let out = std::env::temp_dir().join(format!("ringcast-bench-test-{}", std::process::id()));
         std::fs::create_dir_all(&out).unwrap();
-        let js = spawn_jetstream(&nats_bin(), &out).expect("nats-server -js starts");
+        let js = spawn_jetstream(&nats_bin(), &out, "js.log").expect("nats-server -js starts");
         let (pid, store) = (js.pid, js.cleanup[0].clone());
         assert!(store.is_dir());
         assert!(TcpStream::connect(js.addr).is_ok());
