@@ -9,6 +9,12 @@
 //! Scenarios: `broadcast` (1 subject, N subscribers, rate sweep), `pricefeed` (many subjects,
 //! random subscriptions plus `prices.>`), `idle` (server RSS per idle WebSocket), `storm`
 //! (connections/s). Results: a table on stdout, JSON + CSV + SVG under `--out-dir`.
+//!
+//! Cluster mode: `--nodes N` (N > 1) or `--cluster` starts one `nats-server -js` and N ringcast
+//! nodes joined to it (`--nats-url`, a fresh stream per run). Subscribers are spread over the
+//! nodes round-robin; each publisher connects to every node and spreads its publishes over them
+//! (`--pub-spread`). Server CPU / RSS are the sum over the nodes; the nats-server's CPU is its
+//! own column.
 
 #[path = "ringcast-bench/publisher.rs"]
 mod publisher;
@@ -22,7 +28,7 @@ mod wire;
 mod worker;
 
 use clap::Parser;
-use publisher::{PubShared, Publisher};
+use publisher::{PubShared, Publisher, Spread};
 use report::Row;
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -78,9 +84,21 @@ struct Args {
     /// nats-server binary (for --target nats without --url).
     #[arg(long, default_value = "nats-server")]
     nats_server: String,
-    /// --cores of a spawned ringcast.
+    /// --cores of a spawned ringcast (of each node with --nodes).
     #[arg(long, default_value_t = 2)]
     server_cores: usize,
+    /// ringcast nodes to spawn; more than 1 runs them in cluster mode on a spawned
+    /// `nats-server -js` (--nats-server names the binary).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Run the spawned node(s) in cluster mode even with --nodes 1 (one node through JetStream).
+    #[arg(long)]
+    cluster: bool,
+    /// Cluster mode: how publishers spread their messages over the nodes. round-robin: every
+    /// subject is published through every node in turn (the nodes race on its seq); sticky: a
+    /// subject always goes through one node.
+    #[arg(long, value_enum, default_value = "round-robin")]
+    pub_spread: Spread,
     /// Extra argument for a spawned ringcast (repeatable), e.g. --server-arg=--driver=legacy.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -162,9 +180,12 @@ struct Args {
 struct Bench {
     args: Args,
     scenario: Scenario,
+    /// The first server's endpoint (target, path: the same for every node).
     ep: Endpoint,
+    /// One per server (cluster node), in node order.
+    eps: Vec<Endpoint>,
     workers: Vec<crossbeam_channel::Sender<Cmd>>,
-    server: Option<server::Spawned>,
+    server: Option<server::Servers>,
     srcs: Vec<Ipv4Addr>,
     nofile: u64,
 }
@@ -244,49 +265,73 @@ fn run(args: Args, scenario: Scenario) -> Result<(), String> {
             "warning: open-file limit {nofile} is below the {conns_needed} connections asked for"
         );
     }
-    let (ep, srv) = match &args.url {
-        Some(u) => (parse_url(u, args.target)?, None),
+    let clustered = cluster_mode(&args)?;
+    let n_nodes = if args.url.is_some() { 1 } else { args.nodes };
+    let name = format!(
+        "{}-{}{}{}",
+        scenario.name(),
+        args.target.name(),
+        cluster_suffix(n_nodes, clustered),
+        args.label
+            .as_deref()
+            .map(|l| format!("-{l}"))
+            .unwrap_or_default()
+    );
+    let (mut eps, srv) = match &args.url {
+        Some(u) => (vec![parse_url(u, args.target)?], None),
         None => {
             let s = match args.target {
                 Target::Ringcast => {
                     let bin = args.spawn_server.clone().or_else(default_ringcast).ok_or(
                         "no ringcast binary found (build with `cargo build --release`, or give --spawn-server / --url)",
                     )?;
-                    server::spawn_ringcast(
+                    server::Servers::ringcast(
                         &bin,
+                        args.nodes,
                         args.server_cores,
+                        clustered,
+                        &args.nats_server,
                         &args.server_args,
                         &args.out_dir,
+                        &name,
                     )
                     .map_err(|e| e.to_string())?
                 }
-                Target::Nats => server::spawn_nats(&args.nats_server, &args.out_dir)
-                    .map_err(|e| e.to_string())?,
+                Target::Nats => server::Servers::single(
+                    server::spawn_nats(&args.nats_server, &args.out_dir)
+                        .map_err(|e| e.to_string())?,
+                ),
             };
             let path = if args.target == Target::Ringcast {
                 "/ws"
             } else {
                 "/"
             };
-            let ep = Endpoint {
-                addr: s.addr,
-                host: s.addr.to_string(),
-                path: path.into(),
-                target: args.target,
-                sse: false,
-            };
-            (ep, Some(s))
+            let eps = s
+                .addrs()
+                .into_iter()
+                .map(|addr| Endpoint {
+                    addr,
+                    host: addr.to_string(),
+                    path: path.into(),
+                    target: args.target,
+                    sse: false,
+                })
+                .collect();
+            (eps, Some(s))
         }
     };
-    let mut ep = ep;
     if args.sse {
         if args.target != Target::Ringcast || !matches!(scenario, Scenario::Idle | Scenario::Storm)
         {
             return Err("--sse is for the idle and storm scenarios against ringcast".into());
         }
-        ep.sse = true;
-        ep.path = "/sse?subject=bench.idle".into();
+        for ep in &mut eps {
+            ep.sse = true;
+            ep.path = "/sse?subject=bench.idle".into();
+        }
     }
+    let ep = eps[0].clone();
     let srcs: Vec<Ipv4Addr> = match ep.addr {
         SocketAddr::V4(a) if a.ip().is_loopback() => (0..args.source_ips)
             .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i))
@@ -294,10 +339,10 @@ fn run(args: Args, scenario: Scenario) -> Result<(), String> {
         _ => Vec::new(),
     };
     let (workers, driver) =
-        worker::start(args.threads.max(1), ep.clone(), args.driver, !args.no_pin);
+        worker::start(args.threads.max(1), eps.clone(), args.driver, !args.no_pin);
     let server_desc = srv.as_ref().map_or_else(
         || format!("external {}", args.url.as_deref().unwrap_or("")),
-        |s| s.description.clone(),
+        server::Servers::description,
     );
     eprintln!(
         "ringcast-bench: {} against {} ({}), {} generator threads ({driver}), nofile {nofile}",
@@ -310,6 +355,7 @@ fn run(args: Args, scenario: Scenario) -> Result<(), String> {
         args,
         scenario,
         ep,
+        eps,
         workers,
         server: srv,
         srcs,
@@ -321,20 +367,12 @@ fn run(args: Args, scenario: Scenario) -> Result<(), String> {
     };
     let table = report::table(&rows);
     println!("{table}");
-    let name = format!(
-        "{}-{}{}",
-        scenario.name(),
-        b.ep.target.name(),
-        b.args
-            .label
-            .as_deref()
-            .map(|l| format!("-{l}"))
-            .unwrap_or_default()
-    );
     let json = serde_json::json!({
         "scenario": scenario.name(),
         "target": b.ep.target.name(),
         "server": server_desc,
+        "nodes": b.eps.len(),
+        "cluster": clustered,
         "generator": { "threads": b.workers.len(), "driver": driver, "source_ips": b.srcs.len() },
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "machine": machine(),
@@ -374,6 +412,36 @@ fn run(args: Args, scenario: Scenario) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the run spawns its ringcast node(s) in cluster mode (`--nodes` > 1 or `--cluster`),
+/// or why the flags do not fit together.
+fn cluster_mode(args: &Args) -> Result<bool, String> {
+    if args.nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    let clustered = args.nodes > 1 || args.cluster;
+    if clustered && (args.url.is_some() || args.target != Target::Ringcast) {
+        return Err(
+            "--nodes > 1 / --cluster spawn ringcast nodes: not with --url or --target nats".into(),
+        );
+    }
+    Ok(clustered)
+}
+
+/// File-name part telling cluster runs apart: `-cluster2` for 2 nodes on JetStream, empty for
+/// a plain single server.
+fn cluster_suffix(nodes: usize, clustered: bool) -> String {
+    if clustered {
+        format!("-cluster{nodes}")
+    } else {
+        String::new()
+    }
+}
+
+/// Server (cluster node) of the `i`-th connection: round-robin.
+fn node_of(i: usize, nodes: usize) -> usize {
+    i % nodes.max(1)
+}
+
 fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -409,6 +477,24 @@ impl Bench {
         } else {
             Some(self.srcs[i % self.srcs.len()])
         }
+    }
+
+    /// Which spawned servers have exited (crashed or were killed) during the run, if any.
+    fn dead_servers(&mut self) -> Option<String> {
+        let dead = self.server.as_mut()?.exited();
+        (!dead.is_empty()).then(|| {
+            format!(
+                "server exited: {} (logs in {})",
+                dead.join(", "),
+                self.args.out_dir.display()
+            )
+        })
+    }
+
+    /// Cluster mode: publish attempts the per-subject seq guard refused so far, all nodes.
+    fn cluster_conflicts(&self) -> Option<u64> {
+        let s = self.server.as_ref().filter(|s| s.jetstream.is_some())?;
+        s.metric_sum("ringcast_cluster_conflicts_total")
     }
 
     fn snapshot(&self, hist: bool) -> Stats {
@@ -461,6 +547,10 @@ impl Bench {
             let done = (s.connected - base.connected) + (s.connect_failed - base.connect_failed);
             let subs = s.sub_ok - base.sub_ok;
             if done >= n && subs >= want_subs {
+                return Ok((start, s));
+            }
+            if done >= n && s.connect_failed > base.connect_failed {
+                // Failed connections never subscribe: nothing more to wait for.
                 return Ok((start, s));
             }
             let now = mono_ns();
@@ -544,6 +634,7 @@ impl Bench {
             specs.push(ConnSpec {
                 role,
                 src: self.src(i),
+                node: node_of(i, self.eps.len()),
             });
         }
         let t0 = mono_ns();
@@ -558,8 +649,12 @@ impl Bench {
         );
         if st.connect_failed > 0 {
             return Err(format!(
-                "{} subscriber connections failed: {:?}",
-                st.connect_failed, st.first_error
+                "{} subscriber connections failed: {:?}{}",
+                st.connect_failed,
+                st.first_error,
+                self.dead_servers()
+                    .map(|d| format!("; {d}"))
+                    .unwrap_or_default()
             ));
         }
         let n_pubs = if broadcast {
@@ -575,8 +670,14 @@ impl Bench {
                 .map(subject)
                 .collect();
             pubs.push(
-                Publisher::connect(&self.ep, self.src(subs + p), mine, shared.clone())
-                    .map_err(|e| format!("publisher connect: {e}"))?,
+                Publisher::connect(
+                    &self.eps,
+                    self.args.pub_spread,
+                    self.src(subs + p),
+                    mine,
+                    shared.clone(),
+                )
+                .map_err(|e| format!("publisher connect: {e}"))?,
             );
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -600,8 +701,10 @@ impl Bench {
             let c0 = counts(&shared);
             let errs0 = shared.errors.load(Ordering::Relaxed);
             let cpu0 = self.server.as_ref().and_then(|s| s.cpu_seconds());
+            let js0 = self.server.as_ref().and_then(|s| s.jetstream_cpu_seconds());
             let gen0 = server::cpu_seconds(std::process::id());
             let m0 = server::machine_cpu();
+            let conflicts0 = self.cluster_conflicts();
             let start = mono_ns() + 50_000_000;
             std::thread::scope(|sc| {
                 for p in pubs.iter_mut() {
@@ -636,11 +739,19 @@ impl Bench {
             }
             let after = self.snapshot(true);
             let cpu1 = self.server.as_ref().and_then(|x| x.cpu_seconds());
+            let js1 = self.server.as_ref().and_then(|s| s.jetstream_cpu_seconds());
             let gen1 = server::cpu_seconds(std::process::id());
             let m1 = server::machine_cpu();
+            let conflicts = conflicts0
+                .zip(self.cluster_conflicts())
+                .map(|(a, b)| b.saturating_sub(a));
             let gen_cpu = gen0.zip(gen1).map(|(a, b)| b - a);
+            let js_cpu = js0.zip(js1).map(|(a, b)| b - a);
             let other_cpu = m0.zip(m1).map(|(a, b)| {
-                (b.0 - a.0) - gen_cpu.unwrap_or(0.0) - cpu0.zip(cpu1).map_or(0.0, |(x, y)| y - x)
+                (b.0 - a.0)
+                    - gen_cpu.unwrap_or(0.0)
+                    - js_cpu.unwrap_or(0.0)
+                    - cpu0.zip(cpu1).map_or(0.0, |(x, y)| y - x)
             });
             let c1 = counts(&shared);
             let lag = {
@@ -691,7 +802,11 @@ impl Bench {
                     .and_then(|x| x.peak_rss_kib())
                     .map(|k| k as f64 / 1024.0),
                 generator_cpu_s: gen_cpu,
+                nats_cpu_s: js_cpu,
+                cluster_conflicts: conflicts,
                 other_cpu_s: other_cpu.map(|x| x.max(0.0)),
+                nodes: self.eps.len() as u64,
+                cluster: self.server.as_ref().is_some_and(|s| s.jetstream.is_some()),
                 first_error: after
                     .first_error
                     .clone()
@@ -699,7 +814,7 @@ impl Bench {
                 ..Row::default()
             };
             eprintln!(
-                "  pub {}/s: offered {}/s delivered {}/s p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms, lost {} gaps {} reorder {} 4008 {} other {}; CPU s server {} gen {} other {}",
+                "  pub {}/s: offered {}/s delivered {}/s p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms, lost {} gaps {} reorder {} 4008 {} other {} pub errors {} guard conflicts {}; CPU s server {} nats {} gen {} other {}",
                 report::fmt_rate(rate),
                 report::fmt_rate(row.offered_msgs_s),
                 report::fmt_rate(row.delivered_msgs_s),
@@ -712,12 +827,20 @@ impl Bench {
                 row.reorders,
                 row.slow_closes,
                 row.other_closes + row.disconnects,
+                shared.errors.load(Ordering::Relaxed) - errs0,
+                row.cluster_conflicts.map_or("-".into(), |x| x.to_string()),
                 row.server_cpu_s.map_or("-".into(), |x| format!("{x:.2}")),
+                row.nats_cpu_s.map_or("-".into(), |x| format!("{x:.2}")),
                 row.generator_cpu_s.map_or("-".into(), |x| format!("{x:.2}")),
                 row.other_cpu_s.map_or("-".into(), |x| format!("{x:.2}")),
             );
             if let Some(e) = &row.first_error {
                 eprintln!("    first error: {e}");
+            }
+            if let Some(e) = shared.first_error.lock().expect("lock").as_ref() {
+                if row.first_error.as_ref() != Some(e) {
+                    eprintln!("    first publisher error: {e}");
+                }
             }
             let bad = row.lost != 0
                 || row.gaps > 0
@@ -726,6 +849,10 @@ impl Bench {
                 || row.other_closes + row.disconnects > 0
                 || row.p99_ms > self.args.p99_limit_ms;
             rows.push(row);
+            if let Some(dead) = self.dead_servers() {
+                eprintln!("  stopping the sweep: {dead}");
+                break;
+            }
             if bad && !self.args.keep_going {
                 eprintln!(
                     "  stopping the sweep: loss, closes or p99 above {} ms",
@@ -760,6 +887,7 @@ impl Bench {
             .map(|i| ConnSpec {
                 role: Role::Idle,
                 src: self.src(i),
+                node: node_of(i, self.eps.len()),
             })
             .collect();
         let conc = if storm {
@@ -799,6 +927,8 @@ impl Bench {
             disconnects: after.disconnects,
             slow_closes: after.slow_closes,
             first_error: after.first_error.clone(),
+            nodes: self.eps.len() as u64,
+            cluster: self.server.as_ref().is_some_and(|s| s.jetstream.is_some()),
             ..Row::default()
         };
         eprintln!(
@@ -811,5 +941,81 @@ impl Bench {
             rss1
         );
         Ok(vec![row])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(cmd: &str) -> Args {
+        Args::try_parse_from(cmd.split_whitespace()).expect("parses")
+    }
+
+    #[test]
+    fn one_plain_node_by_default() {
+        let a = args("ringcast-bench broadcast");
+        assert_eq!(a.nodes, 1);
+        assert_eq!(cluster_mode(&a), Ok(false));
+    }
+
+    #[test]
+    fn more_than_one_node_means_cluster_mode() {
+        assert_eq!(cluster_mode(&args("b broadcast --nodes 2")), Ok(true));
+    }
+
+    #[test]
+    fn cluster_flag_runs_one_node_through_jetstream() {
+        let a = args("b broadcast --nodes 1 --cluster");
+        assert_eq!(cluster_mode(&a), Ok(true));
+        assert_eq!(cluster_suffix(a.nodes, true), "-cluster1");
+    }
+
+    #[test]
+    fn cluster_mode_refuses_external_url_nats_target_and_zero_nodes() {
+        assert!(cluster_mode(&args("b broadcast --nodes 2 --url ws://127.0.0.1:1")).is_err());
+        assert!(cluster_mode(&args("b broadcast --cluster --target nats")).is_err());
+        assert!(cluster_mode(&args("b broadcast --nodes 0")).is_err());
+        // Plain runs keep working with both.
+        assert_eq!(
+            cluster_mode(&args("b broadcast --url ws://127.0.0.1:1")),
+            Ok(false)
+        );
+        assert_eq!(cluster_mode(&args("b broadcast --target nats")), Ok(false));
+    }
+
+    #[test]
+    fn plain_runs_keep_their_file_names() {
+        assert_eq!(cluster_suffix(1, false), "");
+        assert_eq!(cluster_suffix(3, true), "-cluster3");
+    }
+
+    #[test]
+    fn subscribers_are_spread_round_robin_over_nodes() {
+        let mut per = [0usize; 3];
+        for i in 0..1000 {
+            per[node_of(i, 3)] += 1;
+        }
+        assert_eq!(per, [334, 333, 333]);
+        assert_eq!(
+            (0..5).map(|i| node_of(i, 2)).collect::<Vec<_>>(),
+            [0, 1, 0, 1, 0]
+        );
+    }
+
+    #[test]
+    fn one_node_gets_every_connection() {
+        assert!((0..100).all(|i| node_of(i, 1) == 0));
+        // 0 is treated as 1 rather than dividing by zero.
+        assert_eq!(node_of(7, 0), 0);
+    }
+
+    #[test]
+    fn pub_spread_defaults_to_round_robin() {
+        assert_eq!(args("b pricefeed").pub_spread, Spread::RoundRobin);
+        assert_eq!(
+            args("b pricefeed --pub-spread sticky").pub_spread,
+            Spread::Sticky
+        );
     }
 }

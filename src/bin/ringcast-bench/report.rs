@@ -9,6 +9,10 @@ use std::path::Path;
 pub struct Row {
     pub scenario: String,
     pub target: String,
+    /// Servers the load was spread over (ringcast cluster nodes); 1 for a single server.
+    pub nodes: u64,
+    /// The ringcast node(s) ran in cluster mode (NATS JetStream).
+    pub cluster: bool,
     pub subscribers: u64,
     pub subjects: u64,
     pub payload_bytes: u64,
@@ -41,13 +45,21 @@ pub struct Row {
     pub other_closes: u64,
     pub disconnects: u64,
     pub errors: u64,
+    /// CPU seconds of the server, summed over all nodes in cluster mode.
     pub server_cpu_s: Option<f64>,
     /// server CPU seconds / wall seconds (2.0 = both cores busy).
     pub server_cpu_util: Option<f64>,
+    /// Peak RSS of the server; in cluster mode the sum of each node's own peak.
     pub server_peak_rss_mib: Option<f64>,
     /// Generator CPU seconds in this step.
     pub generator_cpu_s: Option<f64>,
-    /// Busy CPU seconds of everything else on the machine in this step (background load).
+    /// Cluster mode: CPU seconds of the nats-server (JetStream) the nodes share, in this step.
+    pub nats_cpu_s: Option<f64>,
+    /// Cluster mode: publish attempts refused by the per-subject seq guard (another node had
+    /// published on the subject in between) and retried, summed over the nodes' `/metrics`.
+    pub cluster_conflicts: Option<u64>,
+    /// Busy CPU seconds of everything else on the machine in this step (background load; the
+    /// server, generator and JetStream are not in it).
     pub other_cpu_s: Option<f64>,
     pub conns: Option<u64>,
     pub connect_failed: Option<u64>,
@@ -73,6 +85,16 @@ pub fn fmt_rate(x: f64) -> String {
     }
 }
 
+/// The target column: `ringcast`, or e.g. `ringcast 2 nodes JS` in cluster mode.
+pub fn target_label(r: &Row) -> String {
+    if r.cluster {
+        let n = r.nodes.max(1);
+        format!("{} {n} node{} JS", r.target, if n == 1 { "" } else { "s" })
+    } else {
+        r.target.clone()
+    }
+}
+
 pub fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     let connect = rows.iter().any(|r| r.conns.is_some());
@@ -90,7 +112,7 @@ pub fn table(rows: &[Row]) -> String {
                 s,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.scenario,
-                r.target,
+                target_label(r),
                 r.conns.unwrap_or(0),
                 r.connect_failed.unwrap_or(0),
                 opt(r.connect_s, 2),
@@ -104,17 +126,33 @@ pub fn table(rows: &[Row]) -> String {
             );
         }
     } else {
+        // The JetStream column only when some row ran in cluster mode.
+        let js = rows.iter().any(|r| r.nats_cpu_s.is_some());
         let _ = writeln!(
             s,
-            "| scenario | target | subs | pub/s | offered msg/s | delivered msg/s | p50 ms | p99 ms | p99.9 ms | max ms | pub lag p99 ms | lost | gaps | reorder | 4008 closes | other closes | srv CPU s (util) | gen CPU s | other CPU s | srv peak RSS MiB |"
+            "| scenario | target | subs | pub/s | offered msg/s | delivered msg/s | p50 ms | p99 ms | p99.9 ms | max ms | pub lag p99 ms | lost | gaps | reorder | 4008 closes | other closes | srv CPU s (util) |{} gen CPU s | other CPU s | srv peak RSS MiB |",
+            if js { " nats CPU s | guard conflicts |" } else { "" }
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            s,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|",
+            if js { "---:|---:|" } else { "" }
+        );
         for r in rows {
+            let js_cell = if js {
+                format!(
+                    " {} | {} |",
+                    opt(r.nats_cpu_s, 2),
+                    r.cluster_conflicts.map_or("-".into(), |c| c.to_string())
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} ({}) |{} {} | {} | {} |",
                 r.scenario,
-                r.target,
+                target_label(r),
                 r.subscribers,
                 fmt_rate(r.pub_rate),
                 fmt_rate(r.offered_msgs_s),
@@ -131,6 +169,7 @@ pub fn table(rows: &[Row]) -> String {
                 r.other_closes + r.disconnects,
                 opt(r.server_cpu_s, 2),
                 opt(r.server_cpu_util, 2),
+                js_cell,
                 opt(r.generator_cpu_s, 2),
                 opt(r.other_cpu_s, 2),
                 opt(r.server_peak_rss_mib, 1),
@@ -234,4 +273,40 @@ pub fn svg(rows: &[Row], title: &str, path: &Path) -> Result<(), String> {
         .draw()
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(cluster: bool, nodes: u64) -> Row {
+        Row {
+            scenario: "broadcast".into(),
+            target: "ringcast".into(),
+            nodes,
+            cluster,
+            nats_cpu_s: cluster.then_some(0.5),
+            cluster_conflicts: cluster.then_some(3),
+            ..Row::default()
+        }
+    }
+
+    #[test]
+    fn target_label_names_cluster_runs() {
+        assert_eq!(target_label(&row(false, 1)), "ringcast");
+        assert_eq!(target_label(&row(true, 1)), "ringcast 1 node JS");
+        assert_eq!(target_label(&row(true, 3)), "ringcast 3 nodes JS");
+    }
+
+    #[test]
+    fn the_jetstream_columns_appear_only_for_cluster_runs() {
+        let plain = table(&[row(false, 1)]);
+        assert!(!plain.contains("nats CPU s"));
+        let cluster = table(&[row(true, 2)]);
+        assert!(cluster.contains("| nats CPU s | guard conflicts |"));
+        assert!(cluster.contains("| 0.50 | 3 |"));
+        // Header, separator and row have the same number of cells.
+        let cells: Vec<usize> = cluster.lines().map(|l| l.matches('|').count()).collect();
+        assert!(cells.windows(2).all(|w| w[0] == w[1]), "{cells:?}");
+    }
 }

@@ -29,6 +29,8 @@ pub enum Role {
 pub struct ConnSpec {
     pub role: Role,
     pub src: Option<Ipv4Addr>,
+    /// Index of the server (cluster node) to connect to, into the endpoints given to [`start`].
+    pub node: usize,
 }
 
 pub enum Cmd {
@@ -129,7 +131,8 @@ impl Stats {
 }
 
 struct Ctx {
-    ep: Endpoint,
+    /// One per server (cluster node); a connection uses `eps[spec.node]`.
+    eps: Vec<Endpoint>,
     stats: RefCell<Stats>,
 }
 
@@ -144,7 +147,7 @@ pub enum Driver {
 /// Starts `n` pinned runtime threads; returns their command senders and the driver used.
 pub fn start(
     n: usize,
-    ep: Endpoint,
+    eps: Vec<Endpoint>,
     driver: Driver,
     pin: bool,
 ) -> (Vec<Sender<Cmd>>, &'static str) {
@@ -154,12 +157,12 @@ pub fn start(
         Driver::Auto => monoio::utils::detect_uring(),
     };
     let cpus = ringcast::server::allowed_cpus();
-    let ep = Arc::new(ep);
+    let eps = Arc::new(eps);
     let mut senders = Vec::new();
     for i in 0..n {
         let (tx, rx) = crossbeam_channel::unbounded();
         senders.push(tx);
-        let ep = (*ep).clone();
+        let eps = (*eps).clone();
         let cpu = cpus.get(i % cpus.len().max(1)).copied().filter(|_| pin);
         std::thread::Builder::new()
             .name(format!("bench-{i}"))
@@ -168,7 +171,7 @@ pub fn start(
                     let _ = monoio::utils::bind_to_cpu_set([cpu]);
                 }
                 let ctx = Rc::new(Ctx {
-                    ep,
+                    eps,
                     stats: RefCell::new(Stats::default()),
                 });
                 if uring {
@@ -314,7 +317,8 @@ async fn conn_task(
             inflight.set(inflight.get() - 1);
         }
     };
-    let hs = monoio::time::timeout(timeout, handshake(&ctx.ep, spec.src, read_buf)).await;
+    let ep = &ctx.eps[spec.node % ctx.eps.len()];
+    let hs = monoio::time::timeout(timeout, handshake(ep, spec.src, read_buf)).await;
     let hs = hs.unwrap_or_else(|_| {
         Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -350,10 +354,10 @@ async fn conn_task(
         track,
         nats: Vec::new(),
     };
-    let target = ctx.ep.target;
+    let (target, sse) = (ep.target, ep.sse);
     let mut out = Vec::new();
     loop {
-        if ctx.ep.sse {
+        if sse {
             // SSE streams only need to come up and stay open: wait for the hello event, then
             // discard whatever arrives (heartbeats).
             if !c.ready && wire::find(&buf, b"event: hello").is_some() {
