@@ -15,7 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::bus::{Bus, BusMsg};
 use ringcast::frame::Frame;
-use ringcast::store::{DurableStore, Durability, HistoryStore, Retention};
+use ringcast::store::{Durability, DurableStore, HistoryStore, Retention};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,8 +24,15 @@ const BURSTS: [u64; 3] = [1, 64, 1_024];
 fn store(
     durability: Durability,
     name: &str,
-) -> (DurableStore, crossbeam_channel::Receiver<BusMsg>, std::path::PathBuf) {
-    let dir = std::env::temp_dir().join(format!("ringcast-bench-store-{name}-{}", std::process::id()));
+) -> (
+    DurableStore,
+    crossbeam_channel::Receiver<BusMsg>,
+    std::path::PathBuf,
+) {
+    let dir = std::env::temp_dir().join(format!(
+        "ringcast-bench-store-{name}-{}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     let (bus, mut rx) = Bus::new(1);
     let s = DurableStore::open(
@@ -41,7 +48,10 @@ fn store(
 }
 
 fn bench_store(c: &mut Criterion) {
-    let data = format!(r#"{{"bid":1.0842,"ask":1.0844,"pad":"{}"}}"#, "x".repeat(100));
+    let data = format!(
+        r#"{{"bid":1.0842,"ask":1.0844,"pad":"{}"}}"#,
+        "x".repeat(100)
+    );
     for (durability, name) in [(Durability::Sync, "sync"), (Durability::Batch, "batch")] {
         let (s, rx, dir) = store(durability, name);
         let mut g = c.benchmark_group(format!("store_{name}"));
@@ -53,7 +63,13 @@ fn bench_store(c: &mut Criterion) {
                     let mut last = 0;
                     for _ in 0..burst {
                         seq += 1;
-                        let f = Arc::new(Frame::encode("prices.EURUSD", seq, seq, data.as_bytes(), None));
+                        let f = Arc::new(Frame::encode(
+                            "prices.EURUSD",
+                            seq,
+                            seq,
+                            data.as_bytes(),
+                            None,
+                        ));
                         last = s.append(0, &f, None);
                     }
                     if durability == Durability::Sync {
@@ -67,7 +83,11 @@ fn bench_store(c: &mut Criterion) {
                     } else {
                         // Batch: acked at once; bound the backlog so the measurement is the
                         // store's sustained rate, not the channel's.
-                        while s.series().iter().any(|m| m.name == "ringcast_store_backlog" && m.value > 4096) {
+                        while s
+                            .series()
+                            .iter()
+                            .any(|m| m.name == "ringcast_store_backlog" && m.value > 4096)
+                        {
                             std::thread::yield_now();
                         }
                     }

@@ -62,11 +62,14 @@ use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 /// the client is better served by a 503 than by waiting behind 8k others.
 pub const MAX_PENDING_PUBLISHES: usize = 8192;
 /// Attempts of one publish against the seq guard before [`ClusterError::Conflict`]. Each failed
-/// attempt means another node published on the subject in between; 20 covers heavy contention
-/// on one subject from a handful of nodes.
-pub const GUARD_TRIES: u32 = 20;
+/// attempt means another node published on the subject in between. Measured with two nodes
+/// each publishing a backlog to one subject, 20 was not enough (a few 503s); 64 with a short
+/// backoff keeps that case answered.
+pub const GUARD_TRIES: u32 = 64;
 /// Longest jittered pause between guard attempts (the pause grows 1, 2, 4 .. ms up to this).
-pub const GUARD_BACKOFF_MAX: Duration = Duration::from_millis(32);
+pub const GUARD_BACKOFF_MAX: Duration = Duration::from_millis(4);
+/// Attempts to create-or-get the stream at start (nodes starting together race to create it).
+pub const STREAM_CREATE_TRIES: u32 = 5;
 /// Fetches running at once; beyond it a fetch is answered [`ClusterError::Unavailable`]. Each
 /// holds an ephemeral consumer on the server.
 pub const MAX_FETCHES: usize = 64;
@@ -590,27 +593,38 @@ async fn connect(
         .ack_timeout(REQUEST_TIMEOUT)
         .build(client.clone());
     let wanted = format!("{}.>", cfg.prefix);
-    let stream = tokio::time::timeout(
-        REQUEST_TIMEOUT,
-        js.get_or_create_stream(stream::Config {
-            name: cfg.stream.clone(),
-            subjects: vec![wanted.clone()],
-            storage: StorageType::File,
-            num_replicas: cfg.replicas,
-            max_messages_per_subject: cfg.max_msgs_per_subject,
-            duplicate_window: cfg.duplicate_window,
-            allow_direct: true,
-            ..Default::default()
-        }),
-    )
-    .await
-    .map_err(|_| {
-        format!(
-            "stream {}: no answer within {REQUEST_TIMEOUT:?}",
-            cfg.stream
-        )
-    })?
-    .map_err(|e| format!("stream {}: {e}", cfg.stream))?;
+    let config = stream::Config {
+        name: cfg.stream.clone(),
+        subjects: vec![wanted.clone()],
+        storage: StorageType::File,
+        num_replicas: cfg.replicas,
+        max_messages_per_subject: cfg.max_msgs_per_subject,
+        duplicate_window: cfg.duplicate_window,
+        allow_direct: true,
+        ..Default::default()
+    };
+    // Nodes starting together race to create the stream: the losers' create fails ("subjects
+    // overlap" / "name in use") although the stream now exists, so ask again (bounded).
+    let mut tries = 0;
+    let stream = loop {
+        tries += 1;
+        let r = tokio::time::timeout(REQUEST_TIMEOUT, js.get_or_create_stream(config.clone()))
+            .await
+            .map_err(|_| {
+                format!(
+                    "stream {}: no answer within {REQUEST_TIMEOUT:?}",
+                    cfg.stream
+                )
+            })?;
+        match r {
+            Ok(s) => break s,
+            Err(e) if tries < STREAM_CREATE_TRIES => {
+                tracing::debug!("stream {}: {e}; asking again", cfg.stream);
+                tokio::time::sleep(Duration::from_millis(20 * tries as u64)).await;
+            }
+            Err(e) => return Err(format!("stream {}: {e}", cfg.stream)),
+        }
+    };
     let have = &stream.cached_info().config;
     if !have.subjects.contains(&wanted) {
         return Err(format!(
@@ -794,9 +808,14 @@ async fn publish_one(sh: &Shared, p: &PubReq) -> Result<PubAck, ClusterError> {
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                 sh.status.conflicts.fetch_add(1, Ordering::Relaxed);
                 refresh(sh, &p.subject, &full).await?;
-                let cap = (1u64 << attempt.min(5)).min(GUARD_BACKOFF_MAX.as_millis() as u64);
-                let pause_us = random_u64() % (cap * 1000) + 1;
-                tokio::time::sleep(Duration::from_micros(pause_us)).await;
+                // The first retry goes at once: the refresh just told us the subject's last
+                // message, and a node that paused here would keep losing to a node publishing
+                // a backlog back to back. Later retries pause (jittered) to break ties.
+                if attempt > 0 {
+                    let cap = (1u64 << attempt.min(5)).min(GUARD_BACKOFF_MAX.as_millis() as u64);
+                    let pause_us = random_u64() % (cap * 1000) + 1;
+                    tokio::time::sleep(Duration::from_micros(pause_us)).await;
+                }
             }
             Err(e) => return Err(classify(&e)),
         }

@@ -389,3 +389,34 @@ fn cluster_mode_refuses_a_data_dir_and_an_unreachable_nats() {
     let err = ringcast::server::Server::start(cfg).err().expect("refused");
     assert!(err.to_string().contains("exclude each other"), "{err}");
 }
+
+#[test]
+fn nodes_starting_together_on_a_new_stream_all_join() {
+    let nats = NatsServer::start();
+    for round in 0..8 {
+        std::thread::scope(|s| {
+            let starts: Vec<_> = (0..3)
+                .map(|_| {
+                    let url = nats.url();
+                    s.spawn(move || {
+                        let cfg = ringcast::config::Config {
+                            listen: "127.0.0.1:0".parse().unwrap(),
+                            cores: Some(1),
+                            nats_url: Some(url),
+                            nats_stream: format!("RACE{round}"),
+                            nats_prefix: format!("race{round}"),
+                            ..Default::default()
+                        };
+                        let server = ringcast::server::Server::start(cfg)
+                            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                        server.shutdown();
+                        server.join().unwrap();
+                    })
+                })
+                .collect();
+            for h in starts {
+                h.join().unwrap();
+            }
+        });
+    }
+}
