@@ -55,6 +55,8 @@ pub struct PubAck {
 pub enum PubError {
     /// Sync durability: the store failed to write the message's group.
     NotDurable,
+    /// The durable store is too far behind (slow or stalled disk).
+    StoreBehind,
     /// Cluster mode: NATS is unreachable (or did not answer in time).
     ClusterUnavailable,
     /// Cluster mode: other nodes kept winning the race for this subject's next seq.
@@ -68,6 +70,7 @@ impl PubError {
     pub fn message(self) -> &'static str {
         match self {
             PubError::NotDurable => "the store could not make the message durable",
+            PubError::StoreBehind => "the durable store is behind; retry shortly",
             PubError::ClusterUnavailable => "cluster unavailable (NATS unreachable)",
             PubError::ClusterConflict => "too many concurrent publishers on this subject",
             PubError::ClusterRejected => "rejected by the cluster log",

@@ -1120,6 +1120,11 @@ impl Core {
         to: AckTo,
         fired: Option<u64>,
     ) {
+        if fired.is_none() && self.shared.store.saturated() {
+            // Refuse rather than queue without bound (a fired schedule still goes through:
+            // it has no one to retry it).
+            return self.answer(to, Err(PubError::StoreBehind));
+        }
         let accepted = {
             let mut owned = self.owned.borrow_mut();
             let state = owned.entry_ref(subject).or_default();

@@ -51,6 +51,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// and the memory of one batch; at this size one commit is well under a millisecond.
 const MAX_GROUP: usize = 4_096;
 
+/// Store operations queued for the storage thread beyond which new publishes are refused
+/// (503) instead of queued: about 1.5 s of the storage thread's sustained rate. Bounds the
+/// memory a slow or stalled disk can pin.
+pub const MAX_BACKLOG: usize = 262_144;
+
 /// How often age retention runs (count retention runs on every append).
 const RETENTION_TICK: Duration = Duration::from_secs(1);
 
@@ -239,6 +244,10 @@ pub trait HistoryStore: Send + Sync {
     fn recover(&self, core: usize, cores: usize, history: usize, dedup_ids: usize) -> Recovered;
     /// True while the store accepts writes (false after an I/O error).
     fn healthy(&self) -> bool;
+    /// True when the storage thread is [`MAX_BACKLOG`] operations behind: refuse publishes.
+    fn saturated(&self) -> bool {
+        false
+    }
     /// Writes, fsyncs and stops (after the cores have stopped).
     fn close(&self);
     /// Node-wide metrics of the store.
@@ -561,6 +570,10 @@ impl HistoryStore for DurableStore {
 
     fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
+    }
+
+    fn saturated(&self) -> bool {
+        self.tx.len() >= MAX_BACKLOG
     }
 
     fn series(&self) -> Vec<NodeSeries> {
