@@ -234,64 +234,49 @@ impl ClusterStatus {
     pub fn series(&self) -> Vec<crate::metrics::NodeSeries> {
         use crate::metrics::NodeSeries;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let series = |name, kind, help, value| NodeSeries {
-            name,
-            kind,
-            help,
-            value,
-        };
         vec![
-            series(
+            NodeSeries::gauge(
                 "ringcast_cluster_connected",
-                "gauge",
                 "1 while the NATS connection is up.",
                 self.connected.load(Ordering::Relaxed) as u64,
             ),
-            series(
+            NodeSeries::gauge(
                 "ringcast_cluster_caught_up",
-                "gauge",
                 "1 once the stream consumer has delivered everything pending at start.",
                 self.caught_up.load(Ordering::Relaxed) as u64,
             ),
-            series(
+            NodeSeries::counter(
                 "ringcast_cluster_published_total",
-                "counter",
                 "Publishes this node wrote to the stream.",
                 get(&self.published),
             ),
-            series(
+            NodeSeries::counter(
                 "ringcast_cluster_duplicates_total",
-                "counter",
                 "Publishes answered as duplicates by the stream.",
                 get(&self.duplicates),
             ),
-            series(
+            NodeSeries::counter(
                 "ringcast_cluster_conflicts_total",
-                "counter",
                 "Publish attempts refused by the per-subject seq guard (then retried).",
                 get(&self.conflicts),
             ),
-            series(
+            NodeSeries::counter(
                 "ringcast_cluster_consumed_total",
-                "counter",
                 "Messages consumed from the stream.",
                 get(&self.consumed),
             ),
-            series(
+            NodeSeries::counter(
                 "ringcast_cluster_skipped_total",
-                "counter",
                 "Stream messages without valid ringcast headers (ignored).",
                 get(&self.skipped),
             ),
-            series(
+            NodeSeries::counter(
                 "ringcast_cluster_reconnects_total",
-                "counter",
                 "Reconnections to NATS.",
                 get(&self.reconnects),
             ),
-            series(
+            NodeSeries::gauge(
                 "ringcast_cluster_stream_seq",
-                "gauge",
                 "Stream seq of the last consumed message.",
                 get(&self.last_stream_seq),
             ),

@@ -218,6 +218,28 @@ pub struct NodeSeries {
     pub value: u64,
 }
 
+impl NodeSeries {
+    /// A gauge.
+    pub const fn gauge(name: &'static str, help: &'static str, value: u64) -> NodeSeries {
+        NodeSeries {
+            name,
+            kind: "gauge",
+            help,
+            value,
+        }
+    }
+
+    /// A counter.
+    pub const fn counter(name: &'static str, help: &'static str, value: u64) -> NodeSeries {
+        NodeSeries {
+            name,
+            kind: "counter",
+            help,
+            value,
+        }
+    }
+}
+
 /// Renders all cores' counters in the Prometheus text exposition format, plus each core's
 /// cross-core bus backlog (`bus_depth[i]`: messages waiting for core i) and node-wide series.
 pub fn render(cores: &[CoreMetrics], bus_depth: &[usize], node: &[NodeSeries]) -> String {

@@ -579,52 +579,39 @@ impl HistoryStore for DurableStore {
     fn series(&self) -> Vec<NodeSeries> {
         let s = &self.stats;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let series = |name, kind, help, value| NodeSeries {
-            name,
-            kind,
-            help,
-            value,
-        };
         vec![
-            series(
+            NodeSeries::gauge(
                 "ringcast_store_healthy",
-                "gauge",
                 "1 while the durable store writes successfully.",
                 self.healthy() as u64,
             ),
-            series(
+            NodeSeries::counter(
                 "ringcast_store_appended_total",
-                "counter",
                 "Messages written to the durable store.",
                 get(&s.appended),
             ),
-            series(
+            NodeSeries::counter(
                 "ringcast_store_groups_total",
-                "counter",
                 "Group commits (one batch each).",
                 get(&s.groups),
             ),
-            series(
+            NodeSeries::counter(
                 "ringcast_store_fsyncs_total",
-                "counter",
                 "fsyncs of the store journal.",
                 get(&s.fsyncs),
             ),
-            series(
+            NodeSeries::counter(
                 "ringcast_store_expired_total",
-                "counter",
                 "Messages removed by age retention.",
                 get(&s.expired),
             ),
-            series(
+            NodeSeries::gauge(
                 "ringcast_store_last_commit_microseconds",
-                "gauge",
                 "Duration of the last group commit (with its fsync in sync mode).",
                 get(&s.last_commit_us),
             ),
-            series(
+            NodeSeries::gauge(
                 "ringcast_store_backlog",
-                "gauge",
                 "Store operations queued for the storage thread.",
                 self.tx.len() as u64,
             ),

@@ -203,10 +203,27 @@ pub fn spawn_nats(bin: &str, out_dir: &Path) -> std::io::Result<Spawned> {
     cmd.arg("-c").arg(&conf);
     cmd.stdout(log_file(out_dir, "nats-server.out.log"))
         .stderr(log_file(out_dir, "nats-server.log"));
-    let child = match start(&mut cmd, addr, bin, Ready::Listening) {
+    let description = format!(
+        "{bin} -c {} (websocket 127.0.0.1:{ws_port}, no_tls)",
+        conf.display()
+    );
+    start_nats(&mut cmd, addr, bin, description, conf)
+}
+
+/// Starts a nats-server command and waits until it listens; `cleanup` (its config file or
+/// store directory) is removed when the returned [`Spawned`] drops, or at once on failure.
+fn start_nats(
+    cmd: &mut Command,
+    addr: SocketAddr,
+    bin: &str,
+    description: String,
+    cleanup: PathBuf,
+) -> std::io::Result<Spawned> {
+    let child = match start(cmd, addr, bin, Ready::Listening) {
         Ok(c) => c,
         Err(e) => {
-            let _ = std::fs::remove_file(&conf);
+            let _ = std::fs::remove_file(&cleanup);
+            let _ = std::fs::remove_dir_all(&cleanup);
             return Err(e);
         }
     };
@@ -215,11 +232,8 @@ pub fn spawn_nats(bin: &str, out_dir: &Path) -> std::io::Result<Spawned> {
         child,
         addr,
         pid,
-        description: format!(
-            "{bin} -c {} (websocket 127.0.0.1:{ws_port}, no_tls)",
-            conf.display()
-        ),
-        cleanup: vec![conf],
+        description,
+        cleanup: vec![cleanup],
     })
 }
 
@@ -236,21 +250,8 @@ pub fn spawn_jetstream(bin: &str, out_dir: &Path, log: &str) -> std::io::Result<
     cmd.args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(&store);
     cmd.stdout(Stdio::null()).stderr(log_file(out_dir, log));
-    let child = match start(&mut cmd, addr, bin, Ready::Listening) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&store);
-            return Err(e);
-        }
-    };
-    let pid = child.id();
-    Ok(Spawned {
-        child,
-        addr,
-        pid,
-        description: format!("{bin} -js -a 127.0.0.1 -p {port} -sd {}", store.display()),
-        cleanup: vec![store],
-    })
+    let description = format!("{bin} -js -a 127.0.0.1 -p {port} -sd {}", store.display());
+    start_nats(&mut cmd, addr, bin, description, store)
 }
 
 /// Store directories `ringcast-bench-js-<pid>` of generators that are gone (killed with
