@@ -1308,7 +1308,7 @@ impl Core {
     /// `/history/{subject}` body, from the owner core.
     pub async fn history(&self, subject: &str, since: u64, limit: usize) -> Vec<u8> {
         let owner = owner_of(subject, self.cores());
-        if owner == self.id && !self.needs_store(subject, since) {
+        if owner == self.id && !self.backed(subject) {
             return self.history_body(subject, since, limit, None);
         }
         let slot = Rc::new(Slot::default());
@@ -1364,6 +1364,14 @@ impl Core {
         }
         out.extend_from_slice(b"]}");
         out
+    }
+
+    /// Owner side: true when the subject has history in a store (durable store or the
+    /// cluster's stream) besides the ring. `/history` then always asks the store, so that
+    /// `first_seq` names the oldest message the store holds, whatever `since` is.
+    fn backed(&self, subject: &str) -> bool {
+        (self.shared.store.durability() != Durability::None || self.shared.cluster.is_some())
+            && self.owned.borrow().contains_key(subject)
     }
 
     /// Owner side: true when messages after `since` are older than the ring and the store
@@ -1914,7 +1922,7 @@ impl Core {
                 }
             }
             BusMsg::History(req) => {
-                if self.needs_store(&req.subject, req.since) {
+                if self.backed(&req.subject) {
                     return self.read_store(Deep::History(req));
                 }
                 let HistoryReq {

@@ -238,6 +238,13 @@ fn a_node_started_later_has_every_latest_value_and_reads_older_history_from_the_
         (h["first_seq"].as_u64(), h["last_seq"].as_u64()),
         (Some(1), Some(20))
     );
+    let (_, _, recent) = http(b.addr, "GET", "/history/hist.x?since=19", &[], b"");
+    let recent = json(&recent);
+    assert_eq!(
+        recent["first_seq"], 1,
+        "first_seq names the oldest message in the stream"
+    );
+    assert_eq!(recent["messages"].as_array().unwrap().len(), 1);
     // A `since` subscriber on the new node gets everything after N, then live messages.
     let mut s = b.ws();
     let (r, _) = s.request(r#"{"op":"sub","id":2,"subject":"hist.x","since":5}"#);
