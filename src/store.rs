@@ -774,7 +774,7 @@ impl Writer {
                         batch.remove(&self.parts.msgs, k);
                         m.first += 1;
                     }
-                    touched.insert(subject.into(), ());
+                    touched.entry_ref(subject).or_insert(());
                     appended += 1;
                     let d = done.entry(core).or_insert(0);
                     *d = (*d).max(ticket);
