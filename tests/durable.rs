@@ -418,3 +418,55 @@ fn with_sync_durability_kill_9_loses_no_acknowledged_message_and_never_reuses_a_
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn a_restart_with_another_core_count_keeps_seqs_and_schedules() {
+    let dir = DataDir::new("cores");
+    let subjects: Vec<String> = (0..8).map(|i| format!("move.s{i}")).collect();
+    let at = now_ms() + 60_000;
+    let id = {
+        let node = durable_node(&dir.0, Durability::Sync, 16, &[]);
+        for s in &subjects {
+            node.publish(s, "1");
+            node.publish(s, "2");
+        }
+        let body = format!(r#"{{"subject":"move.s3","data":"later","at":{at}}}"#);
+        let (status, _, r) = http(node.addr, "POST", "/publish", &[], body.as_bytes());
+        assert_eq!(status, 202);
+        json(&r)["schedule_id"].as_str().unwrap().to_string()
+    };
+    let node = start(DriverChoice::Auto, |c| {
+        c.data_dir = Some(dir.0.clone());
+        c.durability = Some(Durability::Sync);
+        c.cores = Some(1);
+    });
+    for s in &subjects {
+        assert_eq!(
+            node.publish(s, "3")["seq"],
+            3,
+            "{s}: seq continues on its new owner"
+        );
+        assert_eq!(seqs(&history(node.addr, s, 0)), vec![1, 2, 3]);
+    }
+    let (_, _, list) = http(node.addr, "GET", "/schedule?subject=move.s3", &[], b"");
+    let list = json(&list);
+    let pending = list["scheduled"].as_array().unwrap();
+    assert_eq!(
+        pending.len(),
+        1,
+        "the pending publish survived ({id} may be renumbered)"
+    );
+    assert_eq!(pending[0]["at"], at);
+    let new_id = pending[0]["schedule_id"].as_str().unwrap();
+    let (status, _, _) = http(
+        node.addr,
+        "DELETE",
+        &format!("/schedule/{new_id}"),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        status, 200,
+        "and can be cancelled under the id it is listed with"
+    );
+}
