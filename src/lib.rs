@@ -42,6 +42,11 @@
 //!     core O: Arc<Frame> --BusMsg::Deliver--> every core C (FIFO per core pair: seq order kept)
 //!        core C: trie match (cached) -> each matching conn once -> OutboundQueue (Rc ref)
 //!        conn writer: everything queued -> one writev
+//!
+//!  --data-dir:  core O --append (channel)--> ringcast-store thread: group commit to fjall
+//!               (--durability sync: delivery and ack wait for BusMsg::Durable)
+//!  --nats-url:  core A --Bridge::publish--> ringcast-nats thread --JetStream (seq guard)-->
+//!               every node's consumer --BusMsg::Replicated--> core O --Deliver--> every core
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
