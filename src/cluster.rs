@@ -17,7 +17,7 @@
 //! "no message yet"). A node whose view is stale is refused with "wrong last sequence" (10071),
 //! refreshes the subject's last message (direct get last-by-subject) and retries with the next
 //! seq, at most [`GUARD_TRIES`] times, then answers [`ClusterError::Conflict`]. Each node keeps at
-//! most one publish in flight per subject ([`Lanes`]), so its own publishes on a subject never
+//! most one publish in flight per subject (`Lanes`), so its own publishes on a subject never
 //! race each other and keep their order.
 //!
 //! # De-duplication

@@ -405,7 +405,7 @@ impl Servers {
         d.join(" + ")
     }
 
-    /// Measured servers that have exited, as "node <i> (pid): <status>".
+    /// Measured servers that have exited, as `node <i> (pid): <status>`.
     pub fn exited(&mut self) -> Vec<String> {
         self.nodes
             .iter_mut()
