@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 /// Upper bound for any wait on the cluster (not a performance assertion).
 const BOUND: Duration = Duration::from_secs(30);
 
-fn node(nats: &NatsServer, history: usize) -> Node {
+fn node(d: DriverChoice, nats: &NatsServer, history: usize) -> Node {
     let url = nats.url();
-    start(DriverChoice::Auto, move |c| {
+    start(d, move |c| {
         c.nats_url = Some(url);
         c.history = history;
         c.max_msgs_per_sec = 0;
@@ -63,10 +63,9 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn a_publish_on_one_node_reaches_every_node_with_the_same_seq() {
+fn a_publish_on_one_node_reaches_every_node_with_the_same_seq(d: DriverChoice) {
     let nats = NatsServer::start();
-    let (a, b) = (node(&nats, 64), node(&nats, 64));
+    let (a, b) = (node(d, &nats, 64), node(d, &nats, 64));
     let mut on_a = sub(&a, "px.>");
     let mut on_b = sub(&b, "px.>");
     assert_eq!(a.publish("px.eur", r#"{"bid":1}"#)["seq"], 1);
@@ -102,11 +101,10 @@ fn a_publish_on_one_node_reaches_every_node_with_the_same_seq() {
         .contains("\nringcast_cluster_connected 1\n"));
 }
 
-#[test]
-fn concurrent_publishers_on_different_nodes_get_one_contiguous_seq() {
+fn concurrent_publishers_on_different_nodes_get_one_contiguous_seq(d: DriverChoice) {
     const EACH: u64 = 60;
     let nats = NatsServer::start();
-    let nodes = [node(&nats, 1024), node(&nats, 1024)];
+    let nodes = [node(d, &nats, 1024), node(d, &nats, 1024)];
     let mut watchers: Vec<Ws> = nodes.iter().map(|n| sub(n, "race.s")).collect();
     let acks: Vec<Vec<(u64, u64)>> = std::thread::scope(|s| {
         let handles: Vec<_> = nodes
@@ -152,10 +150,9 @@ fn concurrent_publishers_on_different_nodes_get_one_contiguous_seq() {
     }
 }
 
-#[test]
-fn msg_id_dedup_holds_across_nodes() {
+fn msg_id_dedup_holds_across_nodes(d: DriverChoice) {
     let nats = NatsServer::start();
-    let (a, b) = (node(&nats, 64), node(&nats, 64));
+    let (a, b) = (node(d, &nats, 64), node(d, &nats, 64));
     let mut watcher = sub(&b, "orders.>");
     let (_, first) = try_publish(a.addr, "orders.1", "1", Some("ord-77"));
     assert_eq!(first["seq"], 1);
@@ -198,15 +195,16 @@ fn msg_id_dedup_holds_across_nodes() {
     );
 }
 
-#[test]
-fn a_node_started_later_has_every_latest_value_and_reads_older_history_from_the_stream() {
+fn a_node_started_later_has_every_latest_value_and_reads_older_history_from_the_stream(
+    d: DriverChoice,
+) {
     let nats = NatsServer::start();
-    let a = node(&nats, 4);
+    let a = node(d, &nats, 4);
     for i in 1..=20 {
         a.publish("hist.x", &i.to_string());
     }
     a.publish("hist.y", "100");
-    let b = node(&nats, 4);
+    let b = node(d, &nats, 4);
     // Snapshot: the latest of every subject, learned at start-up.
     let mut c = b.ws();
     let (r, _) = c.request(r#"{"op":"sub","id":1,"subject":"hist.*","snapshot":true}"#);
@@ -260,11 +258,10 @@ fn a_node_started_later_has_every_latest_value_and_reads_older_history_from_the_
     assert_eq!(b.publish("hist.x", "22")["seq"], 22);
 }
 
-#[test]
-fn a_client_of_a_dead_node_resumes_on_another_with_since() {
+fn a_client_of_a_dead_node_resumes_on_another_with_since(d: DriverChoice) {
     let nats = NatsServer::start();
-    let mut a = node(&nats, 1024);
-    let b = node(&nats, 1024);
+    let mut a = node(d, &nats, 1024);
+    let b = node(d, &nats, 1024);
     let mut client = sub(&a, "feed.q");
     for i in 1..=10 {
         b.publish("feed.q", &i.to_string());
@@ -291,10 +288,9 @@ fn a_client_of_a_dead_node_resumes_on_another_with_since() {
     );
 }
 
-#[test]
-fn a_nats_restart_mid_stream_loses_nothing_acknowledged_and_leaves_no_gap() {
+fn a_nats_restart_mid_stream_loses_nothing_acknowledged_and_leaves_no_gap(d: DriverChoice) {
     let mut nats = NatsServer::start();
-    let (a, b) = (node(&nats, 4096), node(&nats, 4096));
+    let (a, b) = (node(d, &nats, 4096), node(d, &nats, 4096));
     let mut watcher = sub(&b, "live.t");
     let mut acked = Vec::new();
     let mut refused = 0;
@@ -427,3 +423,12 @@ fn nodes_starting_together_on_a_new_stream_all_join() {
         });
     }
 }
+
+on_both_drivers!(
+    a_publish_on_one_node_reaches_every_node_with_the_same_seq,
+    concurrent_publishers_on_different_nodes_get_one_contiguous_seq,
+    msg_id_dedup_holds_across_nodes,
+    a_node_started_later_has_every_latest_value_and_reads_older_history_from_the_stream,
+    a_client_of_a_dead_node_resumes_on_another_with_since,
+    a_nats_restart_mid_stream_loses_nothing_acknowledged_and_leaves_no_gap,
+);

@@ -38,8 +38,14 @@ impl Drop for DataDir {
     }
 }
 
-fn durable_node(dir: &Path, durability: Durability, history: usize, retention: &[&str]) -> Node {
-    start(DriverChoice::Auto, |c| {
+fn durable_node(
+    d: DriverChoice,
+    dir: &Path,
+    durability: Durability,
+    history: usize,
+    retention: &[&str],
+) -> Node {
+    start(d, |c| {
         c.data_dir = Some(dir.to_path_buf());
         c.durability = Some(durability);
         c.history = history;
@@ -86,17 +92,17 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn seq_history_latest_and_dedup_survive_a_restart(durability: Durability) {
+fn seq_history_latest_and_dedup_survive_a_restart(d: DriverChoice, durability: Durability) {
     let dir = DataDir::new("restart");
     {
-        let node = durable_node(&dir.0, durability, 1024, &[]);
+        let node = durable_node(d, &dir.0, durability, 1024, &[]);
         assert_eq!(publish_id(node.addr, "fx.eur", "1", "first")["seq"], 1);
         for i in 2..=5 {
             assert_eq!(node.publish("fx.eur", &i.to_string())["seq"], i);
         }
         node.publish("fx.gbp", "10");
     }
-    let node = durable_node(&dir.0, durability, 1024, &[]);
+    let node = durable_node(d, &dir.0, durability, 1024, &[]);
     assert_eq!(
         node.publish("fx.eur", "6")["seq"],
         6,
@@ -127,20 +133,17 @@ fn seq_history_latest_and_dedup_survive_a_restart(durability: Durability) {
     assert_eq!(latest, vec![("fx.eur".into(), 6), ("fx.gbp".into(), 1)]);
 }
 
-#[test]
-fn seq_history_latest_and_dedup_survive_a_restart_with_sync() {
-    seq_history_latest_and_dedup_survive_a_restart(Durability::Sync);
+fn seq_history_latest_and_dedup_survive_a_restart_with_sync(d: DriverChoice) {
+    seq_history_latest_and_dedup_survive_a_restart(d, Durability::Sync);
 }
 
-#[test]
-fn seq_history_latest_and_dedup_survive_a_restart_with_batch() {
-    seq_history_latest_and_dedup_survive_a_restart(Durability::Batch);
+fn seq_history_latest_and_dedup_survive_a_restart_with_batch(d: DriverChoice) {
+    seq_history_latest_and_dedup_survive_a_restart(d, Durability::Batch);
 }
 
-#[test]
-fn history_older_than_the_ring_is_read_from_the_store() {
+fn history_older_than_the_ring_is_read_from_the_store(d: DriverChoice) {
     let dir = DataDir::new("deep");
-    let node = durable_node(&dir.0, Durability::Sync, 4, &[]);
+    let node = durable_node(d, &dir.0, Durability::Sync, 4, &[]);
     for i in 1..=30 {
         node.publish("deep.s", &i.to_string());
     }
@@ -178,10 +181,9 @@ fn history_older_than_the_ring_is_read_from_the_store() {
     assert_eq!(got, (3..=31).collect::<Vec<_>>());
 }
 
-#[test]
-fn a_since_replay_from_the_store_works_across_cores() {
+fn a_since_replay_from_the_store_works_across_cores(d: DriverChoice) {
     let dir = DataDir::new("deep-cores");
-    let node = durable_node(&dir.0, Durability::Batch, 2, &[]);
+    let node = durable_node(d, &dir.0, Durability::Batch, 2, &[]);
     // Several subjects so that both cores own some; each subscriber asks from seq 0.
     let subjects: Vec<String> = (0..6).map(|i| format!("multi.s{i}")).collect();
     for s in &subjects {
@@ -204,10 +206,9 @@ fn a_since_replay_from_the_store_works_across_cores() {
     }
 }
 
-#[test]
-fn retention_by_count_keeps_the_newest_and_reports_the_gap() {
+fn retention_by_count_keeps_the_newest_and_reports_the_gap(d: DriverChoice) {
     let dir = DataDir::new("retention");
-    let node = durable_node(&dir.0, Durability::Sync, 2, &["keep.>=count:5"]);
+    let node = durable_node(d, &dir.0, Durability::Sync, 2, &["keep.>=count:5"]);
     for i in 1..=12 {
         node.publish("keep.a", &i.to_string());
         node.publish("other.a", &i.to_string());
@@ -236,10 +237,9 @@ fn retention_by_count_keeps_the_newest_and_reports_the_gap() {
     assert_eq!(got, vec![8, 9, 10, 11, 12]);
 }
 
-#[test]
-fn retention_by_age_drops_old_messages() {
+fn retention_by_age_drops_old_messages(d: DriverChoice) {
     let dir = DataDir::new("age");
-    let node = durable_node(&dir.0, Durability::Batch, 1, &["old.>=age:1s"]);
+    let node = durable_node(d, &dir.0, Durability::Batch, 1, &["old.>=age:1s"]);
     for i in 1..=5 {
         node.publish("old.a", &i.to_string());
     }
@@ -257,12 +257,11 @@ fn retention_by_age_drops_old_messages() {
     assert_eq!(node.publish("old.a", "6")["seq"], 6);
 }
 
-#[test]
-fn scheduled_publishes_survive_a_restart() {
+fn scheduled_publishes_survive_a_restart(d: DriverChoice) {
     let dir = DataDir::new("sched");
     let at = now_ms() + 2_000;
     let (keep, cancelled) = {
-        let node = durable_node(&dir.0, Durability::Sync, 16, &[]);
+        let node = durable_node(d, &dir.0, Durability::Sync, 16, &[]);
         let mut ids = Vec::new();
         for _ in 0..2 {
             let body = format!(r#"{{"subject":"later.x","data":"due","at":{at}}}"#);
@@ -280,7 +279,7 @@ fn scheduled_publishes_survive_a_restart() {
         assert_eq!(status, 200);
         (ids[0].clone(), ids[1].clone())
     };
-    let node = durable_node(&dir.0, Durability::Sync, 16, &[]);
+    let node = durable_node(d, &dir.0, Durability::Sync, 16, &[]);
     let (_, _, list) = http(node.addr, "GET", "/schedule?subject=later.x", &[], b"");
     let list = json(&list);
     let pending: Vec<&str> = list["scheduled"]
@@ -304,7 +303,7 @@ fn scheduled_publishes_survive_a_restart() {
     // Fired: gone from the store too.
     drop(c);
     drop(node);
-    let node = durable_node(&dir.0, Durability::Sync, 16, &[]);
+    let node = durable_node(d, &dir.0, Durability::Sync, 16, &[]);
     let (_, _, list) = http(node.addr, "GET", "/schedule?subject=later.x", &[], b"");
     assert_eq!(json(&list)["scheduled"].as_array().unwrap().len(), 0);
     assert_eq!(seqs(&history(node.addr, "later.x", 0)), vec![1]);
@@ -425,7 +424,7 @@ fn a_restart_with_another_core_count_keeps_seqs_and_schedules() {
     let subjects: Vec<String> = (0..8).map(|i| format!("move.s{i}")).collect();
     let at = now_ms() + 60_000;
     let id = {
-        let node = durable_node(&dir.0, Durability::Sync, 16, &[]);
+        let node = durable_node(DriverChoice::Auto, &dir.0, Durability::Sync, 16, &[]);
         for s in &subjects {
             node.publish(s, "1");
             node.publish(s, "2");
@@ -470,3 +469,13 @@ fn a_restart_with_another_core_count_keeps_seqs_and_schedules() {
         "and can be cancelled under the id it is listed with"
     );
 }
+
+on_both_drivers!(
+    seq_history_latest_and_dedup_survive_a_restart_with_sync,
+    seq_history_latest_and_dedup_survive_a_restart_with_batch,
+    history_older_than_the_ring_is_read_from_the_store,
+    a_since_replay_from_the_store_works_across_cores,
+    retention_by_count_keeps_the_newest_and_reports_the_gap,
+    retention_by_age_drops_old_messages,
+    scheduled_publishes_survive_a_restart,
+);
