@@ -118,8 +118,19 @@ impl Server {
         let listeners = bind_all(cfg.listen, cfg.backlog, cores)?;
         let addr = listeners[0].local_addr()?;
         let (bus, receivers) = Bus::new(cores);
+        if cfg.data_dir.is_some() && cfg.nats_url.is_some() {
+            return Err(io::Error::other(
+                "--data-dir and --nats-url exclude each other: in cluster mode the JetStream stream is the durable log",
+            ));
+        }
         let store = open_store(&cfg, cores, &bus)?;
-        let cluster = start_cluster(&cfg, &bus)?;
+        let cluster = match start_cluster(&cfg, &bus) {
+            Ok(c) => c,
+            Err(e) => {
+                store.close();
+                return Err(e);
+            }
+        };
         let shared = Arc::new(Shared {
             cfg: Arc::new(cfg),
             bus,
@@ -265,11 +276,6 @@ fn start_cluster(cfg: &Config, bus: &Arc<Bus>) -> io::Result<Option<crate::clust
     let Some(cc) = cfg.cluster_config() else {
         return Ok(None);
     };
-    if cfg.data_dir.is_some() {
-        return Err(io::Error::other(
-            "--data-dir and --nats-url exclude each other: in cluster mode the JetStream stream is the durable log",
-        ));
-    }
     let url = cc.url.clone();
     let sink = Arc::new(crate::bus::BusSink(bus.clone()));
     let bridge = crate::cluster::Bridge::start(cc, sink)

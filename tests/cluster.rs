@@ -385,12 +385,14 @@ fn cluster_mode_refuses_a_data_dir_and_an_unreachable_nats() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("--nats-url"), "{err}");
+    let dir = std::env::temp_dir().join(format!("ringcast-never-created-{}", std::process::id()));
     let cfg = ringcast::config::Config {
-        data_dir: Some(std::env::temp_dir().join("ringcast-never-created")),
+        data_dir: Some(dir.clone()),
         ..cfg
     };
     let err = ringcast::server::Server::start(cfg).err().expect("refused");
     assert!(err.to_string().contains("exclude each other"), "{err}");
+    assert!(!dir.exists(), "refused before anything was opened");
 }
 
 #[test]
