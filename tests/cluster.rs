@@ -369,6 +369,26 @@ fn a_nats_restart_mid_stream_loses_nothing_acknowledged_and_leaves_no_gap(d: Dri
     assert!(reconnects >= 1);
 }
 
+fn a_scheduled_publish_on_one_node_reaches_every_node(d: DriverChoice) {
+    let nats = NatsServer::start();
+    let (a, b) = (node(d, &nats, 64), node(d, &nats, 64));
+    let mut on_b = sub(&b, "alerts.>");
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        + 300;
+    let body = format!(r#"{{"subject":"alerts.open","data":"bell","at":{at}}}"#);
+    let (status, _, _) = http(a.addr, "POST", "/publish", &[], body.as_bytes());
+    assert_eq!(status, 202);
+    let m = on_b.recv_msgs(1).remove(0);
+    assert_eq!(
+        (m["seq"].as_u64(), m["data"].as_str()),
+        (Some(1), Some("bell"))
+    );
+    assert!(m["ts"].as_u64().unwrap() >= at * 1000);
+}
+
 #[test]
 fn cluster_mode_refuses_a_data_dir_and_an_unreachable_nats() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -433,4 +453,5 @@ on_both_drivers!(
     a_node_started_later_has_every_latest_value_and_reads_older_history_from_the_stream,
     a_client_of_a_dead_node_resumes_on_another_with_since,
     a_nats_restart_mid_stream_loses_nothing_acknowledged_and_leaves_no_gap,
+    a_scheduled_publish_on_one_node_reaches_every_node,
 );
