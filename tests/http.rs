@@ -4,6 +4,7 @@ mod common;
 
 use common::{http, read_response, start};
 use ringcast::config::DriverChoice;
+use ringcast::store::Durability;
 use serde_json::Value;
 use std::io::Write;
 use std::net::TcpStream;
@@ -49,7 +50,11 @@ fn healthz_and_metrics_answer(d: DriverChoice) {
 }
 
 fn publish_then_history(d: DriverChoice) {
-    let node = start(d, |c| c.history = 3);
+    let node = start(d, |c| {
+        c.history = 3;
+        // first_seq is the ring's (a store would report its own, older one).
+        c.durability = Some(Durability::None);
+    });
     for i in 1..=5 {
         let r = node.publish("h.s", &format!(r#"{{"n":{i}}}"#));
         assert_eq!(r["seq"], i);

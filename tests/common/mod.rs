@@ -15,6 +15,11 @@ use std::time::Duration;
 pub const IO_BOUND: Duration = Duration::from_secs(20);
 
 /// A node with test defaults (2 cores, port 0), adjusted by `f`.
+///
+/// `RINGCAST_TEST_DURABILITY=batch|sync` runs every node that sets no durability, data dir or
+/// NATS URL of its own on a fresh durable store (removed when the node drops), so the whole
+/// suite can be run against the store path: `RINGCAST_TEST_DURABILITY=sync cargo nextest run`.
+/// (Tests of memory-only behaviour say `durability = Some(None)`.)
 pub fn start(driver: DriverChoice, f: impl FnOnce(&mut Config)) -> Node {
     let mut cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -23,10 +28,25 @@ pub fn start(driver: DriverChoice, f: impl FnOnce(&mut Config)) -> Node {
         ..Config::default()
     };
     f(&mut cfg);
+    let mut scratch = None;
+    if let Ok(mode) = std::env::var("RINGCAST_TEST_DURABILITY") {
+        if cfg.durability.is_none() && cfg.data_dir.is_none() && cfg.nats_url.is_none() {
+            use clap::ValueEnum;
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let dir = std::env::temp_dir()
+                .join(format!("ringcast-test-store-{}-{n}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            cfg.durability = Some(ValueEnum::from_str(&mode, true).expect("batch or sync"));
+            cfg.data_dir = Some(dir.clone());
+            scratch = Some(dir);
+        }
+    }
     let server = Server::start(cfg).expect("server starts");
     Node {
         addr: server.local_addr(),
         server: Some(server),
+        scratch,
     }
 }
 
@@ -34,6 +54,8 @@ pub fn start(driver: DriverChoice, f: impl FnOnce(&mut Config)) -> Node {
 pub struct Node {
     pub addr: SocketAddr,
     server: Option<Server>,
+    /// A store directory made for this node (`RINGCAST_TEST_DURABILITY`), removed on drop.
+    scratch: Option<std::path::PathBuf>,
 }
 
 impl Node {
@@ -86,6 +108,9 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = self.scratch.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
