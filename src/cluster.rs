@@ -55,7 +55,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 /// Publishes queued or in flight on one bridge. Beyond it a publish is answered
 /// [`ClusterError::Unavailable`] at once: a backlog this deep means NATS is not keeping up, and
@@ -451,6 +451,8 @@ struct Shared {
     /// Generated `Nats-Msg-Id`s: node-random part and counter.
     node_id: u64,
     next_id: AtomicU64,
+    /// Woken whenever the stream consumer has handed messages to the sink.
+    consumed: Notify,
 }
 
 impl Shared {
@@ -642,6 +644,7 @@ async fn connect(
         views: Mutex::new(HashMap::new()),
         node_id: random_u64(),
         next_id: AtomicU64::new(1),
+        consumed: Notify::new(),
     });
     tokio::spawn(consume(shared.clone(), gen_rx));
     Ok(shared)
@@ -724,13 +727,19 @@ fn spawn_publish(sh: &Arc<Shared>, p: PubReq, done: &mpsc::UnboundedSender<Box<s
     let (sh, done) = (sh.clone(), done.clone());
     tokio::spawn(async move {
         let r = publish_one(&sh, &p).await;
+        if let Ok((_, stream_seq)) = &r {
+            // Read your writes: answer once this node's consumer has handed the message to
+            // its owner core, so a `/history` or `since` right after the ack sees it.
+            wait_consumed(&sh, *stream_seq).await;
+        }
+        let r = r.map(|(ack, _)| ack);
         sh.sink.published(p.from, p.token, r);
         let _ = done.send(p.subject);
     });
 }
 
 /// One publish, with guard retries. Runs on the bridge thread; one per subject at a time.
-async fn publish_one(sh: &Shared, p: &PubReq) -> Result<PubAck, ClusterError> {
+async fn publish_one(sh: &Shared, p: &PubReq) -> Result<(PubAck, u64), ClusterError> {
     if crate::subject::validate_subject(&p.subject).is_err() {
         return Err(ClusterError::Rejected);
     }
@@ -772,7 +781,7 @@ async fn publish_one(sh: &Shared, p: &PubReq) -> Result<PubAck, ClusterError> {
         match ack {
             Ok(a) if a.duplicate => {
                 sh.status.duplicates.fetch_add(1, Ordering::Relaxed);
-                return original(sh, a.sequence).await;
+                return original(sh, a.sequence).await.map(|ack| (ack, a.sequence));
             }
             Ok(a) => {
                 sh.observe(
@@ -784,11 +793,12 @@ async fn publish_one(sh: &Shared, p: &PubReq) -> Result<PubAck, ClusterError> {
                     },
                 );
                 sh.status.published.fetch_add(1, Ordering::Relaxed);
-                return Ok(PubAck {
+                let ack = PubAck {
                     seq,
                     ts,
                     duplicate: false,
-                });
+                };
+                return Ok((ack, a.sequence));
             }
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
                 sh.status.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -806,6 +816,23 @@ async fn publish_one(sh: &Shared, p: &PubReq) -> Result<PubAck, ClusterError> {
         }
     }
     Err(ClusterError::Conflict)
+}
+
+/// Waits (bounded by [`REQUEST_TIMEOUT`]) until the stream consumer has delivered stream seq
+/// `seq`. Past the bound the publish is still answered as stored: it is, and this node will
+/// deliver it when its consumer catches up.
+async fn wait_consumed(sh: &Shared, seq: u64) {
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        // Created before the check: `notify_waiters` reaches a `Notified` from its creation.
+        let notified = sh.consumed.notified();
+        if sh.status.last_stream_seq.load(Ordering::Acquire) >= seq {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Maps a publish failure: no answer or no stream is `Unavailable`; a JetStream API error is
@@ -1015,7 +1042,6 @@ fn handle(sh: &Shared, cur: &mut Cursor, m: &jetstream::Message) {
             tracing::debug!("stream gap: {} -> {sseq}", cur.last_seen);
         }
         cur.last_seen = sseq;
-        sh.status.last_stream_seq.store(sseq, Ordering::Release);
         match sh.decode(&m.subject, m.headers.as_ref(), &m.payload, sseq) {
             Some(r) => {
                 sh.observe(
@@ -1033,6 +1059,9 @@ fn handle(sh: &Shared, cur: &mut Cursor, m: &jetstream::Message) {
                 sh.status.skipped.fetch_add(1, Ordering::Relaxed);
             }
         }
+        // After the hand-off to the sink: a publish waiting for this seq may now be answered.
+        sh.status.last_stream_seq.store(sseq, Ordering::Release);
+        sh.consumed.notify_waiters();
     }
     if cur.initial && pending == 0 {
         cur.initial = false;

@@ -389,6 +389,30 @@ fn a_scheduled_publish_on_one_node_reaches_every_node(d: DriverChoice) {
     assert!(m["ts"].as_u64().unwrap() >= at * 1000);
 }
 
+fn a_publish_is_in_the_history_of_its_node_when_it_is_acked(d: DriverChoice) {
+    let nats = NatsServer::start();
+    let (a, _b) = (node(d, &nats, 64), node(d, &nats, 64));
+    // Several publishers at once (each on its own subject), so that acks and the stream's
+    // deliveries interleave.
+    std::thread::scope(|s| {
+        for t in 0..6 {
+            let addr = a.addr;
+            s.spawn(move || {
+                let subject = format!("ryw.s{t}");
+                for i in 1..=40u64 {
+                    let (status, v) = try_publish(addr, &subject, &i.to_string(), None);
+                    assert_eq!(status, 200, "{v}");
+                    let seq = v["seq"].as_u64().unwrap();
+                    let path = format!("/history/{subject}?since={}", seq - 1);
+                    let h = json(&http(addr, "GET", &path, &[], b"").2);
+                    assert_eq!(h["messages"][0]["seq"], seq, "read your writes: {h}");
+                    assert_eq!(h["messages"][0]["data"], i);
+                }
+            });
+        }
+    });
+}
+
 #[test]
 fn cluster_mode_refuses_a_data_dir_and_an_unreachable_nats() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -454,4 +478,5 @@ on_both_drivers!(
     a_client_of_a_dead_node_resumes_on_another_with_since,
     a_nats_restart_mid_stream_loses_nothing_acknowledged_and_leaves_no_gap,
     a_scheduled_publish_on_one_node_reaches_every_node,
+    a_publish_is_in_the_history_of_its_node_when_it_is_acked,
 );

@@ -20,6 +20,9 @@ pub const IO_BOUND: Duration = Duration::from_secs(20);
 /// NATS URL of its own on a fresh durable store (removed when the node drops), so the whole
 /// suite can be run against the store path: `RINGCAST_TEST_DURABILITY=sync cargo nextest run`.
 /// (Tests of memory-only behaviour say `durability = Some(None)`.)
+///
+/// `RINGCAST_TEST_NATS_URL=nats://...` likewise runs every such node in cluster mode, each a
+/// cluster of one on its own stream of that (JetStream-enabled) server.
 pub fn start(driver: DriverChoice, f: impl FnOnce(&mut Config)) -> Node {
     let mut cfg = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -40,6 +43,15 @@ pub fn start(driver: DriverChoice, f: impl FnOnce(&mut Config)) -> Node {
             cfg.durability = Some(ValueEnum::from_str(&mode, true).expect("batch or sync"));
             cfg.data_dir = Some(dir.clone());
             scratch = Some(dir);
+        }
+    }
+    if let Ok(url) = std::env::var("RINGCAST_TEST_NATS_URL") {
+        if cfg.durability.is_none() && cfg.data_dir.is_none() && cfg.nats_url.is_none() {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            cfg.nats_url = Some(url);
+            cfg.nats_stream = format!("T{}N{n}", std::process::id());
+            cfg.nats_prefix = format!("t{}n{n}", std::process::id());
         }
     }
     let server = Server::start(cfg).expect("server starts");
