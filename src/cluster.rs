@@ -727,14 +727,15 @@ fn spawn_publish(sh: &Arc<Shared>, p: PubReq, done: &mpsc::UnboundedSender<Box<s
     let (sh, done) = (sh.clone(), done.clone());
     tokio::spawn(async move {
         let r = publish_one(&sh, &p).await;
+        // The stream has it (or refused it): the subject's next publish may go.
+        let _ = done.send(p.subject.clone());
         if let Ok((_, stream_seq)) = &r {
             // Read your writes: answer once this node's consumer has handed the message to
-            // its owner core, so a `/history` or `since` right after the ack sees it.
+            // its owner core, so a `/history` or `since` right after the ack sees it. Only the
+            // answer waits, not the subject's lane.
             wait_consumed(&sh, *stream_seq).await;
         }
-        let r = r.map(|(ack, _)| ack);
-        sh.sink.published(p.from, p.token, r);
-        let _ = done.send(p.subject);
+        sh.sink.published(p.from, p.token, r.map(|(ack, _)| ack));
     });
 }
 
