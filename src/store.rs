@@ -19,7 +19,8 @@
 //! - `none`: nothing is written; a restart starts every subject at seq 1.
 //! - `batch`: a publish is acknowledged and delivered before its group is fsynced; groups are
 //!   handed to the OS at once and fsynced every `--fsync-interval-ms`. A crash of the process
-//!   loses nothing; a power loss or kernel crash may lose the last interval, whose seqs may
+//!   loses what was still queued for the storage thread (normally well under a millisecond of
+//!   publishes); a power loss or kernel crash may also lose the last interval, whose seqs may
 //!   then be reused.
 //! - `sync`: a publish is acknowledged, delivered to subscribers and visible in history only
 //!   after the fsync of the group that holds it. Nothing acknowledged or delivered is lost,
