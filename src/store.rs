@@ -24,7 +24,7 @@
 //!   then be reused.
 //! - `sync`: a publish is acknowledged, delivered to subscribers and visible in history only
 //!   after the fsync of the group that holds it. Nothing acknowledged or delivered is lost,
-//!   and no seq is ever reused.
+//!   and no seq that was acknowledged or delivered is ever given to another message.
 //!
 //! Layout on disk (partitions of one keyspace):
 //! - `msgs`: `subject 0x00 seq(u64 BE)` -> the frame's self-describing bytes
