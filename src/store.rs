@@ -303,14 +303,46 @@ struct Partitions {
 /// `--data-dir`: fjall keyspace written by the `ringcast-store` thread.
 pub struct DurableStore {
     durability: Durability,
-    keyspace: Keyspace,
-    parts: Arc<Partitions>,
+    /// The keyspace, for recovery reads at start-up; taken (and so closed, with its
+    /// background threads and the directory lock) by `close`.
+    open: std::sync::RwLock<Option<Open>>,
     tx: Sender<Op>,
     /// Next ticket per core (each core only touches its own slot).
     tickets: Box<[AtomicU64]>,
     healthy: Arc<AtomicBool>,
     stats: Arc<Stats>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What an open store holds besides its storage thread.
+struct Open {
+    keyspace: Keyspace,
+    parts: Arc<Partitions>,
+    /// `<data-dir>/ringcast.lock` (flock) while the store is open: two processes writing one
+    /// keyspace would corrupt it. The kernel drops the lock when the process dies.
+    _lock: std::fs::File,
+}
+
+/// Takes the exclusive lock of a data directory (created if missing), or says who has it.
+fn lock_dir(dir: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("--data-dir {}: {e}", dir.display())))?;
+    let path = dir.join("ringcast.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(std::io::Error::other(format!(
+            "--data-dir {} is in use by another ringcast process",
+            dir.display()
+        )));
+    }
+    Ok(file)
 }
 
 /// Counters of the storage thread (its only writer), read by `/metrics`.
@@ -406,6 +438,7 @@ impl DurableStore {
         cores: usize,
         bus: Arc<Bus>,
     ) -> std::io::Result<DurableStore> {
+        let lock = lock_dir(dir)?;
         // One background flush and one compaction thread: the cores own the CPUs, and this
         // workload (append, rarely read, delete from the front) needs little compaction.
         let keyspace = fjall::Config::new(dir)
@@ -445,8 +478,11 @@ impl DurableStore {
             .spawn(move || writer.run(rx))?;
         Ok(DurableStore {
             durability,
-            keyspace,
-            parts,
+            open: std::sync::RwLock::new(Some(Open {
+                keyspace,
+                parts,
+                _lock: lock,
+            })),
             tx,
             tickets: (0..cores).map(|_| AtomicU64::new(0)).collect(),
             healthy,
@@ -456,7 +492,7 @@ impl DurableStore {
     }
 
     fn recover_subject(
-        &self,
+        parts: &Partitions,
         subject: &str,
         meta: &[u8],
         history: usize,
@@ -464,7 +500,7 @@ impl DurableStore {
     ) -> fjall::Result<RecoveredSubject> {
         let prefix = subject_prefix(subject);
         let mut frames = Vec::new();
-        for kv in self.parts.msgs.prefix(&prefix).rev().take(history) {
+        for kv in parts.msgs.prefix(&prefix).rev().take(history) {
             let (_, v) = kv?;
             match Frame::from_stored(&v) {
                 Ok(f) => frames.push(Arc::new(f)),
@@ -473,7 +509,7 @@ impl DurableStore {
         }
         frames.reverse();
         let mut ids = Vec::new();
-        for kv in self.parts.ids.prefix(&prefix).rev().take(dedup_ids) {
+        for kv in parts.ids.prefix(&prefix).rev().take(dedup_ids) {
             let (k, v) = kv?;
             if let Ok(id) = std::str::from_utf8(v.get(8..).unwrap_or_default()) {
                 ids.push((id.into(), key_seq(&k), be_u64(&v, 0)));
@@ -490,24 +526,24 @@ impl DurableStore {
     }
 
     fn try_recover(
-        &self,
+        parts: &Partitions,
         core: usize,
         cores: usize,
         history: usize,
         dedup_ids: usize,
     ) -> fjall::Result<Recovered> {
         let mut out = Recovered::default();
-        for kv in self.parts.subjects.iter() {
+        for kv in parts.subjects.iter() {
             let (k, v) = kv?;
             let Ok(subject) = std::str::from_utf8(&k) else {
                 continue;
             };
             if crate::bus::owner_of(subject, cores) == core {
-                out.subjects
-                    .push(self.recover_subject(subject, &v, history, dedup_ids)?);
+                let s = Self::recover_subject(parts, subject, &v, history, dedup_ids)?;
+                out.subjects.push(s);
             }
         }
-        for kv in self.parts.schedules.iter() {
+        for kv in parts.schedules.iter() {
             let (k, v) = kv?;
             let (Ok(id), Some(s)) = (std::str::from_utf8(&k), decode_schedule(&v)) else {
                 continue;
@@ -550,7 +586,11 @@ impl HistoryStore for DurableStore {
 
     fn recover(&self, core: usize, cores: usize, history: usize, dedup_ids: usize) -> Recovered {
         let started = Instant::now();
-        match self.try_recover(core, cores, history, dedup_ids) {
+        let open = self.open.read().unwrap_or_else(|e| e.into_inner());
+        let Some(open) = open.as_ref() else {
+            return Recovered::default();
+        };
+        match Self::try_recover(&open.parts, core, cores, history, dedup_ids) {
             Ok(r) => {
                 tracing::info!(
                     core,
@@ -624,7 +664,12 @@ impl HistoryStore for DurableStore {
         if let Some(t) = self.thread.lock().expect("not poisoned").take() {
             let _ = t.join();
         }
-        let _ = self.keyspace.persist(PersistMode::SyncAll);
+        let open = self.open.write().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(open) = open {
+            let _ = open.keyspace.persist(PersistMode::SyncAll);
+            // Dropping the last keyspace handles stops fjall's threads; then the lock goes.
+            drop(open);
+        }
     }
 }
 

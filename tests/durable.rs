@@ -320,6 +320,26 @@ fn durability_sync_or_batch_needs_a_data_dir() {
     assert!(err.to_string().contains("--data-dir"), "{err}");
 }
 
+#[test]
+fn a_data_dir_is_used_by_one_process_at_a_time() {
+    let dir = DataDir::new("lock");
+    let first = durable_node(DriverChoice::Auto, &dir.0, Durability::Batch, 16, &[]);
+    let cfg = ringcast::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: Some(dir.0.clone()),
+        ..Default::default()
+    };
+    let err = ringcast::server::Server::start(cfg.clone())
+        .err()
+        .expect("a second node on the same data dir is refused");
+    assert!(err.to_string().contains("in use"), "{err}");
+    first.publish("lock.a", "1");
+    drop(first);
+    let again = ringcast::server::Server::start(cfg).expect("free again once the first stopped");
+    again.shutdown();
+    again.join().unwrap();
+}
+
 // ---- kill -9 -------------------------------------------------------------------------------
 
 fn spawn_binary(dir: &Path) -> (Child, SocketAddr) {
