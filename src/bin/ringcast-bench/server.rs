@@ -151,15 +151,8 @@ pub fn spawn_ringcast(
     );
     cmd.stdout(Stdio::null()).stderr(log_file(out_dir, log));
     let description = format!("{} {}", bin.display(), args.join(" "));
-    let child = start(&mut cmd, addr, &bin.display().to_string(), Ready::Healthz)?;
-    let pid = child.id();
-    Ok(Spawned {
-        child,
-        addr,
-        pid,
-        description,
-        cleanup: Vec::new(),
-    })
+    let name = bin.display().to_string();
+    launch(&mut cmd, addr, &name, Ready::Healthz, description, None)
 }
 
 /// Spawns `cmd` and waits until it is `ready` on `addr` (killed if it never is).
@@ -207,33 +200,42 @@ pub fn spawn_nats(bin: &str, out_dir: &Path) -> std::io::Result<Spawned> {
         "{bin} -c {} (websocket 127.0.0.1:{ws_port}, no_tls)",
         conf.display()
     );
-    start_nats(&mut cmd, addr, bin, description, conf)
+    launch(
+        &mut cmd,
+        addr,
+        bin,
+        Ready::Listening,
+        description,
+        Some(conf),
+    )
 }
 
-/// Starts a nats-server command and waits until it listens; `cleanup` (its config file or
-/// store directory) is removed when the returned [`Spawned`] drops, or at once on failure.
-fn start_nats(
+/// Starts `cmd`, waits until it is `ready`, and wraps it as a [`Spawned`]; `cleanup` (a config
+/// file or store directory) is removed when that drops, or at once on failure.
+fn launch(
     cmd: &mut Command,
     addr: SocketAddr,
-    bin: &str,
+    name: &str,
+    ready: Ready,
     description: String,
-    cleanup: PathBuf,
+    cleanup: Option<PathBuf>,
 ) -> std::io::Result<Spawned> {
-    let child = match start(cmd, addr, bin, Ready::Listening) {
+    let child = match start(cmd, addr, name, ready) {
         Ok(c) => c,
         Err(e) => {
-            let _ = std::fs::remove_file(&cleanup);
-            let _ = std::fs::remove_dir_all(&cleanup);
+            if let Some(p) = &cleanup {
+                let _ = std::fs::remove_file(p);
+                let _ = std::fs::remove_dir_all(p);
+            }
             return Err(e);
         }
     };
-    let pid = child.id();
     Ok(Spawned {
+        pid: child.id(),
         child,
         addr,
-        pid,
         description,
-        cleanup: vec![cleanup],
+        cleanup: cleanup.into_iter().collect(),
     })
 }
 
@@ -251,7 +253,14 @@ pub fn spawn_jetstream(bin: &str, out_dir: &Path, log: &str) -> std::io::Result<
         .arg(&store);
     cmd.stdout(Stdio::null()).stderr(log_file(out_dir, log));
     let description = format!("{bin} -js -a 127.0.0.1 -p {port} -sd {}", store.display());
-    start_nats(&mut cmd, addr, bin, description, store)
+    launch(
+        &mut cmd,
+        addr,
+        bin,
+        Ready::Listening,
+        description,
+        Some(store),
+    )
 }
 
 /// Store directories `ringcast-bench-js-<pid>` of generators that are gone (killed with
