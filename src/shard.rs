@@ -96,6 +96,11 @@ impl Shared {
         Ok(())
     }
 
+    /// True when history outlives the rings: a durable store, or the cluster's stream.
+    pub fn has_store(&self) -> bool {
+        self.store.durability() != Durability::None || self.cluster.is_some()
+    }
+
     /// Node-wide `/metrics` series (store, cluster bridge).
     pub fn node_series(&self) -> Vec<crate::metrics::NodeSeries> {
         let mut v = self.store.series();
@@ -1370,14 +1375,13 @@ impl Core {
     /// cluster's stream) besides the ring. `/history` then always asks the store, so that
     /// `first_seq` names the oldest message the store holds, whatever `since` is.
     fn backed(&self, subject: &str) -> bool {
-        (self.shared.store.durability() != Durability::None || self.shared.cluster.is_some())
-            && self.owned.borrow().contains_key(subject)
+        self.shared.has_store() && self.owned.borrow().contains_key(subject)
     }
 
     /// Owner side: true when messages after `since` are older than the ring and the store
     /// may hold them.
     fn needs_store(&self, subject: &str, since: u64) -> bool {
-        (self.shared.store.durability() != Durability::None || self.shared.cluster.is_some())
+        self.shared.has_store()
             && self
                 .owned
                 .borrow()
@@ -1418,6 +1422,22 @@ impl Core {
             core: self.id,
             token,
         });
+    }
+
+    /// Owner side: sends a replay to the core that asked for it.
+    fn answer_replay(&self, from: usize, token: u64, replay: Replay) {
+        let owner = self.id;
+        let msg = BusMsg::ReplayDone {
+            token,
+            owner,
+            replay,
+        };
+        self.shared.bus.send(from, msg);
+    }
+
+    /// The request parked under `token`, if it is still waiting.
+    fn take_waiter(&self, token: u64) -> Option<Waiter> {
+        self.waiters.borrow_mut().remove(&token)
     }
 
     /// Owner side: the store answered a deep read; finish the replay or history request.
@@ -1465,14 +1485,7 @@ impl Core {
                     let newer = replay.frames.into_iter().filter(|f| f.seq() > last.seq());
                     replay.frames = range.frames.iter().cloned().chain(newer).collect();
                 }
-                self.shared.bus.send(
-                    from,
-                    BusMsg::ReplayDone {
-                        token,
-                        owner: self.id,
-                        replay,
-                    },
-                );
+                self.answer_replay(from, token, replay);
             }
         }
     }
@@ -1841,7 +1854,7 @@ impl Core {
                 self.sequence(&subject, &data, msg_id.as_deref(), to, None);
             }
             BusMsg::PubDone { token, result } => {
-                let waiter = self.waiters.borrow_mut().remove(&token);
+                let waiter = self.take_waiter(token);
                 if let Some(Waiter::Pub(to)) = waiter {
                     self.answer(to, result);
                 }
@@ -1849,7 +1862,7 @@ impl Core {
             BusMsg::Durable { upto, ok } => self.durable(upto, ok),
             BusMsg::Replicated(msg) => self.replicated(msg),
             BusMsg::Fetched { token, result } => {
-                let waiter = self.waiters.borrow_mut().remove(&token);
+                let waiter = self.take_waiter(token);
                 if let Some(Waiter::Deep(deep)) = waiter {
                     let range = match result {
                         Ok(f) => StoredRange {
@@ -1872,7 +1885,7 @@ impl Core {
                 }
             }
             BusMsg::StoreRead { token, range } => {
-                let waiter = self.waiters.borrow_mut().remove(&token);
+                let waiter = self.take_waiter(token);
                 if let Some(Waiter::Deep(deep)) = waiter {
                     self.finish_deep(deep, range);
                 }
@@ -1895,21 +1908,14 @@ impl Core {
                     }
                 }
                 let replay = self.replay_owned(&pattern, &kind);
-                self.shared.bus.send(
-                    from,
-                    BusMsg::ReplayDone {
-                        token,
-                        owner: self.id,
-                        replay,
-                    },
-                );
+                self.answer_replay(from, token, replay);
             }
             BusMsg::ReplayDone {
                 token,
                 owner,
                 replay,
             } => {
-                let waiter = self.waiters.borrow_mut().remove(&token);
+                let waiter = self.take_waiter(token);
                 if let Some(Waiter::Replay { conn, sub, since }) = waiter {
                     sub.pending.set(sub.pending.get() & !(1 << owner));
                     if since {
@@ -1938,7 +1944,7 @@ impl Core {
                     .send(from, BusMsg::HistoryDone { token, body });
             }
             BusMsg::HistoryDone { token, body } => {
-                if let Some(Waiter::History(slot)) = self.waiters.borrow_mut().remove(&token) {
+                if let Some(Waiter::History(slot)) = self.take_waiter(token) {
                     slot.fill(body);
                 }
             }
@@ -1952,7 +1958,7 @@ impl Core {
                 self.shared.bus.send(from, BusMsg::Adopt { token, result });
             }
             BusMsg::Adopt { token, result } => {
-                if let Some(Waiter::Resume(slot)) = self.waiters.borrow_mut().remove(&token) {
+                if let Some(Waiter::Resume(slot)) = self.take_waiter(token) {
                     slot.fill(result);
                 }
             }
@@ -1977,9 +1983,7 @@ impl Core {
                 owner,
                 frames,
             } => {
-                if let Some(Waiter::CatchUp { conn, subs }) =
-                    self.waiters.borrow_mut().remove(&token)
-                {
+                if let Some(Waiter::CatchUp { conn, subs }) = self.take_waiter(token) {
                     for sub in &subs {
                         sub.pending.set(sub.pending.get() & !(1 << owner));
                     }
@@ -1993,7 +1997,7 @@ impl Core {
                     .send(from, BusMsg::CallDone { token, reply });
             }
             BusMsg::CallDone { token, reply } => {
-                if let Some(Waiter::Call(slot)) = self.waiters.borrow_mut().remove(&token) {
+                if let Some(Waiter::Call(slot)) = self.take_waiter(token) {
                     slot.fill(reply);
                 }
             }
