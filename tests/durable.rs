@@ -147,17 +147,13 @@ fn history_older_than_the_ring_is_read_from_the_store(d: DriverChoice) {
     for i in 1..=30 {
         node.publish("deep.s", &i.to_string());
     }
-    let (_, _, text) = http(node.addr, "GET", "/metrics", &[], b"");
-    let text = String::from_utf8(text).unwrap();
-    let appended = text
-        .lines()
-        .find_map(|l| l.strip_prefix("ringcast_store_appended_total "))
-        .expect("store metrics exported");
     assert_eq!(
-        appended, "30",
+        node.node_metric("ringcast_store_appended_total"),
+        Some(30),
         "sync: every acked publish is written before its ack"
     );
-    assert!(text.contains("\nringcast_store_healthy 1\n"));
+    assert_eq!(node.node_metric("ringcast_store_healthy"), Some(1));
+    assert_eq!(node.node_metric("ringcast_store_backlog"), Some(0));
     let h = history(node.addr, "deep.s", 0);
     assert_eq!(h["first_seq"], 1);
     assert_eq!(h["last_seq"], 30);

@@ -87,6 +87,17 @@ impl Node {
             .collect()
     }
 
+    /// A node-wide series (no `core` label, e.g. `ringcast_store_*`, `ringcast_cluster_*`);
+    /// `None` when the node does not export it.
+    pub fn node_metric(&self, name: &str) -> Option<u64> {
+        let (_, _, body) = http(self.addr, "GET", "/metrics", &[], b"");
+        let text = String::from_utf8(body).unwrap();
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?;
+        Some(value.parse().unwrap())
+    }
+
     /// A metric summed over cores.
     pub fn metric(&self, name: &str) -> u64 {
         self.metric_values(name, "").iter().sum()
