@@ -73,8 +73,6 @@ pub const STREAM_CREATE_TRIES: u32 = 5;
 /// Fetches running at once; beyond it a fetch is answered [`ClusterError::Unavailable`]. Each
 /// holds an ephemeral consumer on the server.
 pub const MAX_FETCHES: usize = 64;
-/// Most subjects one `Fetch::Latest` returns (a snapshot of a huge pattern is cut here).
-pub const FETCH_LATEST_MAX: usize = 65_536;
 /// Bound on every JetStream API request and publish ack; past it the answer is `Unavailable`.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on a whole fetch (consumer creation plus reading up to `history` messages).
@@ -164,34 +162,26 @@ impl std::fmt::Display for ClusterError {
 
 impl std::error::Error for ClusterError {}
 
-/// What a fetch asks the stream for.
+/// What a fetch asks the stream for: messages of one subject with seq > `since`, oldest first,
+/// at most `limit` (history older than a node's ring).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fetch {
-    /// Messages of one subject with seq > `since`, oldest first, at most `limit`.
-    Since {
-        /// Concrete subject.
-        subject: Box<str>,
-        /// Messages after this seq.
-        since: u64,
-        /// At most this many.
-        limit: usize,
-    },
-    /// The last message of every subject matching the pattern (`*`, `>` allowed).
-    Latest {
-        /// Pattern.
-        pattern: Box<str>,
-    },
+pub struct Fetch {
+    /// Concrete subject.
+    pub subject: Box<str>,
+    /// Messages after this seq.
+    pub since: u64,
+    /// At most this many.
+    pub limit: usize,
 }
 
 /// The answer to a [`Fetch`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fetched {
-    /// `Since`: oldest seq the stream still holds for the subject (`last_seq + 1` if none).
-    /// `Latest`: 0.
+    /// Oldest seq the stream still holds for the subject (`last_seq + 1` if none).
     pub first_seq: u64,
-    /// `Since`: the subject's last seq (0 if it never had a message). `Latest`: 0.
+    /// The subject's last seq (0 if it never had a message).
     pub last_seq: u64,
-    /// The messages, oldest first (`Latest`: in stream order).
+    /// The messages, oldest first.
     pub messages: Vec<Replicated>,
 }
 
@@ -1071,14 +1061,7 @@ fn handle(sh: &Shared, cur: &mut Cursor, m: &jetstream::Message) {
 }
 
 async fn fetch_one(sh: &Shared, what: Fetch) -> Result<Fetched, ClusterError> {
-    match what {
-        Fetch::Since {
-            subject,
-            since,
-            limit,
-        } => fetch_since(sh, &subject, since, limit).await,
-        Fetch::Latest { pattern } => fetch_latest(sh, &pattern).await,
-    }
+    fetch_since(sh, &what.subject, what.since, what.limit).await
 }
 
 async fn fetch_since(
@@ -1131,42 +1114,6 @@ async fn fetch_since(
     })
     .await?;
     Ok(fetched)
-}
-
-async fn fetch_latest(sh: &Shared, pattern: &str) -> Result<Fetched, ClusterError> {
-    if crate::subject::validate_pattern(pattern).is_err() {
-        return Err(ClusterError::Rejected);
-    }
-    // Where the stream ends now: the snapshot is complete once the consumer passes it (under
-    // steady publishing its pending count may never reach 0).
-    let stop_at = sh
-        .stream
-        .get_info()
-        .await
-        .map_err(|_| ClusterError::Unavailable)?
-        .state
-        .last_sequence;
-    let mut messages: Vec<Replicated> = Vec::new();
-    read_filtered(
-        sh,
-        sh.full_subject(pattern),
-        DeliverPolicy::LastPerSubject,
-        stop_at,
-        |r| {
-            // Past the snapshot a subject may come again with a newer value: keep only that.
-            if r.stream_seq > stop_at {
-                messages.retain(|m| m.subject != r.subject);
-            }
-            messages.push(r);
-            messages.len() < FETCH_LATEST_MAX
-        },
-    )
-    .await?;
-    Ok(Fetched {
-        first_seq: 0,
-        last_seq: 0,
-        messages,
-    })
 }
 
 /// Decodes a direct-get answer; `Ok(None)` when there is no such message.

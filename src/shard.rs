@@ -1406,7 +1406,7 @@ impl Core {
         if let Some(bridge) = &self.shared.cluster {
             // Cluster mode: the stream is the store. Ask for exactly the hole below the ring.
             let limit = limit.min(before.saturating_sub(since + 1) as usize);
-            let what = crate::cluster::Fetch::Since {
+            let what = crate::cluster::Fetch {
                 subject,
                 since,
                 limit,

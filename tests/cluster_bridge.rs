@@ -126,7 +126,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 }
 
 fn since(subject: &str, since: u64, limit: usize) -> Fetch {
-    Fetch::Since {
+    Fetch {
         subject: subject.into(),
         since,
         limit,
@@ -313,42 +313,6 @@ fn fetch_since_returns_the_tail_and_the_retained_range() {
         a.fetch(since("bad subject", 0, 10)),
         Err(ClusterError::Rejected)
     );
-}
-
-#[test]
-fn fetch_latest_returns_the_last_message_of_each_matching_subject() {
-    let nats = NatsServer::start();
-    let (a, b) = (Node::start(config(&nats)), Node::start(config(&nats)));
-    a.publish("px.EURUSD", "1", None).unwrap();
-    b.publish("px.GBPUSD", "1", None).unwrap();
-    a.publish("px.EURUSD", "2", None).unwrap();
-    b.publish("other.thing", "1", None).unwrap();
-    let f = b
-        .fetch(Fetch::Latest {
-            pattern: "px.*".into(),
-        })
-        .unwrap();
-    let got: Vec<(&str, u64, &[u8])> = f
-        .messages
-        .iter()
-        .map(|m| (&*m.subject, m.seq, &*m.data))
-        .collect();
-    assert_eq!(
-        got,
-        [("px.GBPUSD", 1, &b"1"[..]), ("px.EURUSD", 2, &b"2"[..])]
-    );
-    let f = a
-        .fetch(Fetch::Latest {
-            pattern: ">".into(),
-        })
-        .unwrap();
-    assert_eq!(f.messages.len(), 3);
-    let f = a
-        .fetch(Fetch::Latest {
-            pattern: "nothing.>".into(),
-        })
-        .unwrap();
-    assert!(f.messages.is_empty());
 }
 
 #[test]
