@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{http, start, Node, Ws};
+use common::{http, http_status, start, Node, Ws};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use ringcast::config::{Config, DriverChoice};
 use serde_json::{json, Value};
@@ -356,33 +356,29 @@ fn publishing_needs_permission_and_an_allowed_subject() {
 fn history_needs_subscribe_permission_and_metrics_stay_open() {
     let node = node();
     node_publish(&node, "prices.a");
-    assert_eq!(http(node.addr, "GET", "/history/prices.a", &[], b"").0, 401);
+    assert_eq!(http_status(node.addr, "GET", "/history/prices.a", &[]), 401);
     let t = reader(&["news.>"], &[]);
     assert_eq!(
-        http(
+        http_status(
             node.addr,
             "GET",
             &format!("/history/prices.a?token={t}"),
-            &[],
-            b""
-        )
-        .0,
+            &[]
+        ),
         403
     );
     let t = reader(&["prices.>"], &[]);
     assert_eq!(
-        http(
+        http_status(
             node.addr,
             "GET",
             &format!("/history/prices.a?token={t}"),
-            &[],
-            b""
-        )
-        .0,
+            &[]
+        ),
         200
     );
-    assert_eq!(http(node.addr, "GET", "/metrics", &[], b"").0, 200);
-    assert_eq!(http(node.addr, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(http_status(node.addr, "GET", "/metrics", &[]), 200);
+    assert_eq!(http_status(node.addr, "GET", "/healthz", &[]), 200);
 }
 
 #[test]
@@ -391,20 +387,13 @@ fn metrics_can_require_a_token() {
         with_secret(c);
         c.metrics_require_auth = true;
     });
-    assert_eq!(http(node.addr, "GET", "/metrics", &[], b"").0, 401);
+    assert_eq!(http_status(node.addr, "GET", "/metrics", &[]), 401);
     let auth = format!("Bearer {}", reader(&["x"], &[]));
     assert_eq!(
-        http(
-            node.addr,
-            "GET",
-            "/metrics",
-            &[("Authorization", &auth)],
-            b""
-        )
-        .0,
+        http_status(node.addr, "GET", "/metrics", &[("Authorization", &auth)]),
         200
     );
-    assert_eq!(http(node.addr, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(http_status(node.addr, "GET", "/healthz", &[]), 200);
 }
 
 #[test]

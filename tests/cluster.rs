@@ -7,7 +7,7 @@
 mod common;
 
 use common::nats::NatsServer;
-use common::{http, start, Node, Ws};
+use common::{http, http_status, start, Node, Ws};
 use ringcast::config::DriverChoice;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -51,7 +51,7 @@ fn seq_data(msgs: &[Value]) -> Vec<(u64, Value)> {
 }
 
 fn healthz(addr: SocketAddr) -> u16 {
-    http(addr, "GET", "/healthz", &[], b"").0
+    http_status(addr, "GET", "/healthz", &[])
 }
 
 /// Waits (bounded) until `f` holds.

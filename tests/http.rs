@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{http, read_response, start};
+use common::{http, http_status, read_response, start};
 use ringcast::config::DriverChoice;
 use ringcast::store::Durability;
 use serde_json::Value;
@@ -148,7 +148,7 @@ fn http_errors_have_status_and_json_body(d: DriverChoice) {
     };
     assert_eq!(status, 400);
     // Still serving.
-    assert_eq!(http(a, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(http_status(a, "GET", "/healthz", &[]), 200);
 }
 
 fn keep_alive_serves_several_requests_on_one_connection(d: DriverChoice) {
@@ -179,7 +179,7 @@ fn connections_over_the_limit_get_503(d: DriverChoice) {
     // Free the slots; the node notices the closes and admits again (bounded wait).
     drop(held);
     let admitted = (0..500).any(|_| {
-        let ok = http(node.addr, "GET", "/healthz", &[], b"").0 == 200;
+        let ok = http_status(node.addr, "GET", "/healthz", &[]) == 200;
         if !ok {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }

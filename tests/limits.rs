@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{http, start, Ws};
+use common::{http_status, start, Ws};
 use ringcast::config::DriverChoice;
 
 #[test]
@@ -65,7 +65,7 @@ fn floods_get_rate_limited_then_closed_with_4029() {
 fn connection_rate_over_the_limit_gets_503() {
     let node = start(DriverChoice::Auto, |c| c.max_accept_per_sec = 1);
     let statuses: Vec<u16> = (0..20)
-        .map(|_| http(node.addr, "GET", "/healthz", &[], b"").0)
+        .map(|_| http_status(node.addr, "GET", "/healthz", &[]))
         .collect();
     assert!(statuses.contains(&200));
     assert!(statuses.contains(&503), "{statuses:?}");

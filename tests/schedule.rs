@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{http, start};
+use common::{http, http_status, start};
 use ringcast::config::DriverChoice;
 use serde_json::Value;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -60,14 +60,14 @@ fn pending_publishes_can_be_cancelled(d: DriverChoice) {
         (200, Some(true))
     );
     assert_eq!(
-        http(node.addr, "DELETE", &format!("/schedule/{id}"), &[], b"").0,
+        http_status(node.addr, "DELETE", &format!("/schedule/{id}"), &[]),
         404
     );
-    assert_eq!(http(node.addr, "DELETE", "/schedule/zz", &[], b"").0, 404);
-    assert_eq!(http(node.addr, "DELETE", "/schedule/7f01", &[], b"").0, 404);
+    assert_eq!(http_status(node.addr, "DELETE", "/schedule/zz", &[]), 404);
+    assert_eq!(http_status(node.addr, "DELETE", "/schedule/7f01", &[]), 404);
     let (_, _, list) = http(node.addr, "GET", "/schedule?subject=alerts.x", &[], b"");
     assert_eq!(json(&list)["scheduled"].as_array().unwrap().len(), 0);
-    assert_eq!(http(node.addr, "GET", "/schedule", &[], b"").0, 400);
+    assert_eq!(http_status(node.addr, "GET", "/schedule", &[]), 400);
 }
 
 fn a_time_in_the_past_publishes_now(d: DriverChoice) {
@@ -132,38 +132,22 @@ fn scheduling_needs_publish_permission() {
         .0,
         403
     );
-    assert_eq!(http(node.addr, "DELETE", &path, &[], b"").0, 401);
+    assert_eq!(http_status(node.addr, "DELETE", &path, &[]), 401);
     assert_eq!(
-        http(
-            node.addr,
-            "DELETE",
-            &path,
-            &[("Authorization", &other)],
-            b""
-        )
-        .0,
+        http_status(node.addr, "DELETE", &path, &[("Authorization", &other)]),
         403
     );
     assert_eq!(
-        http(
+        http_status(
             node.addr,
             "GET",
             "/schedule?subject=alerts.z",
-            &[("Authorization", &other)],
-            b""
-        )
-        .0,
+            &[("Authorization", &other)]
+        ),
         403
     );
     assert_eq!(
-        http(
-            node.addr,
-            "DELETE",
-            &path,
-            &[("Authorization", &owner)],
-            b""
-        )
-        .0,
+        http_status(node.addr, "DELETE", &path, &[("Authorization", &owner)]),
         200
     );
 }

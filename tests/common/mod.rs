@@ -161,6 +161,11 @@ pub fn spawn_ringcast<S: AsRef<std::ffi::OsStr>>(
     (child, addr, line)
 }
 
+/// The status of a body-less HTTP/1.1 request on a fresh connection.
+pub fn http_status(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    http(addr, method, path, headers, b"").0
+}
+
 /// One HTTP/1.1 request on a fresh connection: (status, head, body).
 pub fn http(
     addr: SocketAddr,
