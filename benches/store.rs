@@ -15,7 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::bus::{Bus, BusMsg};
 use ringcast::frame::Frame;
-use ringcast::store::{Durability, DurableStore, HistoryStore, Retention};
+use ringcast::store::{Durability, DurableStore, HistoryStore, Retention, StoreConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,15 +35,13 @@ fn store(
     ));
     let _ = std::fs::remove_dir_all(&dir);
     let (bus, mut rx) = Bus::new(1);
-    let s = DurableStore::open(
-        &dir,
+    let cfg = StoreConfig {
         durability,
-        Duration::from_millis(5),
-        Retention::default(),
-        1,
-        bus,
-    )
-    .expect("store opens");
+        fsync_interval: Duration::from_millis(5),
+        retention: Retention::default(),
+        max_backlog: ringcast::store::MAX_BACKLOG,
+    };
+    let s = DurableStore::open(&dir, cfg, 1, bus).expect("store opens");
     (s, rx.pop().expect("one core"), dir)
 }
 

@@ -168,6 +168,11 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_RETENTION", value_delimiter = ';')]
     pub retention: Vec<String>,
 
+    /// Store operations queued for the storage thread beyond which publishes get 503 instead
+    /// of waiting (bounds the memory a slow disk can pin).
+    #[arg(long, env = "RINGCAST_STORE_MAX_BACKLOG", default_value_t = crate::store::MAX_BACKLOG)]
+    pub store_max_backlog: usize,
+
     /// Cluster mode: the NATS server (JetStream enabled) that nodes share, e.g.
     /// `nats://127.0.0.1:4222`. Every publish is sequenced and logged by JetStream and every
     /// node fans out the whole stream. Unset: a standalone node.

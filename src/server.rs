@@ -10,7 +10,7 @@ use crate::bus::{Bus, BusMsg};
 use crate::config::{Config, DriverChoice};
 use crate::metrics::CoreMetrics;
 use crate::shard::{Core, Shared};
-use crate::store::{Durability, DurableStore, HistoryStore, MemoryStore, Retention};
+use crate::store::{Durability, DurableStore, HistoryStore, MemoryStore, Retention, StoreConfig};
 use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
@@ -254,15 +254,13 @@ fn open_store(cfg: &Config, cores: usize, bus: &Arc<Bus>) -> io::Result<Arc<dyn 
         );
         return Ok(Arc::new(MemoryStore));
     }
-    let retention = Retention::parse(&cfg.retention).map_err(io::Error::other)?;
-    let store = DurableStore::open(
-        dir,
+    let store_cfg = StoreConfig {
         durability,
-        Duration::from_millis(cfg.fsync_interval_ms.max(1)),
-        retention,
-        cores,
-        bus.clone(),
-    )?;
+        fsync_interval: Duration::from_millis(cfg.fsync_interval_ms.max(1)),
+        retention: Retention::parse(&cfg.retention).map_err(io::Error::other)?,
+        max_backlog: cfg.store_max_backlog.max(1),
+    };
+    let store = DurableStore::open(dir, store_cfg, cores, bus.clone())?;
     tracing::info!(dir = %dir.display(), ?durability, "durable store open");
     Ok(Arc::new(store))
 }

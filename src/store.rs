@@ -52,10 +52,24 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// and the memory of one batch; at this size one commit is well under a millisecond.
 const MAX_GROUP: usize = 4_096;
 
-/// Store operations queued for the storage thread beyond which new publishes are refused
-/// (503) instead of queued: about 1.5 s of the storage thread's sustained rate. Bounds the
-/// memory a slow or stalled disk can pin.
+/// Default of `--store-max-backlog`: store operations queued for the storage thread beyond
+/// which new publishes are refused (503) instead of queued; about 1.5 s of the storage
+/// thread's sustained rate. Bounds the memory a slow or stalled disk can pin.
 pub const MAX_BACKLOG: usize = 262_144;
+
+/// How a durable store behaves (from the `--durability`, `--fsync-interval-ms`,
+/// `--retention` and `--store-max-backlog` flags).
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `batch` or `sync`.
+    pub durability: Durability,
+    /// `batch`: most time between a commit and its fsync.
+    pub fsync_interval: Duration,
+    /// Stored history per subject pattern.
+    pub retention: Retention,
+    /// Queued operations beyond which publishes are refused.
+    pub max_backlog: usize,
+}
 
 /// How often age retention runs (count retention runs on every append).
 const RETENTION_TICK: Duration = Duration::from_secs(1);
@@ -245,7 +259,8 @@ pub trait HistoryStore: Send + Sync {
     fn recover(&self, core: usize, cores: usize, history: usize, dedup_ids: usize) -> Recovered;
     /// True while the store accepts writes (false after an I/O error).
     fn healthy(&self) -> bool;
-    /// True when the storage thread is [`MAX_BACKLOG`] operations behind: refuse publishes.
+    /// True when the storage thread is too far behind (`--store-max-backlog`): refuse
+    /// publishes.
     fn saturated(&self) -> bool {
         false
     }
@@ -303,6 +318,7 @@ struct Partitions {
 /// `--data-dir`: fjall keyspace written by the `ringcast-store` thread.
 pub struct DurableStore {
     durability: Durability,
+    max_backlog: usize,
     /// The keyspace, for recovery reads at start-up; taken (and so closed, with its
     /// background threads and the directory lock) by `close`.
     open: std::sync::RwLock<Option<Open>>,
@@ -432,12 +448,16 @@ impl DurableStore {
     /// Opens (or creates) the store in `dir` and starts the storage thread.
     pub fn open(
         dir: &Path,
-        durability: Durability,
-        fsync_interval: Duration,
-        retention: Retention,
+        cfg: StoreConfig,
         cores: usize,
         bus: Arc<Bus>,
     ) -> std::io::Result<DurableStore> {
+        let StoreConfig {
+            durability,
+            fsync_interval,
+            retention,
+            max_backlog,
+        } = cfg;
         let lock = lock_dir(dir)?;
         // One background flush and one compaction thread: the cores own the CPUs, and this
         // workload (append, rarely read, delete from the front) needs little compaction.
@@ -478,6 +498,7 @@ impl DurableStore {
             .spawn(move || writer.run(rx))?;
         Ok(DurableStore {
             durability,
+            max_backlog,
             open: std::sync::RwLock::new(Some(Open {
                 keyspace,
                 parts,
@@ -614,7 +635,7 @@ impl HistoryStore for DurableStore {
     }
 
     fn saturated(&self) -> bool {
-        self.tx.len() >= MAX_BACKLOG
+        self.tx.len() >= self.max_backlog
     }
 
     fn series(&self) -> Vec<NodeSeries> {

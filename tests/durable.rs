@@ -336,6 +336,52 @@ fn a_data_dir_is_used_by_one_process_at_a_time() {
     again.join().unwrap();
 }
 
+#[test]
+fn publishes_are_refused_not_queued_without_bound_when_the_store_falls_behind() {
+    const N: u64 = 300;
+    let dir = DataDir::new("backlog");
+    // A backlog bound of one operation: pipelined publishes overtake the storage thread (each
+    // of its groups waits for an fsync) and the ones past the bound must be refused.
+    let node = start(DriverChoice::Auto, |c| {
+        c.data_dir = Some(dir.0.clone());
+        c.durability = Some(Durability::Sync);
+        c.store_max_backlog = 1;
+        c.max_msgs_per_sec = 0;
+    });
+    let mut p = node.ws();
+    for i in 1..=N {
+        p.send(&format!(
+            r#"{{"op":"pub","id":{i},"subject":"full.s","data":{i}}}"#
+        ));
+    }
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    while acked.len() as u64 + refused < N {
+        let v = p.recv_json();
+        match v["op"].as_str() {
+            Some("ok") => acked.push((v["id"].as_u64().unwrap(), v["seq"].as_u64().unwrap())),
+            Some("err") => {
+                assert_eq!(v["code"], "overloaded", "{v}");
+                assert!(v["message"].as_str().unwrap().contains("behind"), "{v}");
+                refused += 1;
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert!(refused > 0, "the bound was never reached");
+    assert!(!acked.is_empty());
+    // What was accepted is all there, in order, with contiguous seqs.
+    let h = history(node.addr, "full.s", 0);
+    let stored: Vec<(u64, u64)> = h["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["data"].as_u64().unwrap(), m["seq"].as_u64().unwrap()))
+        .collect();
+    acked.sort_by_key(|(_, seq)| *seq);
+    assert_eq!(stored, acked);
+    assert_eq!(seqs(&h), (1..=acked.len() as u64).collect::<Vec<_>>());
+}
+
 // ---- kill -9 -------------------------------------------------------------------------------
 
 fn spawn_binary(dir: &Path) -> (Child, SocketAddr) {
