@@ -1564,8 +1564,10 @@ impl Core {
             .as_ref()
             .map(|h| h.iter().map(|(k, v)| (k.clone(), *v)).collect())
             .unwrap_or_default();
-        let mut cut: Vec<u64> = self.seen.iter().take(self.cores()).map(Cell::get).collect();
-        cut[self.id] = self.xseq.get();
+        // What this core has delivered from each owner, itself included (`deliver` records
+        // its own frames too). Not `self.xseq`: with sync durability that also counts frames
+        // accepted but still waiting for their fsync, which the catch-up would then skip.
+        let cut: Vec<u64> = self.seen.iter().take(self.cores()).map(Cell::get).collect();
         self.unregister(&conn);
         Ok(SessionState {
             patterns,

@@ -5,38 +5,15 @@
 
 mod common;
 
-use common::{http, start, Node};
+use common::{http, start, Node, TempDir};
 use ringcast::config::DriverChoice;
 use ringcast::store::Durability;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Child;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-/// A fresh data directory, removed on drop.
-struct DataDir(PathBuf);
-
-impl DataDir {
-    fn new(name: &str) -> DataDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "ringcast-test-{name}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        DataDir(p)
-    }
-}
-
-impl Drop for DataDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn durable_node(
     d: DriverChoice,
@@ -93,7 +70,7 @@ fn now_ms() -> u64 {
 }
 
 fn seq_history_latest_and_dedup_survive_a_restart(d: DriverChoice, durability: Durability) {
-    let dir = DataDir::new("restart");
+    let dir = TempDir::new("restart");
     {
         let node = durable_node(d, &dir.0, durability, 1024, &[]);
         assert_eq!(publish_id(node.addr, "fx.eur", "1", "first")["seq"], 1);
@@ -142,7 +119,7 @@ fn seq_history_latest_and_dedup_survive_a_restart_with_batch(d: DriverChoice) {
 }
 
 fn history_older_than_the_ring_is_read_from_the_store(d: DriverChoice) {
-    let dir = DataDir::new("deep");
+    let dir = TempDir::new("deep");
     let node = durable_node(d, &dir.0, Durability::Sync, 4, &[]);
     for i in 1..=30 {
         node.publish("deep.s", &i.to_string());
@@ -178,7 +155,7 @@ fn history_older_than_the_ring_is_read_from_the_store(d: DriverChoice) {
 }
 
 fn a_since_replay_from_the_store_works_across_cores(d: DriverChoice) {
-    let dir = DataDir::new("deep-cores");
+    let dir = TempDir::new("deep-cores");
     let node = durable_node(d, &dir.0, Durability::Batch, 2, &[]);
     // Several subjects so that both cores own some; each subscriber asks from seq 0.
     let subjects: Vec<String> = (0..6).map(|i| format!("multi.s{i}")).collect();
@@ -203,7 +180,7 @@ fn a_since_replay_from_the_store_works_across_cores(d: DriverChoice) {
 }
 
 fn retention_by_count_keeps_the_newest_and_reports_the_gap(d: DriverChoice) {
-    let dir = DataDir::new("retention");
+    let dir = TempDir::new("retention");
     let node = durable_node(d, &dir.0, Durability::Sync, 2, &["keep.>=count:5"]);
     for i in 1..=12 {
         node.publish("keep.a", &i.to_string());
@@ -234,7 +211,7 @@ fn retention_by_count_keeps_the_newest_and_reports_the_gap(d: DriverChoice) {
 }
 
 fn retention_by_age_drops_old_messages(d: DriverChoice) {
-    let dir = DataDir::new("age");
+    let dir = TempDir::new("age");
     let node = durable_node(d, &dir.0, Durability::Batch, 1, &["old.>=age:1s"]);
     for i in 1..=5 {
         node.publish("old.a", &i.to_string());
@@ -259,7 +236,7 @@ fn retention_by_age_drops_old_messages(d: DriverChoice) {
 }
 
 fn scheduled_publishes_survive_a_restart(d: DriverChoice) {
-    let dir = DataDir::new("sched");
+    let dir = TempDir::new("sched");
     let at = now_ms() + 2_000;
     let (keep, cancelled) = {
         let node = durable_node(d, &dir.0, Durability::Sync, 16, &[]);
@@ -323,7 +300,7 @@ fn durability_sync_or_batch_needs_a_data_dir() {
 
 #[test]
 fn a_data_dir_is_used_by_one_process_at_a_time() {
-    let dir = DataDir::new("lock");
+    let dir = TempDir::new("lock");
     let first = durable_node(DriverChoice::Auto, &dir.0, Durability::Batch, 16, &[]);
     let cfg = ringcast::config::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -344,7 +321,7 @@ fn a_data_dir_is_used_by_one_process_at_a_time() {
 #[test]
 fn publishes_are_refused_not_queued_without_bound_when_the_store_falls_behind() {
     const N: u64 = 300;
-    let dir = DataDir::new("backlog");
+    let dir = TempDir::new("backlog");
     // A backlog bound of one operation: pipelined publishes overtake the storage thread (each
     // of its groups waits for an fsync) and the ones past the bound must be refused.
     let node = start(DriverChoice::Auto, |c| {
@@ -408,7 +385,7 @@ fn spawn_binary(dir: &Path) -> (Child, SocketAddr) {
 #[test]
 fn with_sync_durability_kill_9_loses_no_acknowledged_message_and_never_reuses_a_seq() {
     const MAX_PUBLISHES: u64 = 20_000;
-    let dir = DataDir::new("kill9");
+    let dir = TempDir::new("kill9");
     let (mut child, addr) = spawn_binary(&dir.0);
     let acked: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
     // Steady publishers with acks (two subjects, so both cores sequence), until the node dies.
@@ -487,7 +464,7 @@ fn with_sync_durability_kill_9_loses_no_acknowledged_message_and_never_reuses_a_
 
 #[test]
 fn a_restart_with_another_core_count_keeps_seqs_and_schedules() {
-    let dir = DataDir::new("cores");
+    let dir = TempDir::new("cores");
     let subjects: Vec<String> = (0..8).map(|i| format!("move.s{i}")).collect();
     let at = now_ms() + 60_000;
     let id = {

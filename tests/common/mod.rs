@@ -32,27 +32,18 @@ pub fn start(driver: DriverChoice, f: impl FnOnce(&mut Config)) -> Node {
     };
     f(&mut cfg);
     let mut scratch = None;
-    if let Ok(mode) = std::env::var("RINGCAST_TEST_DURABILITY") {
-        if cfg.durability.is_none() && cfg.data_dir.is_none() && cfg.nats_url.is_none() {
-            use clap::ValueEnum;
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dir = std::env::temp_dir()
-                .join(format!("ringcast-test-store-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            cfg.durability = Some(ValueEnum::from_str(&mode, true).expect("batch or sync"));
-            cfg.data_dir = Some(dir.clone());
-            scratch = Some(dir);
-        }
-    }
-    if let Ok(url) = std::env::var("RINGCAST_TEST_NATS_URL") {
-        if cfg.durability.is_none() && cfg.data_dir.is_none() && cfg.nats_url.is_none() {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            cfg.nats_url = Some(url);
-            cfg.nats_stream = format!("T{}N{n}", std::process::id());
-            cfg.nats_prefix = format!("t{}n{n}", std::process::id());
-        }
+    let own_choice = cfg.durability.is_some() || cfg.data_dir.is_some() || cfg.nats_url.is_some();
+    if let (Ok(mode), false) = (std::env::var("RINGCAST_TEST_DURABILITY"), own_choice) {
+        use clap::ValueEnum;
+        let dir = TempDir::new("store");
+        cfg.durability = Some(ValueEnum::from_str(&mode, true).expect("batch or sync"));
+        cfg.data_dir = Some(dir.0.clone());
+        scratch = Some(dir);
+    } else if let (Ok(url), false) = (std::env::var("RINGCAST_TEST_NATS_URL"), own_choice) {
+        let n = unique();
+        cfg.nats_url = Some(url);
+        cfg.nats_stream = format!("T{}N{n}", std::process::id());
+        cfg.nats_prefix = format!("t{}n{n}", std::process::id());
     }
     let server = Server::start(cfg).expect("server starts");
     Node {
@@ -66,8 +57,36 @@ pub fn start(driver: DriverChoice, f: impl FnOnce(&mut Config)) -> Node {
 pub struct Node {
     pub addr: SocketAddr,
     server: Option<Server>,
-    /// A store directory made for this node (`RINGCAST_TEST_DURABILITY`), removed on drop.
-    scratch: Option<std::path::PathBuf>,
+    /// A store directory made for this node (`RINGCAST_TEST_DURABILITY`), removed on drop
+    /// (after the node: fields drop after `Drop::drop` has stopped it).
+    scratch: Option<TempDir>,
+}
+
+/// A number no other call in this test process gets.
+pub fn unique() -> usize {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A fresh directory path under the system temp dir (not created), removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!(
+            "ringcast-test-{name}-{}-{}",
+            std::process::id(),
+            unique()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 impl Node {
@@ -131,9 +150,6 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
-        if let Some(dir) = self.scratch.take() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 
@@ -567,9 +583,15 @@ impl Sse {
         }
     }
 
-    /// Next event named `name`, skipping others and comments.
+    /// Next event named `name`, skipping others and comments. Bounded by [`IO_BOUND`] in
+    /// total: heartbeat comments must not keep a test waiting for an event that never comes.
     pub fn next_named(&mut self, name: &str) -> Event {
+        let deadline = std::time::Instant::now() + IO_BOUND;
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{name}` event within {IO_BOUND:?}"
+            );
             let e = self.next().expect("stream ended");
             if !e.comment && e.event == name {
                 return e;

@@ -4,7 +4,6 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long a started server may take to accept connections before the test fails.
@@ -22,21 +21,15 @@ fn binary() -> PathBuf {
 
 pub struct NatsServer {
     pub port: u16,
-    store: PathBuf,
+    store: super::TempDir,
     child: Option<Child>,
 }
 
 impl NatsServer {
     /// Starts a JetStream-enabled server on a free port with a fresh store dir.
     pub fn start() -> NatsServer {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let store = std::env::temp_dir().join(format!(
-            "ringcast-nats-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&store);
-        std::fs::create_dir_all(&store).expect("store dir");
+        let store = super::TempDir::new("nats");
+        std::fs::create_dir_all(&store.0).expect("store dir");
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -65,7 +58,7 @@ impl NatsServer {
                 &self.port.to_string(),
                 "-sd",
             ])
-            .arg(&self.store)
+            .arg(&self.store.0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -104,6 +97,5 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.store);
     }
 }
