@@ -52,7 +52,9 @@ fn bench_parse_op(c: &mut Criterion) {
         if let Ok(req) = &r {
             match (&**name, &req.op) {
                 ("sub", ClientOp::Sub { .. }) | ("ping", ClientOp::Ping) => {}
-                ("pub_150B", ClientOp::Pub { data, .. }) => assert_eq!(data.get(), DATA_150),
+                ("pub_150B", ClientOp::Pub(proto::Publish { data, .. })) => {
+                    assert_eq!(data.get(), DATA_150)
+                }
                 (n, op) => panic!("{n}: {op:?}"),
             }
         }

@@ -8,6 +8,7 @@
 
 use crate::frame::Frame;
 use crate::owner::Replay;
+use crate::proto::{PubAck, PubError, PubResult};
 use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender};
 use std::future::poll_fn;
@@ -37,49 +38,6 @@ pub enum ReplayKind {
     /// The latest retained message of every owned subject matching the pattern.
     Snapshot,
 }
-
-/// Result of a publish, sent back to the core that received it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PubAck {
-    /// Assigned (or original, for duplicates) seq.
-    pub seq: u64,
-    /// Assigned (or original) ts.
-    pub ts: u64,
-    /// True when `msg_id` was seen before.
-    pub duplicate: bool,
-}
-
-/// Why a publish was not accepted (the client gets 503 `overloaded` and may retry; with a
-/// `msg_id` a retry is never applied twice).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PubError {
-    /// Sync durability: the store failed to write the message's group.
-    NotDurable,
-    /// The durable store is too far behind (slow or stalled disk).
-    StoreBehind,
-    /// Cluster mode: NATS is unreachable (or did not answer in time).
-    ClusterUnavailable,
-    /// Cluster mode: other nodes kept winning the race for this subject's next seq.
-    ClusterConflict,
-    /// Cluster mode: JetStream refused the message.
-    ClusterRejected,
-}
-
-impl PubError {
-    /// The message clients see.
-    pub fn message(self) -> &'static str {
-        match self {
-            PubError::NotDurable => "the store could not make the message durable",
-            PubError::StoreBehind => "the durable store is behind; retry shortly",
-            PubError::ClusterUnavailable => "cluster unavailable (NATS unreachable)",
-            PubError::ClusterConflict => "too many concurrent publishers on this subject",
-            PubError::ClusterRejected => "rejected by the cluster log",
-        }
-    }
-}
-
-/// The outcome of a publish.
-pub type PubResult = Result<PubAck, PubError>;
 
 /// A message between cores. `token` values are chosen by the requesting core and returned
 /// unchanged so it can find the waiting connection or request.

@@ -40,7 +40,8 @@
 //! consumer error it recreates the consumer with `ByStartSequence(last + 1)`, and drops anything
 //! at or below `last`, so the sink sees no gap and no duplicate.
 
-use crate::bus::PubAck;
+use crate::os::{now_us, random_u64};
+use crate::proto::PubAck;
 use async_nats::connection::State;
 use async_nats::header::{HeaderMap, NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, NATS_MESSAGE_ID};
 use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
@@ -54,7 +55,7 @@ use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
 
 /// Publishes queued or in flight on one bridge. Beyond it a publish is answered
@@ -1224,22 +1225,6 @@ fn unescape(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// 64 random-enough bits (std's per-instance random hasher keys, the clock and the pid): node
-/// ids and backoff jitter, nothing cryptographic.
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(now_us());
-    h.write_u32(std::process::id());
-    h.finish()
 }
 
 #[cfg(test)]

@@ -18,8 +18,6 @@ use crate::ws::{self, WsDecoder, WsError, WsEvent};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, Splitable};
 use monoio::net::TcpStream;
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
@@ -547,41 +545,20 @@ async fn route(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
     }
 }
 
-#[derive(Deserialize)]
-struct PublishBody<'a> {
-    #[serde(borrow)]
-    subject: Option<Cow<'a, str>>,
-    #[serde(borrow, default, deserialize_with = "proto::raw_present")]
-    data: Option<&'a RawValue>,
-    #[serde(borrow)]
-    msg_id: Option<Cow<'a, str>>,
-    /// Publish at this time (ms since the Unix epoch) instead of now.
-    at: Option<u64>,
-}
-
 async fn http_publish(
     core: &Core,
     grant: Option<&Grant>,
     body: &[u8],
     keep_alive: bool,
 ) -> Vec<u8> {
-    let bad = |m: &str| http::error(ErrorCode::BadRequest, m, keep_alive);
-    let b: PublishBody<'_> = match serde_json::from_slice(body) {
-        Ok(b) => b,
-        Err(e) => return bad(&format!("invalid JSON body: {e}")),
+    let (p, at) = match proto::publish::parse_body(body) {
+        Ok(v) => v,
+        Err(m) => return http::error(ErrorCode::BadRequest, &m, keep_alive),
     };
-    let Some(subject) = b.subject else {
-        return bad("missing field 'subject'");
-    };
-    if let Err(e) = crate::subject::validate_subject(&subject) {
-        return bad(&e.to_string());
-    }
-    if let Some(Err(r)) = grant.map(|g| g.check_publish(&subject)) {
+    let (subject, data) = (&p.subject, p.data);
+    if let Some(Err(r)) = grant.map(|g| g.check_publish(subject)) {
         return forbidden(r, "publish", keep_alive);
     }
-    let Some(data) = b.data else {
-        return bad("missing field 'data'");
-    };
     if data.get().len() > core.cfg().max_frame_bytes {
         return http::error(
             ErrorCode::TooLarge,
@@ -589,15 +566,9 @@ async fn http_publish(
             keep_alive,
         );
     }
-    if let Some(m) = &b.msg_id {
-        if m.is_empty() || m.len() > proto::MAX_MSG_ID_BYTES {
-            return bad("'msg_id' must be 1..=256 bytes");
-        }
-    }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    if let Some(at_ms) = b.at.filter(|at| *at > now_ms) {
+    let b = &p;
+    let now_ms = crate::os::now_ms();
+    if let Some(at_ms) = at.filter(|at| *at > now_ms) {
         let s = crate::schedule::Scheduled {
             subject: subject.as_ref().into(),
             data: data.get().as_bytes().into(),
@@ -1055,15 +1026,11 @@ fn handle_op(core: &Rc<Core>, conn: &Rc<Conn>, text: &[u8]) {
                 );
             }
         }
-        ClientOp::Pub {
-            subject,
-            data,
-            msg_id,
-        } => {
-            if let Some(Err(r)) = grant.as_ref().map(|g| g.check_publish(&subject)) {
+        ClientOp::Pub(p) => {
+            if let Some(Err(r)) = grant.as_ref().map(|g| g.check_publish(&p.subject)) {
                 return refused(conn, r, "publish");
             }
-            core.publish_ws(conn, id, &subject, data.get().as_bytes(), msg_id.as_deref());
+            core.publish_ws(conn, id, &p.subject, p.data_bytes(), p.msg_id.as_deref());
         }
         ClientOp::Ping => {
             let mut b = Vec::with_capacity(32);

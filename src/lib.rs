@@ -60,6 +60,7 @@ pub mod frame;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod os;
 pub mod outbound;
 pub mod owner;
 pub mod proto;

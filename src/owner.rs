@@ -167,9 +167,7 @@ impl SubjectState {
     /// stored messages fill the ring, and ids still inside the dedup window are remembered.
     pub fn restore(rec: crate::store::RecoveredSubject, limits: &SubjectLimits) -> SubjectState {
         let now = Instant::now();
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let now_us = crate::os::now_us();
         let mut s = SubjectState {
             assigned: rec.last_seq,
             last_ts: rec.last_ts,

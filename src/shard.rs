@@ -13,17 +13,19 @@
 
 use crate::auth::Grant;
 use crate::bus::{
-    owner_of, Bus, BusMsg, CancelError, HistoryReq, OwnerOp, OwnerReply, PubAck, PubError,
-    PubResult, ReplayKind, SessionState, MAX_CORES,
+    owner_of, Bus, BusMsg, CancelError, HistoryReq, OwnerOp, OwnerReply, ReplayKind, SessionState,
+    MAX_CORES,
 };
 use crate::config::Config;
 use crate::frame::Frame;
 use crate::metrics::{self, CloseReason, CoreMetrics};
+use crate::os::now_us;
 use crate::outbound::{
     Framing, LocalFrame, LocalNotify, Out, OutboundQueue, Pushed, SessionLog, WriteBatch,
 };
 use crate::owner::{Accepted, Replay, Stamp, SubjectLimits, SubjectState};
 use crate::proto::{self, ErrorCode};
+use crate::proto::{PubAck, PubError, PubResult};
 use crate::store::{Durability, HistoryStore, ReadReq, StoredRange};
 use crate::trie::SubjectTrie;
 use crossbeam_channel::Receiver;
@@ -35,7 +37,7 @@ use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Subjects whose match result is cached per core. The cache is dropped whole when any local
 /// subscription changes or when it reaches this size; 8192 covers a few thousand instruments.
@@ -691,23 +693,6 @@ thread_local! {
 /// How long a connection may take to flush its close frame before its socket is shut down.
 pub const CLOSE_GRACE_MS: u64 = 2_000;
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: writes at most 8 bytes into `b`.
-    let n = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, 8, 0) };
-    if n != 8 {
-        // getrandom cannot fail for 8 bytes after boot; fall back to time mixed with an address.
-        return now_us() ^ (&b as *const _ as u64).rotate_left(32);
-    }
-    u64::from_ne_bytes(b)
-}
-
 impl Core {
     /// Builds core `id`'s state.
     pub fn new(id: usize, shared: Arc<Shared>, rx: Receiver<BusMsg>) -> Rc<Core> {
@@ -815,8 +800,9 @@ impl Core {
         self.next_conn.set(n + 1);
         let id = ((self.id as u64) << 48) | n;
         // Session ids are unguessable (resume hands over a session): core + 64 random bits.
-        let session = session
-            .unwrap_or_else(|| format!("{:02x}{:016x}", self.id, random_u64()).into_boxed_str());
+        let session = session.unwrap_or_else(|| {
+            format!("{:02x}{:016x}", self.id, crate::os::random_u64()).into_boxed_str()
+        });
         let conn = Rc::new_cyclic(|me| Conn {
             id,
             session,

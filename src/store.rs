@@ -38,6 +38,7 @@
 use crate::bus::{Bus, BusMsg};
 use crate::frame::Frame;
 use crate::metrics::NodeSeries;
+use crate::os::now_us;
 use crate::schedule::Scheduled;
 use crossbeam_channel::{Receiver, Sender};
 use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
@@ -46,7 +47,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Most operations the storage thread folds into one commit. Bounds the latency of a group
 /// and the memory of one batch; at this size one commit is well under a millisecond.
@@ -436,12 +437,6 @@ fn decode_schedule(b: &[u8]) -> Option<Scheduled> {
         msg_id,
         at_ms,
     })
-}
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }
 
 impl DurableStore {

@@ -6,10 +6,10 @@ mod common;
 
 use common::nats::NatsServer;
 use crossbeam_channel::{unbounded, Receiver, Sender};
-use ringcast::bus::PubAck;
 use ringcast::cluster::{
     Bridge, ClusterConfig, ClusterError, ClusterSink, Fetch, Fetched, Replicated,
 };
+use ringcast::proto::PubAck;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

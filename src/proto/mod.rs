@@ -1,10 +1,22 @@
-//! Client operations and server replies of the WebSocket protocol (v1), as JSON.
+//! The client protocol (v1): `bytes -> ClientOp`, and the wire vocabulary shared by every
+//! transport (error codes, publish validation, control replies).
 //!
-//! Owns the `bytes -> ClientOp` step and the encoders of the small control replies (`hello`,
-//! `ok`, `err`, `pong`, `gap`). Pure functions: no sockets, no core state; called on the core
-//! thread that owns the connection. `msg` bodies are not built here but once per message in
-//! [`crate::frame`].
+//! Pure: no sockets, no core state; called on the core thread that owns the connection.
+//!
+//! - this file: [`ErrorCode`], [`ClientOp`] and [`parse_op`] (one WebSocket text frame);
+//! - [`publish`]: the one validation of a publish (WebSocket `pub` and `POST /publish`) and its
+//!   outcome ([`PubAck`], [`PubError`]);
+//! - [`reply`]: encoders of the control replies (`hello`, `ok`, `err`, `pong`, `gap`).
+//!
+//! `msg` bodies are not built here but once per message in [`crate::frame`].
 
+pub mod publish;
+pub mod reply;
+
+pub use publish::{PubAck, PubError, PubResult, Publish, MAX_MSG_ID_BYTES};
+pub use reply::{err, gap, hello, http_error_body, ok, ok_pub, pong};
+
+use publish::raw_present;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -92,14 +104,7 @@ pub enum ClientOp<'a> {
         subject: Cow<'a, str>,
     },
     /// `pub`: publish `data` on a concrete subject.
-    Pub {
-        /// Concrete subject (validated).
-        subject: Cow<'a, str>,
-        /// Raw JSON, published verbatim.
-        data: &'a RawValue,
-        /// Publisher's de-duplication id.
-        msg_id: Option<Cow<'a, str>>,
-    },
+    Pub(Publish<'a>),
     /// `ping`.
     Ping,
     /// `resume`: restore a disconnected session.
@@ -129,16 +134,6 @@ pub struct OpError<'a> {
     pub code: ErrorCode,
     /// Human-readable reason.
     pub message: Cow<'static, str>,
-}
-
-/// Longest accepted `msg_id`, in bytes: ids are kept in the dedup window, so they are bounded.
-pub const MAX_MSG_ID_BYTES: usize = 256;
-
-/// Deserializes a JSON value that is present (even `null`) as `Some(raw)`.
-pub(crate) fn raw_present<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -195,146 +190,62 @@ pub fn parse_op(text: &[u8]) -> Result<Request<'_>, OpError<'_>> {
         }
     };
     let id = w.id.filter(|r| r.get() != "null");
-    let Some(op) = w.op else {
-        return Err(bad(id, "missing field 'op'"));
-    };
-    let subject = |pattern: bool| -> Result<Cow<'_, str>, OpError<'_>> {
-        let s = w
+    let op = w.op.clone().ok_or_else(|| bad(id, "missing field 'op'"))?;
+    Ok(Request {
+        id,
+        op: w.into_op(&op, id)?,
+    })
+}
+
+impl<'a> Wire<'a> {
+    /// The validated pattern (`sub`, `unsub`) of the frame.
+    fn pattern(&self, id: Option<&'a RawValue>) -> Result<Cow<'a, str>, OpError<'a>> {
+        let s = self
             .subject
             .clone()
             .ok_or_else(|| bad(id, "missing field 'subject'"))?;
-        let r = if pattern {
-            crate::subject::validate_pattern(&s)
-        } else {
-            crate::subject::validate_subject(&s)
-        };
-        r.map_err(|e| bad(id, e.to_string()))?;
+        crate::subject::validate_pattern(&s).map_err(|e| bad(id, e.to_string()))?;
         Ok(s)
-    };
-    let op = match &*op {
-        "sub" => {
-            let s = subject(true)?;
-            if w.since.is_some() && !crate::subject::is_literal(&s) {
-                return Err(bad(id, "'since' needs a concrete subject"));
-            }
-            ClientOp::Sub {
-                subject: s,
-                since: w.since,
-                snapshot: w.snapshot.unwrap_or(false),
-                conflate: w.conflate.unwrap_or(false),
-            }
-        }
-        "unsub" => ClientOp::Unsub {
-            subject: subject(true)?,
-        },
-        "pub" => {
-            let s = subject(false)?;
-            let data = w.data.ok_or_else(|| bad(id, "missing field 'data'"))?;
-            if let Some(m) = &w.msg_id {
-                if m.is_empty() || m.len() > MAX_MSG_ID_BYTES {
-                    return Err(bad(id, "'msg_id' must be 1..=256 bytes"));
+    }
+
+    fn into_op(self, op: &str, id: Option<&'a RawValue>) -> Result<ClientOp<'a>, OpError<'a>> {
+        Ok(match op {
+            "sub" => {
+                let s = self.pattern(id)?;
+                if self.since.is_some() && !crate::subject::is_literal(&s) {
+                    return Err(bad(id, "'since' needs a concrete subject"));
+                }
+                ClientOp::Sub {
+                    subject: s,
+                    since: self.since,
+                    snapshot: self.snapshot.unwrap_or(false),
+                    conflate: self.conflate.unwrap_or(false),
                 }
             }
-            ClientOp::Pub {
-                subject: s,
-                data,
-                msg_id: w.msg_id,
+            "unsub" => ClientOp::Unsub {
+                subject: self.pattern(id)?,
+            },
+            "pub" => ClientOp::Pub(
+                Publish::validate(self.subject, self.data, self.msg_id).map_err(|m| bad(id, m))?,
+            ),
+            "ping" => ClientOp::Ping,
+            "auth" => ClientOp::Auth {
+                token: self.token.ok_or_else(|| bad(id, "missing field 'token'"))?,
+            },
+            "resume" => ClientOp::Resume {
+                session: self
+                    .session
+                    .ok_or_else(|| bad(id, "missing field 'session'"))?,
+                received: self
+                    .received
+                    .ok_or_else(|| bad(id, "missing field 'received'"))?,
+            },
+            other => {
+                let shown: String = other.chars().take(32).collect();
+                return Err(bad(id, format!("unknown op '{shown}'")));
             }
-        }
-        "ping" => ClientOp::Ping,
-        "auth" => ClientOp::Auth {
-            token: w.token.ok_or_else(|| bad(id, "missing field 'token'"))?,
-        },
-        "resume" => ClientOp::Resume {
-            session: w
-                .session
-                .ok_or_else(|| bad(id, "missing field 'session'"))?,
-            received: w
-                .received
-                .ok_or_else(|| bad(id, "missing field 'received'"))?,
-        },
-        other => {
-            let shown: String = other.chars().take(32).collect();
-            return Err(bad(id, format!("unknown op '{shown}'")));
-        }
-    };
-    Ok(Request { id, op })
-}
-
-fn put_id(out: &mut Vec<u8>, id: Option<&str>) {
-    out.extend_from_slice(id.unwrap_or("null").as_bytes());
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
-}
-
-/// `{"op":"hello","session":ID,"version":1}`
-pub fn hello(out: &mut Vec<u8>, session: &str) {
-    out.extend_from_slice(br#"{"op":"hello","session":"#);
-    put_str(out, session);
-    out.extend_from_slice(br#","version":1}"#);
-}
-
-/// `{"op":"ok","id":I}`; `id` is the client's raw JSON id (`None`: `null`).
-pub fn ok(out: &mut Vec<u8>, id: Option<&str>) {
-    out.extend_from_slice(br#"{"op":"ok","id":"#);
-    put_id(out, id);
-    out.push(b'}');
-}
-
-/// `{"op":"ok","id":I,"seq":N,"ts":T}` (+ `"duplicate":true`)
-pub fn ok_pub(out: &mut Vec<u8>, id: Option<&str>, seq: u64, ts: u64, duplicate: bool) {
-    out.extend_from_slice(br#"{"op":"ok","id":"#);
-    put_id(out, id);
-    out.extend_from_slice(br#","seq":"#);
-    out.extend_from_slice(itoa::Buffer::new().format(seq).as_bytes());
-    out.extend_from_slice(br#","ts":"#);
-    out.extend_from_slice(itoa::Buffer::new().format(ts).as_bytes());
-    if duplicate {
-        out.extend_from_slice(br#","duplicate":true"#);
+        })
     }
-    out.push(b'}');
-}
-
-/// `{"op":"pong","id":I}`
-pub fn pong(out: &mut Vec<u8>, id: Option<&str>) {
-    out.extend_from_slice(br#"{"op":"pong","id":"#);
-    put_id(out, id);
-    out.push(b'}');
-}
-
-/// `{"op":"err","id":I,"code":C,"message":M}`
-pub fn err(out: &mut Vec<u8>, id: Option<&str>, code: ErrorCode, message: &str) {
-    out.extend_from_slice(br#"{"op":"err","id":"#);
-    put_id(out, id);
-    out.extend_from_slice(br#","code":""#);
-    out.extend_from_slice(code.as_str().as_bytes());
-    out.extend_from_slice(br#"","message":"#);
-    put_str(out, message);
-    out.push(b'}');
-}
-
-/// `{"op":"gap","subject":S,"from":F,"to":T}`
-pub fn gap(out: &mut Vec<u8>, subject: &str, from: u64, to: u64) {
-    out.extend_from_slice(br#"{"op":"gap","subject":"#);
-    put_str(out, subject);
-    out.extend_from_slice(br#","from":"#);
-    out.extend_from_slice(itoa::Buffer::new().format(from).as_bytes());
-    out.extend_from_slice(br#","to":"#);
-    out.extend_from_slice(itoa::Buffer::new().format(to).as_bytes());
-    out.push(b'}');
-}
-
-/// HTTP error body: `{"error":{"code":C,"message":M}}`
-pub fn http_error_body(code: ErrorCode, message: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(48 + message.len());
-    out.extend_from_slice(br#"{"error":{"code":""#);
-    out.extend_from_slice(code.as_str().as_bytes());
-    out.extend_from_slice(br#"","message":"#);
-    put_str(&mut out, message);
-    out.extend_from_slice(b"}}");
-    out
 }
 
 #[cfg(test)]
@@ -389,11 +300,11 @@ mod tests {
             }
         );
         match op(r#"{"op":"pub","id":"x","subject":"a.b","data":{"p":[1,2]},"msg_id":"m1"}"#) {
-            ClientOp::Pub {
+            ClientOp::Pub(Publish {
                 subject,
                 data,
                 msg_id,
-            } => {
+            }) => {
                 assert_eq!(
                     (&*subject, data.get(), msg_id.as_deref()),
                     ("a.b", r#"{"p":[1,2]}"#, Some("m1"))
@@ -418,17 +329,9 @@ mod tests {
     #[test]
     fn null_data_is_data() {
         match op(r#"{"op":"pub","subject":"a","data":null}"#) {
-            ClientOp::Pub { data, .. } => assert_eq!(data.get(), "null"),
+            ClientOp::Pub(Publish { data, .. }) => assert_eq!(data.get(), "null"),
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn ids_are_echoed_raw() {
-        let r = parse_op(br#"{"op":"ping","id":"abc"}"#).unwrap();
-        let mut out = Vec::new();
-        pong(&mut out, r.id.map(|r| r.get()));
-        assert_eq!(out, br#"{"op":"pong","id":"abc"}"#);
     }
 
     #[test]
@@ -460,23 +363,5 @@ mod tests {
             .contains("since"));
         assert!(err_of("[1,2]").2.contains("invalid"));
         assert!(err_of("").2.contains("malformed"));
-    }
-
-    #[test]
-    fn replies_are_valid_json() {
-        let mut out = Vec::new();
-        err(&mut out, None, ErrorCode::Forbidden, "no \"way\"");
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["code"], "forbidden");
-        assert_eq!(v["message"], "no \"way\"");
-        out.clear();
-        ok_pub(&mut out, None, 5, 6, true);
-        assert_eq!(
-            out,
-            br#"{"op":"ok","id":null,"seq":5,"ts":6,"duplicate":true}"#
-        );
-        out.clear();
-        gap(&mut out, "a", 2, 9);
-        assert_eq!(out, br#"{"op":"gap","subject":"a","from":2,"to":9}"#);
     }
 }
