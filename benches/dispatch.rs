@@ -1,4 +1,4 @@
-//! Shard dispatch (`ringcast::shard::Core::deliver`): cost of queueing one published frame
+//! Core dispatch (`ringcast::core::Core::deliver`, through its `Fanout`): cost of queueing one published frame
 //! (150 B `data`) to every local subscriber of its subject, with 10, 100, 1,000 and 10,000
 //! WebSocket connections each subscribed to `prices.EURUSD`. Measures the steady state: the
 //! match result is cached (as it is on a live core) and outbound queues are drained between
@@ -12,12 +12,11 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::bus::Bus;
 use ringcast::config::Config;
+use ringcast::core::{Client, ConnKind, Core, CoreBus, Node};
 use ringcast::frame::Frame;
 use ringcast::metrics::{CloseReason, CoreMetrics};
 use ringcast::outbound::WriteBatch;
-use ringcast::shard::{Conn, Core, Shared};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -32,8 +31,8 @@ const CHUNK: u64 = 32;
 
 fn core() -> Rc<Core> {
     let cfg = Config::default();
-    let (bus, mut rxs) = Bus::new(1);
-    let shared = Arc::new(Shared {
+    let (bus, mut rxs) = CoreBus::new(1);
+    let node = Arc::new(Node {
         cfg: Arc::new(cfg),
         bus,
         metrics: vec![CoreMetrics::default()].into_boxed_slice(),
@@ -44,10 +43,10 @@ fn core() -> Rc<Core> {
         store: Arc::new(ringcast::store::MemoryStore),
         cluster: None,
     });
-    Core::new(0, shared, rxs.pop().expect("one core"))
+    Core::new(0, node, rxs.pop().expect("one core"))
 }
 
-fn drain(conns: &[Rc<Conn>], batch: &mut WriteBatch) -> usize {
+fn drain(conns: &[Rc<Client>], batch: &mut WriteBatch) -> usize {
     let mut n = 0;
     for c in conns {
         while c.has_output() {
@@ -66,7 +65,7 @@ fn bench_deliver(c: &mut Criterion) {
     let frame = Arc::new(Frame::encode(SUBJECT, 1, 1_700_000_000_000_000, data, None));
     for n in SIZES {
         let core = core();
-        let conns: Vec<Rc<Conn>> = (0..n).map(|_| core.register(true)).collect();
+        let conns: Vec<Rc<Client>> = (0..n).map(|_| core.register(ConnKind::WebSocket)).collect();
         for conn in &conns {
             core.subscribe(conn, None, SUBJECT, None, false, false)
                 .expect("subscribe");

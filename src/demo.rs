@@ -2,7 +2,7 @@
 //! a newcomer sees the demo page move. It publishes through the same path as any client
 //! (owner core, sequencing, fanout); it is a toy random walk, not market data.
 
-use crate::shard::Core;
+use crate::core::Core;
 use std::rc::Rc;
 use std::time::Duration;
 

@@ -24,6 +24,25 @@ pub enum Method {
     Other,
 }
 
+impl Method {
+    /// The method's name (`OTHER` for any other).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Delete => "DELETE",
+            Method::Other => "OTHER",
+        }
+    }
+}
+
+/// The value of an `Allow` header for `methods`: `GET, HEAD`.
+pub fn allow(methods: &[Method]) -> String {
+    let names: Vec<&str> = methods.iter().map(|m| m.as_str()).collect();
+    names.join(", ")
+}
+
 /// The headers ringcast reads; everything else is skipped.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Headers {
@@ -108,6 +127,57 @@ fn contains_token(v: &str, token: &str) -> bool {
     v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+impl Headers {
+    /// The headers of interest among `raw`; `http10`: the request is HTTP/1.0 (which closes
+    /// after one response unless it asks for keep-alive).
+    fn read(raw: &[httparse::Header<'_>], http10: bool) -> Result<Headers, HttpError> {
+        let mut h = Headers {
+            close: http10,
+            ..Headers::default()
+        };
+        for hd in raw {
+            let Ok(v) = std::str::from_utf8(hd.value) else {
+                return Err(HttpError::Malformed("non-UTF-8 header value"));
+            };
+            let name = hd.name;
+            let text = || Some(v.trim().to_owned());
+            if name.eq_ignore_ascii_case("content-length") {
+                let n = v
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| HttpError::Malformed("bad Content-Length"))?;
+                if h.content_length.is_some_and(|m| m != n) {
+                    return Err(HttpError::Malformed("conflicting Content-Length"));
+                }
+                h.content_length = Some(n);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                h.transfer_encoding = true;
+            } else if name.eq_ignore_ascii_case("connection") {
+                if contains_token(v, "close") {
+                    h.close = true;
+                }
+                if contains_token(v, "keep-alive") {
+                    h.close = false;
+                }
+                h.connection_upgrade |= contains_token(v, "upgrade");
+            } else if name.eq_ignore_ascii_case("upgrade") {
+                h.upgrade_websocket |= contains_token(v, "websocket");
+            } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+                h.ws_key = text();
+            } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+                h.ws_version = text();
+            } else if name.eq_ignore_ascii_case("authorization") {
+                h.authorization = text();
+            } else if name.eq_ignore_ascii_case("origin") {
+                h.origin = text();
+            } else if name.eq_ignore_ascii_case("last-event-id") {
+                h.last_event_id = text();
+            }
+        }
+        Ok(h)
+    }
+}
+
 /// Parses one request from the start of `buf`. Returns the request and bytes consumed.
 pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(Request, usize)>, HttpError> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -136,48 +206,7 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(Request, usiz
     };
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut h = Headers {
-        close: req.version == Some(0),
-        ..Headers::default()
-    };
-    for hd in req.headers.iter() {
-        let Ok(v) = std::str::from_utf8(hd.value) else {
-            return Err(HttpError::Malformed("non-UTF-8 header value"));
-        };
-        let name = hd.name;
-        if name.eq_ignore_ascii_case("content-length") {
-            let n = v
-                .trim()
-                .parse::<usize>()
-                .map_err(|_| HttpError::Malformed("bad Content-Length"))?;
-            if h.content_length.is_some_and(|m| m != n) {
-                return Err(HttpError::Malformed("conflicting Content-Length"));
-            }
-            h.content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            h.transfer_encoding = true;
-        } else if name.eq_ignore_ascii_case("connection") {
-            if contains_token(v, "close") {
-                h.close = true;
-            }
-            if contains_token(v, "keep-alive") {
-                h.close = false;
-            }
-            h.connection_upgrade |= contains_token(v, "upgrade");
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            h.upgrade_websocket |= contains_token(v, "websocket");
-        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
-            h.ws_key = Some(v.trim().to_owned());
-        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
-            h.ws_version = Some(v.trim().to_owned());
-        } else if name.eq_ignore_ascii_case("authorization") {
-            h.authorization = Some(v.trim().to_owned());
-        } else if name.eq_ignore_ascii_case("origin") {
-            h.origin = Some(v.trim().to_owned());
-        } else if name.eq_ignore_ascii_case("last-event-id") {
-            h.last_event_id = Some(v.trim().to_owned());
-        }
-    }
+    let h = Headers::read(req.headers, req.version == Some(0))?;
     if h.transfer_encoding {
         return Err(HttpError::Malformed(
             "Transfer-Encoding is not supported; send Content-Length",
@@ -199,6 +228,66 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(Request, usiz
         body,
     };
     Ok(Some((request, head_len + body_len)))
+}
+
+/// What a request asks for: the port's route table, in one place. Pure: the transport
+/// dispatches on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// `GET|HEAD /` (and `/index.html`): the demo page.
+    DemoPage,
+    /// `GET|HEAD /ringcast.js`: the browser client.
+    ClientJs,
+    /// `GET|HEAD /healthz`.
+    Healthz,
+    /// `GET /metrics`.
+    Metrics,
+    /// `POST /publish`.
+    Publish,
+    /// `GET /ws`: the WebSocket upgrade.
+    WebSocket,
+    /// `GET /ws/echo` (only with `--echo-endpoint`).
+    Echo,
+    /// `GET /sse`: a Server-Sent Events stream.
+    Sse,
+    /// `GET /schedule?subject=S`.
+    ListSchedules,
+    /// `DELETE /schedule/{id}`.
+    CancelSchedule(&'a str),
+    /// `GET /history/{subject}` (subject still percent-encoded).
+    History(&'a str),
+    /// A known path, but not this method (405); the methods it takes (the `Allow` header).
+    MethodNotAllowed(&'static [Method]),
+    /// No such endpoint (404).
+    NotFound,
+}
+
+impl<'a> Route<'a> {
+    /// The route of `method` on `path`; `echo`: whether `/ws/echo` exists on this node.
+    pub fn of(method: Method, path: &'a str, echo: bool) -> Route<'a> {
+        use Method::{Delete, Get, Head, Post};
+        let (route, methods): (Route<'a>, &'static [Method]) = match path {
+            "/" | "/index.html" => (Route::DemoPage, &[Get, Head]),
+            "/ringcast.js" => (Route::ClientJs, &[Get, Head]),
+            "/healthz" => (Route::Healthz, &[Get, Head]),
+            "/metrics" => (Route::Metrics, &[Get]),
+            "/publish" => (Route::Publish, &[Post]),
+            "/ws" => (Route::WebSocket, &[Get]),
+            "/ws/echo" if echo => (Route::Echo, &[Get]),
+            "/sse" => (Route::Sse, &[Get]),
+            "/schedule" => (Route::ListSchedules, &[Get]),
+            p => match (p.strip_prefix("/schedule/"), p.strip_prefix("/history/")) {
+                (Some(id), _) => (Route::CancelSchedule(id), &[Delete]),
+                (_, Some(subject)) => (Route::History(subject), &[Get]),
+                _ => return Route::NotFound,
+            },
+        };
+        if methods.contains(&method) {
+            route
+        } else {
+            Route::MethodNotAllowed(methods)
+        }
+    }
 }
 
 /// Decodes `%XX` escapes and `+` (as space). Invalid escapes are kept literally.
@@ -307,15 +396,10 @@ pub fn json(status: u16, body: &[u8], keep_alive: bool) -> Vec<u8> {
 /// A JSON error response `{"error":{"code","message"}}`.
 pub fn error(code: crate::proto::ErrorCode, message: &str, keep_alive: bool) -> Vec<u8> {
     let body = crate::proto::http_error_body(code, message);
-    let extra: &[(&str, &str)] = if code == crate::proto::ErrorCode::MethodNotAllowed {
-        &[("Allow", "GET, POST, DELETE")]
-    } else {
-        &[]
-    };
     response(
         code.http_status(),
         "application/json",
-        extra,
+        &[],
         &body,
         keep_alive,
     )
@@ -324,6 +408,66 @@ pub fn error(code: crate::proto::ErrorCode, message: &str, keep_alive: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_route_table_names_every_endpoint() {
+        use Method::*;
+        let r = |m, p| Route::of(m, p, true);
+        assert_eq!(r(Get, "/"), Route::DemoPage);
+        assert_eq!(r(Head, "/index.html"), Route::DemoPage);
+        assert_eq!(r(Get, "/ringcast.js"), Route::ClientJs);
+        assert_eq!(r(Head, "/healthz"), Route::Healthz);
+        assert_eq!(r(Get, "/metrics"), Route::Metrics);
+        assert_eq!(r(Post, "/publish"), Route::Publish);
+        assert_eq!(r(Get, "/ws"), Route::WebSocket);
+        assert_eq!(r(Get, "/ws/echo"), Route::Echo);
+        assert_eq!(r(Get, "/sse"), Route::Sse);
+        assert_eq!(r(Get, "/schedule"), Route::ListSchedules);
+        assert_eq!(r(Delete, "/schedule/01a"), Route::CancelSchedule("01a"));
+        assert_eq!(
+            r(Get, "/history/prices.EURUSD"),
+            Route::History("prices.EURUSD")
+        );
+        assert_eq!(r(Get, "/history/"), Route::History(""));
+    }
+
+    #[test]
+    fn a_known_path_with_another_method_is_not_allowed_and_an_unknown_one_not_found() {
+        use Method::*;
+        let r = |m, p| Route::of(m, p, true);
+        for (m, p) in [
+            (Post, "/ws"),
+            (Get, "/publish"),
+            (Post, "/sse"),
+            (Head, "/metrics"),
+            (Get, "/schedule/01a"),
+            (Delete, "/history/a"),
+            (Other, "/"),
+        ] {
+            assert!(matches!(r(m, p), Route::MethodNotAllowed(_)), "{m:?} {p}");
+        }
+        assert_eq!(r(Get, "/nope"), Route::NotFound);
+        assert_eq!(r(Get, "/ws/"), Route::NotFound);
+        assert_eq!(r(Get, "/publishx"), Route::NotFound);
+    }
+
+    #[test]
+    fn a_refused_method_names_the_ones_the_path_takes() {
+        let Route::MethodNotAllowed(m) = Route::of(Method::Post, "/healthz", false) else {
+            panic!("not refused");
+        };
+        assert_eq!(allow(m), "GET, HEAD");
+    }
+
+    #[test]
+    fn the_echo_endpoint_exists_only_when_enabled() {
+        assert_eq!(Route::of(Method::Get, "/ws/echo", false), Route::NotFound);
+        assert_eq!(Route::of(Method::Post, "/ws/echo", false), Route::NotFound);
+        assert_eq!(
+            Route::of(Method::Post, "/ws/echo", true),
+            Route::MethodNotAllowed(&[Method::Get])
+        );
+    }
 
     const L: Limits = Limits {
         max_header_bytes: 8192,

@@ -5,48 +5,65 @@
 //! # Layout
 //!
 //! ```text
-//!  server   start-up: one pinned thread per core, each a monoio runtime (io_uring or epoll),
-//!           one SO_REUSEPORT listener per core; shutdown on SIGINT/SIGTERM
-//!  conn     a connection's life on its core: HTTP keep-alive, then WebSocket or SSE
-//!           (reader + on-demand writer), endpoints, auth at the door
-//!  http     bytes -> HTTP request; responses            (pure, no sockets)
-//!  ws       bytes -> WebSocket frames -> messages       (pure, no sockets)
-//!  proto    message -> ClientOp; control replies        (pure, no sockets)
-//!  shard    Core: a core's subscriptions (trie + cache), connections and sessions (resume
-//!           hand-over between cores), owned subjects, scheduled publishes
-//!  owner    SubjectState: seq, history ring, dedup window of one subject (owner core only)
-//!  frame    Frame: one message encoded once (WebSocket bytes + rkyv envelope), shared by Arc
-//!  outbound OutboundQueue/WriteBatch/SessionLog: bounded per-connection queue, coalesced
-//!           writev (WebSocket or SSE framing), the session's sent-message log
-//!  bus      the only cross-core path: crossbeam channels + doorbells
-//!  trie     SubjectTrie: one level per token, `*` and `>` slots
-//!  subject  subject/pattern syntax, matching, coverage
-//!  metrics  per-core counters, close reasons, Prometheus text
-//!  config   flags and RINGCAST_* env vars
-//!  limits   start-up checks of OS limits (nofile, memlock, somaxconn)
-//!  auth     JWT verification and subject ACLs (grants compiled into tries)
-//!  schedule Schedules: publishes due later, kept and fired by the owner core
-//!  store    HistoryStore: memory, or durable (fjall) written by the ringcast-store thread
-//!           with group commit; recovery at start-up; retention by count and age
-//!  cluster  Bridge: cluster mode over NATS JetStream (the stream sequences, logs and carries
-//!           messages between nodes); its own thread `ringcast-nats` with a tokio runtime
-//!  demo     --demo-feed: synthetic price publisher for the demo page
-//!  web/     the browser client (ringcast.js) and demo page, served at /ringcast.js and /
+//!  main / server   start-up and shutdown: one pinned thread per core, each a monoio runtime
+//!                  (io_uring or epoll) with its own SO_REUSEPORT listener; wires the bus,
+//!                  the store and the cluster bridge together (CoreSink)
+//!  transport/      the socket side of a connection, the only code that touches client sockets:
+//!    mod           accept -> HTTP phase -> hand-off; flusher + coalesced writev; buffer pools
+//!    admission     connection limits, Origin, token -> Grant
+//!    endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule
+//!    websocket     an upgraded WebSocket (hello, reader); sse: a Server-Sent Events stream
+//!    ops           one protocol op (sub, unsub, pub, ping, auth, resume) applied to the core
+//!  core/           one core's shard, a room per concern (see its module doc):
+//!    mod           Core: the bus loop and the one request/answer path between cores
+//!    api           what the transport asks of its core; session hand-over between cores
+//!    client        Client: a connection as the core sees it (queue, log, Access, limits)
+//!    fanout        Fanout: subscription trie + bounded MatchCache; delivery, once per client
+//!    sequencer/    Sequencer: owned subjects (seq, ring, dedup), fsync queue, history reads
+//!    sessions      Sessions: the registry by session id; retention and hand-over state
+//!    scheduler     Scheduler: scheduled publishes of owned subjects
+//!    pending       Pending: requests in flight (slab of waiters by token); Slot
+//!    msg           CoreMsg: what crosses cores (Deliver, Request/Reply, notices)
+//!    node          Node: what all cores share (config, bus, metrics, store, cluster)
+//!  bus             the cross-core mechanism: crossbeam channels + doorbells; owner_of
+//!  proto/          bytes -> ClientOp; publish validation (Publish, PubAck); control replies
+//!  http            bytes -> HTTP request; the route table (Route::of); responses (pure)
+//!  ws              bytes -> WebSocket frames -> messages (pure)
+//!  frame           Frame: one message encoded once (WebSocket bytes + rkyv envelope), by Arc
+//!  outbound        OutboundQueue/WriteBatch/SessionLog: bounded queue, writev batch, sent log
+//!  owner           SubjectState: seq, history ring and dedup window of one subject
+//!  trie            SubjectTrie: one level per token, `*` and `>` slots
+//!  subject         subject/pattern syntax, matching, coverage
+//!  auth            JWT verification and subject ACLs (grants compiled into tries)
+//!  schedule        Schedules: publishes due later (the data structure)
+//!  store           HistoryStore: memory, or durable (fjall) written by the ringcast-store
+//!                  thread with group commit; recovery; retention. Answers through StoreSink
+//!  cluster         Bridge: cluster mode over NATS JetStream on the ringcast-nats thread
+//!                  (tokio); answers through ClusterSink
+//!  metrics         per-core counters, close reasons, Prometheus text
+//!  config          flags and RINGCAST_* env vars;  limits: start-up checks of OS limits
+//!  os              wall clock and kernel randomness
+//!  demo            --demo-feed: synthetic price publisher for the demo page
+//!  web/            the browser client (ringcast.js) and demo page, served at /ringcast.js and /
 //! ```
+//!
+//! Dependencies point down this list (transport -> core -> leaf modules; store and cluster
+//! know nothing of the cores: they answer through sink traits that `server` implements).
 //!
 //! # Data flow of one publish
 //!
 //! ```text
-//!  client --pub--> core A (conn) --BusMsg::Publish--> core O = owner_of(subject)
-//!     core O: seq+1, ts, Frame::encode once, history ring, dedup   --PubDone--> core A --ok--> client
-//!     core O: Arc<Frame> --BusMsg::Deliver--> every core C (FIFO per core pair: seq order kept)
-//!        core C: trie match (cached) -> each matching conn once -> OutboundQueue (Rc ref)
-//!        conn writer: everything queued -> one writev
+//!  client --pub--> core A: transport::ops --Request::Publish--> core O = owner_of(subject)
+//!     core O: Sequencer: seq+1, ts, Frame::encode once, ring, dedup
+//!             --Reply::Published--> core A --ok--> client
+//!     core O: Arc<Frame> --CoreMsg::Deliver--> every core C (FIFO per core pair: seq order)
+//!        core C: Fanout: trie match (cached) -> each matching client once -> its queue (Rc)
+//!        client -> FlushList -> transport flusher -> writer: everything queued, one writev
 //!
 //!  --data-dir:  core O --append (channel)--> ringcast-store thread: group commit to fjall
-//!               (--durability sync: delivery and ack wait for BusMsg::Durable)
+//!               (--durability sync: delivery and ack wait for CoreMsg::Durable)
 //!  --nats-url:  core A --Bridge::publish--> ringcast-nats thread --JetStream (seq guard)-->
-//!               every node's consumer --BusMsg::Replicated--> core O --Deliver--> every core
+//!               every node's consumer --CoreMsg::Replicated--> core O --Deliver--> every core
 //! ```
 #![warn(missing_docs, unreachable_pub)]
 
@@ -54,7 +71,7 @@ pub mod auth;
 pub mod bus;
 pub mod cluster;
 pub mod config;
-pub mod conn;
+pub mod core;
 pub mod demo;
 pub mod frame;
 pub mod http;
@@ -66,8 +83,8 @@ pub mod owner;
 pub mod proto;
 pub mod schedule;
 pub mod server;
-pub mod shard;
 pub mod store;
 pub mod subject;
+pub mod transport;
 pub mod trie;
 pub mod ws;

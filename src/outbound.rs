@@ -9,12 +9,9 @@
 //! `writev`. Core-local: touched only by the owning core's thread.
 
 use crate::frame::Frame;
-use std::cell::Cell;
 use std::collections::VecDeque;
-use std::future::poll_fn;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
 
 /// A frame shared by every subscriber on this core.
 pub type LocalFrame = Rc<Arc<Frame>>;
@@ -413,37 +410,6 @@ unsafe impl monoio::buf::IoVecBuf for WriteBatch {
 
     fn read_iovec_len(&self) -> usize {
         self.iov.len() - self.start
-    }
-}
-
-/// A single-waiter, core-local wake-up flag (the connection writer waits on it).
-#[derive(Default)]
-pub struct LocalNotify {
-    set: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl LocalNotify {
-    /// Wakes the waiter (or makes its next wait return at once).
-    #[inline]
-    pub fn notify(&self) {
-        self.set.set(true);
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-
-    /// Waits for the next `notify`.
-    pub async fn wait(&self) {
-        poll_fn(|cx| {
-            if self.set.replace(false) {
-                Poll::Ready(())
-            } else {
-                self.waker.set(Some(cx.waker().clone()));
-                Poll::Pending
-            }
-        })
-        .await
     }
 }
 

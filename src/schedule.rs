@@ -80,7 +80,7 @@ impl Schedules {
 
     /// Removes and returns everything due at or before `now_ms`, in due order, with numbers.
     pub fn take_due(&mut self, now_ms: u64) -> Vec<(u64, Scheduled)> {
-        let later = self.by_time.split_off(&(now_ms + 1, 0));
+        let later = self.by_time.split_off(&(now_ms.saturating_add(1), 0));
         let due = std::mem::replace(&mut self.by_time, later);
         due.into_iter()
             .map(|((_, n), s)| {

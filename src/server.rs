@@ -1,22 +1,29 @@
 //! Start-up and shutdown of a node: one named, pinned thread per core, each running its own
 //! monoio runtime (io_uring when the kernel has it, else the legacy epoll driver, logged), each
-//! with its own SO_REUSEPORT listener and its own shard.
+//! with its own SO_REUSEPORT listener and its own shard of the node.
 //!
-//! Owns the core threads. [`Server::start`] runs on the caller's thread; everything after runs
-//! on the core threads. Shutdown is a [`BusMsg::Shutdown`] to every core: stop accepting, close
+//! Owns the core threads, and wires the node together: the bus between cores, the store and
+//! the cluster bridge answering through it (`CoreSink`), and on each core its [`Core`] and
+//! its [`Transport`]. [`Server::start`] runs on the caller's thread; everything after runs on
+//! the core threads. Shutdown is a [`CoreMsg::Shutdown`] to every core: stop accepting, close
 //! WebSockets with 1001, wait (bounded) for them to flush, exit.
 
-use crate::bus::{Bus, BusMsg};
+use crate::bus::owner_of;
+use crate::cluster::{ClusterError, ClusterSink, Fetched, Replicated};
 use crate::config::{Config, DriverChoice};
+use crate::core::{Core, CoreBus, CoreMsg, Node, Reply};
 use crate::metrics::CoreMetrics;
-use crate::shard::{Core, Shared};
-use crate::store::{Durability, DurableStore, HistoryStore, MemoryStore, Retention, StoreConfig};
+use crate::proto::{PubAck, PubError};
+use crate::store::{
+    Durability, DurableStore, HistoryStore, MemoryStore, Retention, StoreConfig, StoreSink,
+    StoredRange,
+};
+use crate::transport::Transport;
 use monoio::net::TcpListener;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,13 +32,10 @@ use std::time::{Duration, Instant};
 /// io_uring submission queue entries per core.
 const URING_ENTRIES: u32 = 4096;
 
-/// Period of the per-core sweeper (pings, half-open detection, close deadlines).
-const SWEEP_TICK: Duration = Duration::from_millis(250);
-
 /// A running node.
 pub struct Server {
     addr: SocketAddr,
-    shared: Arc<Shared>,
+    node: Arc<Node>,
     threads: Vec<JoinHandle<io::Result<()>>>,
 }
 
@@ -95,49 +99,25 @@ impl Server {
     /// Binds the listeners and starts one thread per core. Returns once every core is serving.
     pub fn start(cfg: Config) -> io::Result<Server> {
         let cores = cfg.core_count();
-        let driver = match cfg.driver {
-            DriverChoice::Legacy => false,
-            DriverChoice::Uring => true,
-            DriverChoice::Auto => {
-                let ok = monoio::utils::detect_uring();
-                if !ok {
-                    tracing::warn!(
-                        "io_uring is not available in this kernel; using the legacy epoll driver"
-                    );
-                }
-                ok
-            }
-        };
-        let verifier = crate::auth::Verifier::new(&cfg.auth_config()?).map_err(io::Error::other)?;
-        if verifier.is_none() && !cfg.listen.ip().is_loopback() && !cfg.insecure_no_auth {
-            return Err(io::Error::other(format!(
-                "refusing to listen on {} without auth: configure --jwt-secret or --jwt-public-key, or pass --insecure-no-auth",
-                cfg.listen
-            )));
-        }
-        let listeners = bind_all(cfg.listen, cfg.backlog, cores)?;
-        let addr = listeners[0].local_addr()?;
-        let (bus, receivers) = Bus::new(cores);
+        let uring = choose_driver(cfg.driver);
+        let verifier = verifier(&cfg)?;
         if cfg.data_dir.is_some() && cfg.nats_url.is_some() {
             return Err(io::Error::other(
                 "--data-dir and --nats-url exclude each other: in cluster mode the JetStream stream is the durable log",
             ));
         }
+        let listeners = bind_all(cfg.listen, cfg.backlog, cores)?;
+        let addr = listeners[0].local_addr()?;
+        let (bus, receivers) = CoreBus::new(cores);
         let store = open_store(&cfg, cores, &bus)?;
-        let cluster = match start_cluster(&cfg, &bus) {
-            Ok(c) => c,
-            Err(e) => {
-                store.close();
-                return Err(e);
-            }
-        };
-        let shared = Arc::new(Shared {
+        let cluster = start_cluster(&cfg, &bus).inspect_err(|_| store.close())?;
+        let node = Arc::new(Node {
             cfg: Arc::new(cfg),
             bus,
             metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
             connections: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
-            driver: if driver { "io_uring" } else { "epoll" },
+            driver: if uring { "io_uring" } else { "epoll" },
             verifier,
             store,
             cluster,
@@ -146,40 +126,16 @@ impl Server {
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<()>>(cores);
         let mut threads = Vec::with_capacity(cores);
         for (id, (rx, listener)) in receivers.into_iter().zip(listeners).enumerate() {
-            let shared = shared.clone();
-            let cpu = cpus.get(id % cpus.len().max(1)).copied();
-            let ready = ready_tx.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("ringcast-core-{id}"))
-                .spawn(move || {
-                    if let Some(cpu) = cpu {
-                        if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
-                            tracing::warn!(core = id, cpu, "could not pin core thread: {e:?}");
-                        }
-                    }
-                    let run = run_core(id, shared, rx, listener, ready.clone());
-                    let res = if driver {
-                        monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
-                            .with_entries(URING_ENTRIES)
-                            .enable_timer()
-                            .build()
-                            .map(|mut rt| rt.block_on(run))
-                    } else {
-                        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-                            .enable_timer()
-                            .build()
-                            .map(|mut rt| rt.block_on(run))
-                    };
-                    match res {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ =
-                                ready.send(Err(io::Error::new(e.kind(), format!("runtime: {e}"))));
-                            Err(e)
-                        }
-                    }
-                })?;
-            threads.push(t);
+            let core = CoreThread {
+                id,
+                node: node.clone(),
+                rx,
+                listener,
+                cpu: cpus.get(id % cpus.len().max(1)).copied(),
+                uring,
+                ready: ready_tx.clone(),
+            };
+            threads.push(core.spawn()?);
         }
         drop(ready_tx);
         for _ in 0..cores {
@@ -191,7 +147,7 @@ impl Server {
         }
         Ok(Server {
             addr,
-            shared,
+            node,
             threads,
         })
     }
@@ -203,7 +159,7 @@ impl Server {
 
     /// `io_uring` or `epoll`.
     pub fn driver(&self) -> &'static str {
-        self.shared.driver
+        self.node.driver
     }
 
     /// Number of cores.
@@ -213,7 +169,7 @@ impl Server {
 
     /// A handle that can stop the node from any thread (e.g. a signal handler thread).
     pub fn stopper(&self) -> Stopper {
-        Stopper(self.shared.clone())
+        Stopper(self.node.clone())
     }
 
     /// Begins graceful shutdown (idempotent).
@@ -231,13 +187,91 @@ impl Server {
                 Err(_) => result = Err(io::Error::other("a core thread panicked")),
             }
         }
-        self.shared.store.close();
+        self.node.store.close();
         result
     }
 }
 
+/// io_uring when asked for or, by default, when the kernel has it; else the legacy epoll
+/// driver, logged (`#[monoio::main]` would fall back silently). True: io_uring.
+fn choose_driver(choice: DriverChoice) -> bool {
+    match choice {
+        DriverChoice::Legacy => false,
+        DriverChoice::Uring => true,
+        DriverChoice::Auto => {
+            let ok = monoio::utils::detect_uring();
+            if !ok {
+                tracing::warn!(
+                    "io_uring is not available in this kernel; using the legacy epoll driver"
+                );
+            }
+            ok
+        }
+    }
+}
+
+/// The token verifier (`None`: auth off), refusing to serve a non-loopback address without
+/// auth unless told to.
+fn verifier(cfg: &Config) -> io::Result<Option<crate::auth::Verifier>> {
+    let verifier = crate::auth::Verifier::new(&cfg.auth_config()?).map_err(io::Error::other)?;
+    if verifier.is_none() && !cfg.listen.ip().is_loopback() && !cfg.insecure_no_auth {
+        return Err(io::Error::other(format!(
+            "refusing to listen on {} without auth: configure --jwt-secret or --jwt-public-key, or pass --insecure-no-auth",
+            cfg.listen
+        )));
+    }
+    Ok(verifier)
+}
+
+/// What one core thread starts with.
+struct CoreThread {
+    id: usize,
+    node: Arc<Node>,
+    rx: crossbeam_channel::Receiver<CoreMsg>,
+    listener: std::net::TcpListener,
+    /// The CPU to pin to, if any is known.
+    cpu: Option<usize>,
+    uring: bool,
+    /// Told once the core serves (or why it could not start).
+    ready: crossbeam_channel::Sender<io::Result<()>>,
+}
+
+impl CoreThread {
+    /// Starts the thread `ringcast-core-<id>`: pinned, with its own monoio runtime.
+    fn spawn(self) -> io::Result<JoinHandle<io::Result<()>>> {
+        std::thread::Builder::new()
+            .name(format!("ringcast-core-{}", self.id))
+            .spawn(move || {
+                let (id, ready) = (self.id, self.ready.clone());
+                if let Some(cpu) = self.cpu {
+                    if let Err(e) = monoio::utils::bind_to_cpu_set([cpu]) {
+                        tracing::warn!(core = id, cpu, "could not pin core thread: {e:?}");
+                    }
+                }
+                let uring = self.uring;
+                let run = run_core(id, self.node, self.rx, self.listener, self.ready);
+                let res = if uring {
+                    monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+                        .with_entries(URING_ENTRIES)
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(run))
+                } else {
+                    monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                        .enable_timer()
+                        .build()
+                        .map(|mut rt| rt.block_on(run))
+                };
+                res.unwrap_or_else(|e| {
+                    let _ = ready.send(Err(io::Error::new(e.kind(), format!("runtime: {e}"))));
+                    Err(e)
+                })
+            })
+    }
+}
+
 /// The node's history store: durable under `--data-dir`, else memory only.
-fn open_store(cfg: &Config, cores: usize, bus: &Arc<Bus>) -> io::Result<Arc<dyn HistoryStore>> {
+fn open_store(cfg: &Config, cores: usize, bus: &Arc<CoreBus>) -> io::Result<Arc<dyn HistoryStore>> {
     let durability = cfg.effective_durability();
     let Some(dir) = &cfg.data_dir else {
         if durability != Durability::None {
@@ -260,14 +294,14 @@ fn open_store(cfg: &Config, cores: usize, bus: &Arc<Bus>) -> io::Result<Arc<dyn 
         retention: Retention::parse(&cfg.retention).map_err(io::Error::other)?,
         max_backlog: cfg.store_max_backlog.max(1),
     };
-    let store = DurableStore::open(dir, store_cfg, cores, bus.clone())?;
+    let store = DurableStore::open(dir, store_cfg, cores, Arc::new(CoreSink(bus.clone())))?;
     tracing::info!(dir = %dir.display(), ?durability, "durable store open");
     Ok(Arc::new(store))
 }
 
 /// Cluster mode: connects the JetStream bridge and waits (bounded) until it has consumed what
 /// the stream held at start, so the node starts with every subject's latest value and seq.
-fn start_cluster(cfg: &Config, bus: &Arc<Bus>) -> io::Result<Option<crate::cluster::Bridge>> {
+fn start_cluster(cfg: &Config, bus: &Arc<CoreBus>) -> io::Result<Option<crate::cluster::Bridge>> {
     /// Longest start-up wait for the initial catch-up; after it the node serves anyway and
     /// `/healthz` says it is still catching up.
     const CATCH_UP_WAIT: Duration = Duration::from_secs(30);
@@ -275,7 +309,7 @@ fn start_cluster(cfg: &Config, bus: &Arc<Bus>) -> io::Result<Option<crate::clust
         return Ok(None);
     };
     let url = cc.url.clone();
-    let sink = Arc::new(crate::bus::BusSink(bus.clone()));
+    let sink = Arc::new(CoreSink(bus.clone()));
     let bridge = crate::cluster::Bridge::start(cc, sink)
         .map_err(|e| io::Error::other(format!("--nats-url {url}: {e}")))?;
     let deadline = Instant::now() + CATCH_UP_WAIT;
@@ -296,7 +330,7 @@ fn start_cluster(cfg: &Config, bus: &Arc<Bus>) -> io::Result<Option<crate::clust
 
 /// Stops a node from any thread.
 #[derive(Clone)]
-pub struct Stopper(Arc<Shared>);
+pub struct Stopper(Arc<Node>);
 
 impl Stopper {
     /// Begins graceful shutdown (idempotent).
@@ -307,7 +341,7 @@ impl Stopper {
             .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
             for core in 0..self.0.bus.cores() {
-                self.0.bus.send(core, BusMsg::Shutdown);
+                self.0.bus.send(core, CoreMsg::Shutdown);
             }
         }
     }
@@ -315,8 +349,8 @@ impl Stopper {
 
 async fn run_core(
     id: usize,
-    shared: Arc<Shared>,
-    rx: crossbeam_channel::Receiver<BusMsg>,
+    node: Arc<Node>,
+    rx: crossbeam_channel::Receiver<CoreMsg>,
     listener: std::net::TcpListener,
     ready: crossbeam_channel::Sender<io::Result<()>>,
 ) -> io::Result<()> {
@@ -327,11 +361,13 @@ async fn run_core(
             return Err(e);
         }
     };
-    let grace = Duration::from_millis(shared.cfg.shutdown_grace_ms);
-    let core = Core::new(id, shared, rx);
+    let grace = Duration::from_millis(node.cfg.shutdown_grace_ms);
+    let core = Core::new(id, node, rx);
+    let transport = Transport::new(core.clone());
     monoio::spawn(core.clone().run_bus());
-    monoio::spawn(sweeper(core.clone()));
+    monoio::spawn(core.clone().run_sweeper());
     monoio::spawn(core.clone().run_schedules());
+    monoio::spawn(transport.clone().run_flusher());
     if id == 0 && core.cfg().demo_feed {
         monoio::spawn(crate::demo::run(core.clone()));
     }
@@ -344,7 +380,7 @@ async fn run_core(
             _ = core.shutdown.wait() => break,
             r = listener.accept() => match r {
                 Ok((stream, _peer)) => {
-                    monoio::spawn(crate::conn::serve(core.clone(), stream));
+                    monoio::spawn(transport.clone().serve(stream));
                 }
                 Err(e) => {
                     let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
@@ -420,9 +456,39 @@ impl SpareFd {
     }
 }
 
-async fn sweeper(core: Rc<Core>) {
-    loop {
-        monoio::time::sleep(SWEEP_TICK).await;
-        core.sweep();
+/// The store's and the cluster bridge's answers, delivered to the cores over the bus:
+/// replicated messages to the subject's owner core, answers to the core that asked.
+struct CoreSink(Arc<CoreBus>);
+
+impl StoreSink for CoreSink {
+    fn durable(&self, core: usize, upto: u64, ok: bool) {
+        self.0.send(core, CoreMsg::Durable { upto, ok });
+    }
+
+    fn read(&self, core: usize, token: u64, range: StoredRange) {
+        let reply = Reply::Stored(range);
+        self.0.send(core, CoreMsg::Reply { token, reply });
+    }
+}
+
+impl ClusterSink for CoreSink {
+    fn replicated(&self, msg: Replicated) {
+        let owner = owner_of(&msg.subject, self.0.cores());
+        self.0.send(owner, CoreMsg::Replicated(msg));
+    }
+
+    fn published(&self, from: usize, token: u64, result: Result<PubAck, ClusterError>) {
+        let result = result.map_err(|e| match e {
+            ClusterError::Unavailable => PubError::ClusterUnavailable,
+            ClusterError::Conflict => PubError::ClusterConflict,
+            ClusterError::Rejected => PubError::ClusterRejected,
+        });
+        let reply = Reply::Published(result);
+        self.0.send(from, CoreMsg::Reply { token, reply });
+    }
+
+    fn fetched(&self, from: usize, token: u64, result: Result<Fetched, ClusterError>) {
+        let reply = Reply::Fetched(result);
+        self.0.send(from, CoreMsg::Reply { token, reply });
     }
 }

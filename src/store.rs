@@ -35,7 +35,6 @@
 //!   retention has removed every message of a subject.
 //! - `schedules`: schedule id -> the pending publish.
 
-use crate::bus::{Bus, BusMsg};
 use crate::frame::Frame;
 use crate::metrics::NodeSeries;
 use crate::os::now_us;
@@ -239,6 +238,15 @@ pub struct ReadReq {
     pub core: usize,
     /// Its request token.
     pub token: u64,
+}
+
+/// Where the storage thread's answers go (the node wires it to the cores' bus).
+pub trait StoreSink: Send + Sync + 'static {
+    /// Sync durability: core `core`'s appends up to ticket `upto` are on disk (`ok`), or their
+    /// group failed.
+    fn durable(&self, core: usize, upto: u64, ok: bool);
+    /// The answer to a deep read: `ReadReq::core` and `ReadReq::token` of the request.
+    fn read(&self, core: usize, token: u64, range: StoredRange);
 }
 
 /// The persistence backend of a node's owner cores (see the module docs).
@@ -445,7 +453,7 @@ impl DurableStore {
         dir: &Path,
         cfg: StoreConfig,
         cores: usize,
-        bus: Arc<Bus>,
+        sink: Arc<dyn StoreSink>,
     ) -> std::io::Result<DurableStore> {
         let StoreConfig {
             durability,
@@ -482,7 +490,7 @@ impl DurableStore {
             durability,
             fsync_interval,
             retention,
-            bus,
+            sink,
             healthy: healthy.clone(),
             meta: HashMap::new(),
             dirty: false,
@@ -705,7 +713,7 @@ struct Writer {
     durability: Durability,
     fsync_interval: Duration,
     retention: Retention,
-    bus: Arc<Bus>,
+    sink: Arc<dyn StoreSink>,
     healthy: Arc<AtomicBool>,
     stats: Arc<Stats>,
     meta: HashMap<Box<str>, Meta>,
@@ -875,7 +883,7 @@ impl Writer {
                 .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             if self.durability == Durability::Sync {
                 for (core, upto) in done {
-                    self.bus.send(core, BusMsg::Durable { upto, ok });
+                    self.sink.durable(core, upto, ok);
                 }
             }
         }
@@ -906,13 +914,8 @@ impl Writer {
                 range.take(r.limit).for_each(&mut push);
             }
         }
-        self.bus.send(
-            r.core,
-            BusMsg::StoreRead {
-                token: r.token,
-                range: StoredRange { first_seq, frames },
-            },
-        );
+        let range = StoredRange { first_seq, frames };
+        self.sink.read(r.core, r.token, range);
     }
 
     /// Age retention: removes messages older than their subject's `age`, bounded per tick.

@@ -5,7 +5,7 @@
 //! so it needs no lock. The same structure answers permission checks (issue 4).
 //!
 //! Matching a concrete subject walks at most `tokens x (1 + wildcard slots)` nodes; callers cache
-//! the result per subject (see `shard::MatchCache`).
+//! the result per subject (see [`crate::core::fanout::MatchCache`]).
 
 use hashbrown::HashMap;
 

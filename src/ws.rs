@@ -148,6 +148,38 @@ impl WsDecoder {
             Err(_) => return Err(WsError::Protocol("malformed frame header")),
         };
         let hlen = cur.position() as usize;
+        let mask = self.check_header(&hdr, len)?;
+        let len = len as usize;
+        if input.len() - hlen < len {
+            return Ok(None);
+        }
+        let range = hlen..hlen + len;
+        unmask(&mut input[range.clone()], mask);
+        let event = match hdr.opcode {
+            OpCode::Control(Control::Ping) => Some(WsEvent::Ping(Payload::InPlace(range))),
+            OpCode::Control(Control::Pong) => Some(WsEvent::Pong),
+            OpCode::Control(Control::Close) => Some(WsEvent::Close(parse_close(&input[range])?)),
+            OpCode::Data(Data::Text | Data::Binary) => {
+                let text = hdr.opcode == OpCode::Data(Data::Text);
+                if !hdr.is_final {
+                    self.fragment = Some((text, input[range].to_vec()));
+                    None
+                } else {
+                    check_utf8(text, &input[range.clone()])?;
+                    Some(data_event(text, Payload::InPlace(range)))
+                }
+            }
+            OpCode::Data(Data::Continue) => self.continue_message(&input[range], hdr.is_final)?,
+            OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
+                unreachable!("refused by check_header")
+            }
+        };
+        Ok(Some((event, hlen + len)))
+    }
+
+    /// The checks a frame header must pass before its payload is even awaited, so violations
+    /// fail fast; returns the client's mask.
+    fn check_header(&self, hdr: &FrameHeader, len: u64) -> Result<[u8; 4], WsError> {
         if hdr.rsv1 || hdr.rsv2 || hdr.rsv3 {
             return Err(WsError::Protocol("reserved bits set"));
         }
@@ -162,73 +194,47 @@ impl WsDecoder {
         if !is_control && len.saturating_add(already as u64) > self.max_message as u64 {
             return Err(WsError::TooBig);
         }
-        // Opcode checks before waiting for the payload, so violations fail fast.
         match hdr.opcode {
-            OpCode::Data(Data::Continue) if self.fragment.is_none() => {
-                return Err(WsError::Protocol(
-                    "continuation without a message to continue",
-                ))
-            }
+            OpCode::Data(Data::Continue) if self.fragment.is_none() => Err(WsError::Protocol(
+                "continuation without a message to continue",
+            )),
             OpCode::Data(Data::Text | Data::Binary) if self.fragment.is_some() => {
-                return Err(WsError::Protocol("new message inside a fragmented one"))
+                Err(WsError::Protocol("new message inside a fragmented one"))
             }
             OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
-                return Err(WsError::Protocol("reserved opcode"))
+                Err(WsError::Protocol("reserved opcode"))
             }
-            _ => {}
+            _ => Ok(mask),
         }
-        let len = len as usize;
-        if input.len() - hlen < len {
+    }
+
+    /// A continuation frame: appended to the message being assembled, which is complete (and
+    /// returned) with the final fragment.
+    fn continue_message(&mut self, payload: &[u8], last: bool) -> Result<Option<WsEvent>, WsError> {
+        let (_, buf) = self.fragment.as_mut().expect("checked by check_header");
+        buf.extend_from_slice(payload);
+        if !last {
             return Ok(None);
         }
-        let range = hlen..hlen + len;
-        unmask(&mut input[range.clone()], mask);
-        let consumed = hlen + len;
-        let payload = &input[range.clone()];
-        let event = match hdr.opcode {
-            OpCode::Control(Control::Ping) => Some(WsEvent::Ping(Payload::InPlace(range))),
-            OpCode::Control(Control::Pong) => Some(WsEvent::Pong),
-            OpCode::Control(Control::Close) => Some(WsEvent::Close(parse_close(payload)?)),
-            OpCode::Data(Data::Text | Data::Binary) => {
-                let text = hdr.opcode == OpCode::Data(Data::Text);
-                if hdr.is_final {
-                    if text && std::str::from_utf8(payload).is_err() {
-                        return Err(WsError::BadUtf8);
-                    }
-                    let p = Payload::InPlace(range);
-                    Some(if text {
-                        WsEvent::Text(p)
-                    } else {
-                        WsEvent::Binary(p)
-                    })
-                } else {
-                    self.fragment = Some((text, payload.to_vec()));
-                    None
-                }
-            }
-            OpCode::Data(Data::Continue) => {
-                let (_, buf) = self.fragment.as_mut().expect("checked above");
-                buf.extend_from_slice(payload);
-                if hdr.is_final {
-                    let (text, buf) = self.fragment.take().expect("checked above");
-                    if text && std::str::from_utf8(&buf).is_err() {
-                        return Err(WsError::BadUtf8);
-                    }
-                    let p = Payload::Assembled(buf);
-                    Some(if text {
-                        WsEvent::Text(p)
-                    } else {
-                        WsEvent::Binary(p)
-                    })
-                } else {
-                    None
-                }
-            }
-            OpCode::Data(Data::Reserved(_)) | OpCode::Control(Control::Reserved(_)) => {
-                unreachable!()
-            }
-        };
-        Ok(Some((event, consumed)))
+        let (text, buf) = self.fragment.take().expect("checked by check_header");
+        check_utf8(text, &buf)?;
+        Ok(Some(data_event(text, Payload::Assembled(buf))))
+    }
+}
+
+/// A text message must be valid UTF-8 (close 1007 otherwise).
+fn check_utf8(text: bool, payload: &[u8]) -> Result<(), WsError> {
+    if text && std::str::from_utf8(payload).is_err() {
+        return Err(WsError::BadUtf8);
+    }
+    Ok(())
+}
+
+fn data_event(text: bool, p: Payload) -> WsEvent {
+    if text {
+        WsEvent::Text(p)
+    } else {
+        WsEvent::Binary(p)
     }
 }
 

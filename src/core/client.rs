@@ -1,0 +1,526 @@
+//! `Client`: the core-visible state of one connection (WebSocket or SSE stream), its
+//! [`ConnKind`], and the core's [`FlushList`] of clients with output.
+//!
+//! Owns what the core needs to deliver to a connection and to resume its session: the bounded
+//! outbound queue, the session log of sent messages, per-subject high-water marks, its
+//! [`Access`] (grant) and [`InboundLimit`], keep-alive state. The socket itself is the transport's (see
+//! [`crate::transport`]); the core never names it. When a client gets something to send (or a
+//! close to finish) it puts itself on its core's [`FlushList`] once, and the transport's
+//! flusher starts a writer for it. Core-local: touched only by the owning core's thread
+//! (`Cell`/`RefCell`, no locks).
+
+use super::access::Access;
+use super::rate::InboundLimit;
+use super::signal::LocalNotify;
+use super::subscription::Subscription;
+use crate::metrics::{self, CloseReason, CoreMetrics};
+use crate::outbound::{Framing, LocalFrame, Out, OutboundQueue, Pushed, SessionLog, WriteBatch};
+use crate::proto::{self, ErrorCode};
+use hashbrown::HashMap;
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+
+/// What kind of connection a client is; decides how its output is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnKind {
+    /// A WebSocket speaking protocol v1.
+    WebSocket,
+    /// `/ws/echo`: a WebSocket whose messages are echoed, not parsed.
+    Echo,
+    /// A Server-Sent Events stream (output only).
+    Sse,
+}
+
+impl ConnKind {
+    /// True for WebSocket framing (protocol and echo sockets).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ConnKind::WebSocket | ConnKind::Echo)
+    }
+}
+
+/// The clients of one core that have output to write or a close to finish, each once (the
+/// transport drains it every loop turn: one writer per client, however many messages were
+/// queued to it; nats-server's `pcd` set).
+#[derive(Default)]
+pub struct FlushList {
+    clients: RefCell<Vec<Rc<Client>>>,
+    /// Wakes the transport's flusher.
+    pub ready: LocalNotify,
+}
+
+impl FlushList {
+    /// Lists `c` and wakes the flusher (the client marked itself listed already).
+    pub(super) fn push(&self, c: Rc<Client>) {
+        self.clients.borrow_mut().push(c);
+        self.ready.notify();
+    }
+
+    /// Takes every listed client (and clears their mark, so they list themselves again).
+    pub fn drain(&self) -> Vec<Rc<Client>> {
+        let clients = std::mem::take(&mut *self.clients.borrow_mut());
+        for c in &clients {
+            c.listed.set(false);
+        }
+        clients
+    }
+}
+
+/// The core-visible state of one connection.
+pub struct Client {
+    /// Node-unique key: the random part of the session id (the core is its first byte).
+    pub key: u64,
+    /// Session id sent in `hello`: the core (2 hex digits) and `key` (16).
+    pub session: Box<str>,
+    /// How output is framed.
+    pub kind: ConnKind,
+    /// Pending outbound bytes.
+    out: RefCell<OutboundQueue>,
+    /// This client, for putting itself on the flush list.
+    me: Weak<Client>,
+    flush: Rc<FlushList>,
+    /// On the flush list now.
+    pub(super) listed: Cell<bool>,
+    /// Delivery stamp: equal to the fan-out's current stamp when this message was queued.
+    pub(super) stamp: Cell<u64>,
+    closing: Cell<Option<CloseReason>>,
+    /// Subscriptions by pattern.
+    pub(super) subs: RefCell<HashMap<Box<str>, Rc<Subscription>>>,
+    /// Highest seq queued per subject; only tracked once the connection used `since`,
+    /// `snapshot` or resume, so replays and live messages never duplicate or reorder.
+    pub(super) hwm: RefCell<Option<HashMap<Box<str>, u64>>>,
+    queue_limit: usize,
+    /// The `msg` frames this session was sent, for exact resume.
+    pub(super) log: RefCell<SessionLog>,
+    /// Index `k` the next message of this session gets.
+    pub(super) next_k: Cell<u64>,
+    /// Core clock (ms) when the socket went away while the session is retained.
+    pub(super) detached_at: Cell<Option<u64>>,
+    /// The socket's descriptor, for a forced shutdown when a close cannot be flushed in time
+    /// (-1: none). The transport owns the socket; this is only its OS handle.
+    fd: Cell<i32>,
+    /// Core clock (ms) of the last bytes received.
+    pub(super) last_rx: Cell<u64>,
+    /// A keep-alive ping is outstanding.
+    pub(super) ping_sent: Cell<bool>,
+    /// Core clock (ms) of the first sweep after the close was decided.
+    pub(super) closed_at: Cell<Option<u64>>,
+    /// Subjects whose `since` replay is on its way from their owner core: their live messages
+    /// are held back (the replay includes them). Empty, and unallocated, almost always.
+    pub(super) held: RefCell<Vec<Box<str>>>,
+    /// What the connection's token allows, and until when it must authenticate.
+    pub access: Access,
+    /// The inbound rate limit of its messages.
+    pub inbound: InboundLimit,
+}
+
+/// What a new client starts with.
+pub(super) struct ClientInit {
+    pub key: u64,
+    pub session: Box<str>,
+    pub kind: ConnKind,
+    pub queue_limit: usize,
+    pub session_retain: usize,
+    pub now_ms: u64,
+}
+
+impl Client {
+    /// A new client that lists itself on `flush` when it has output.
+    pub(super) fn new(init: ClientInit, flush: Rc<FlushList>) -> Rc<Client> {
+        Rc::new_cyclic(|me| Client {
+            key: init.key,
+            session: init.session,
+            kind: init.kind,
+            out: RefCell::new(OutboundQueue::default()),
+            me: me.clone(),
+            flush,
+            listed: Cell::new(false),
+            stamp: Cell::new(0),
+            closing: Cell::new(None),
+            subs: RefCell::new(HashMap::new()),
+            hwm: RefCell::new(None),
+            queue_limit: init.queue_limit,
+            log: RefCell::new(SessionLog::new(init.session_retain, 1)),
+            next_k: Cell::new(1),
+            detached_at: Cell::new(None),
+            fd: Cell::new(-1),
+            last_rx: Cell::new(init.now_ms),
+            ping_sent: Cell::new(false),
+            closed_at: Cell::new(None),
+            held: RefCell::new(Vec::new()),
+            access: Access::default(),
+            inbound: InboundLimit::default(),
+        })
+    }
+
+    // ---- the socket side ------------------------------------------------------------------
+
+    /// Records that the peer sent something (it is alive).
+    pub fn touch(&self, now_ms: u64) {
+        self.last_rx.set(now_ms);
+        self.ping_sent.set(false);
+    }
+
+    /// Sets the socket descriptor used for forced shutdown.
+    pub fn set_fd(&self, fd: i32) {
+        self.fd.set(fd);
+    }
+
+    /// Shuts the socket down in both directions: in-flight reads and writes fail, so the
+    /// connection's tasks end. Used when a close could not be flushed within its grace period.
+    pub fn force_shutdown(&self) {
+        let fd = self.fd.get();
+        if fd >= 0 {
+            // SAFETY: the fd stays open while the connection is registered (its reader holds
+            // it); shutdown(2) neither closes nor frees it.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+    }
+
+    /// Why the connection is closing, once a close has been decided; nothing new is queued
+    /// after that.
+    pub fn closing(&self) -> Option<CloseReason> {
+        self.closing.get()
+    }
+
+    /// True while the session has no socket (retained for a resume).
+    pub fn is_detached(&self) -> bool {
+        self.detached_at.get().is_some()
+    }
+
+    /// True when the writer has something to send.
+    pub fn has_output(&self) -> bool {
+        !self.out.borrow().is_empty()
+    }
+
+    /// Moves pending output into `batch`.
+    pub fn fill(&self, batch: &mut WriteBatch) {
+        let framing = match self.kind {
+            ConnKind::Sse => Framing::Sse(&self.session),
+            ConnKind::WebSocket | ConnKind::Echo => Framing::WebSocket,
+        };
+        self.out.borrow_mut().fill(batch, framing);
+        // From here the frames count as sent: the batch is shared with the session log.
+        let items = batch.share();
+        self.log.borrow_mut().add(items);
+    }
+
+    /// Puts this client on its core's flush list (once until the transport takes it).
+    #[inline]
+    fn wake_writer(&self) {
+        if self.listed.replace(true) {
+            return;
+        }
+        if let Some(me) = self.me.upgrade() {
+            self.flush.push(me);
+        }
+    }
+
+    // ---- output ---------------------------------------------------------------------------
+
+    /// Moves messages still queued into the session log (the socket is going away; a resume
+    /// must replay them) and drops them from the queue. Returns how many there were.
+    pub(super) fn spill_queue_to_log(&self) -> usize {
+        let mut spilled = Vec::new();
+        self.out
+            .borrow_mut()
+            .drain_messages(|frame, k| spilled.push(Out::Msg(frame, k)));
+        let n = spilled.len();
+        self.log.borrow_mut().add(Rc::new(spilled));
+        n
+    }
+
+    /// Drops everything still queued (the socket is gone).
+    pub(super) fn clear_output(&self) {
+        self.out.borrow_mut().clear();
+    }
+
+    /// Queues a named event: an SSE `event:` block, or a WebSocket text frame of the JSON.
+    pub fn send_event(&self, m: &CoreMetrics, name: &str, json: &[u8]) {
+        if self.kind != ConnKind::Sse {
+            return self.send_json(m, json);
+        }
+        if self.closing.get().is_some() {
+            return;
+        }
+        let mut b = Vec::with_capacity(json.len() + 24);
+        b.extend_from_slice(b"event: ");
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(b"\ndata: ");
+        b.extend_from_slice(json);
+        b.extend_from_slice(b"\n\n");
+        self.send_raw(m, b.into());
+    }
+
+    /// Number of subscriptions.
+    pub fn subscription_count(&self) -> usize {
+        self.subs.borrow().len()
+    }
+
+    /// The patterns this connection is subscribed to.
+    pub fn patterns(&self) -> Vec<Box<str>> {
+        self.subs.borrow().keys().cloned().collect()
+    }
+
+    /// Queues a control reply (JSON) as a WebSocket text frame. SSE streams carry no replies
+    /// (they have no requests).
+    pub fn send_json(&self, m: &CoreMetrics, json: &[u8]) {
+        if self.closing.get().is_some() || self.kind == ConnKind::Sse {
+            return;
+        }
+        let mut v = Vec::with_capacity(json.len() + 4);
+        crate::ws::encode_frame(&mut v, crate::ws::OP_TEXT, json);
+        self.send_raw(m, v.into());
+    }
+
+    /// Queues raw bytes (already framed).
+    pub fn send_raw(&self, m: &CoreMetrics, bytes: Box<[u8]>) {
+        if self.closing.get().is_some() {
+            return;
+        }
+        let was_empty = self.out.borrow().is_empty();
+        if !self.out.borrow_mut().push_raw(bytes, self.queue_limit) {
+            self.close_slow(m);
+        } else if was_empty {
+            self.wake_writer();
+        }
+    }
+
+    /// Queues an `err` reply.
+    pub fn send_err(&self, m: &CoreMetrics, id: Option<&str>, code: ErrorCode, message: &str) {
+        let mut b = Vec::with_capacity(64 + message.len());
+        proto::err(&mut b, id, code, message);
+        self.send_json(m, &b);
+    }
+
+    /// Queues an `ok` reply.
+    pub fn send_ok(&self, m: &CoreMetrics, id: Option<&str>) {
+        let mut b = Vec::with_capacity(32);
+        proto::ok(&mut b, id);
+        self.send_json(m, &b);
+    }
+
+    /// Decides to close: discards pending messages, queues the close frame (WebSocket), wakes
+    /// the writer, which flushes it and shuts the socket down. Idempotent.
+    pub fn close(&self, m: &CoreMetrics, reason: CloseReason, code: u16, text: &str) {
+        if self.closing.get().is_some() {
+            return;
+        }
+        // Queued messages will not reach this socket; the session log keeps them for a resume.
+        let dropped = self.spill_queue_to_log();
+        metrics::add(&m.dropped, dropped as u64);
+        if self.kind.is_websocket() {
+            // Past the limit on purpose: the close frame must go out even for a slow consumer.
+            self.out
+                .borrow_mut()
+                .push_raw(crate::ws::close_frame(code, text).into(), usize::MAX / 8);
+        }
+        self.closing.set(Some(reason));
+        m.closed(reason);
+        self.wake_writer();
+    }
+
+    fn close_slow(&self, m: &CoreMetrics) {
+        self.close(
+            m,
+            CloseReason::SlowConsumer,
+            crate::ws::close::SLOW_CONSUMER,
+            "slow consumer",
+        );
+    }
+
+    /// Marks the connection closed without a close frame (its socket is already gone), counting
+    /// it as closed by the client unless a reason was decided before.
+    pub(super) fn mark_gone(&self, m: &CoreMetrics) {
+        if self.closing.get().is_none() {
+            self.closing.set(Some(CloseReason::ClientClosed));
+            m.closed(CloseReason::ClientClosed);
+        }
+    }
+
+    /// Keeps the session without a socket from core clock `now_ms` on (its close, if none was
+    /// decided, counts as already done by the client), tracking per-subject seqs so that a
+    /// hand-over can de-duplicate.
+    pub(super) fn detach(&self, now_ms: u64) {
+        if self.closing.get().is_none() {
+            self.closing.set(Some(CloseReason::ClientClosed));
+        }
+        self.detached_at.set(Some(now_ms));
+        self.track_hwm();
+    }
+
+    /// Makes sure the session tracks the highest seq per subject from now on.
+    pub(super) fn track_hwm(&self) {
+        self.hwm.borrow_mut().get_or_insert_with(HashMap::new);
+    }
+
+    /// True while a `since` replay of `subject` is pending.
+    #[inline]
+    pub(super) fn holds(&self, subject: &str) -> bool {
+        let held = self.held.borrow();
+        !held.is_empty() && held.iter().any(|s| &**s == subject)
+    }
+
+    /// The `since` replay of `pattern` arrived: its live messages flow again.
+    pub(super) fn release(&self, pattern: &str) {
+        let mut held = self.held.borrow_mut();
+        if let Some(i) = held.iter().position(|s| &**s == pattern) {
+            held.swap_remove(i);
+        }
+    }
+
+    /// Queues a message frame unless it is older than what this connection already got.
+    /// Returns true if queued (or, detached, logged for a resume).
+    #[inline]
+    pub(super) fn push_msg(&self, m: &CoreMetrics, frame: &LocalFrame, conflate: bool) -> bool {
+        let detached = self.detached_at.get().is_some();
+        if (!detached && self.closing.get().is_some())
+            || self.access.denies_delivery(frame.subject())
+        {
+            return false;
+        }
+        if let Some(hwm) = self.hwm.borrow_mut().as_mut() {
+            let seq = frame.seq();
+            match hwm.get_mut(frame.subject()) {
+                Some(h) if *h >= seq => return false,
+                Some(h) => *h = seq,
+                None => {
+                    hwm.insert(frame.subject().into(), seq);
+                }
+            }
+        }
+        let k = self.next_k.get();
+        if detached {
+            // No socket: the session only records what it would have been sent, for resume.
+            self.next_k.set(k + 1);
+            self.log.borrow_mut().put(k, frame.clone());
+            return true;
+        }
+        let was_empty = self.out.borrow().is_empty();
+        let pushed = self
+            .out
+            .borrow_mut()
+            .push_msg(frame, k, conflate, self.queue_limit);
+        match pushed {
+            Pushed::Queued => {
+                // Logged for resume when it is taken for writing (see `fill`), not here: that
+                // keeps the per-delivery path to one queue push.
+                self.next_k.set(k + 1);
+                if was_empty {
+                    self.wake_writer();
+                }
+                true
+            }
+            Pushed::Conflated(_) => {
+                metrics::add(&m.dropped, 1);
+                true
+            }
+            Pushed::Overflow => {
+                metrics::add(&m.dropped, 1);
+                self.close_slow(m);
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::Frame;
+    use std::sync::Arc;
+
+    fn client(kind: ConnKind, queue_limit: usize) -> (Rc<Client>, Rc<FlushList>) {
+        let flush = Rc::new(FlushList::default());
+        let init = ClientInit {
+            key: 1,
+            session: "00aa".into(),
+            kind,
+            queue_limit,
+            session_retain: 16,
+            now_ms: 0,
+        };
+        (Client::new(init, flush.clone()), flush)
+    }
+
+    fn frame(subject: &str, seq: u64) -> LocalFrame {
+        Rc::new(Arc::new(Frame::encode(subject, seq, 0, b"1", None)))
+    }
+
+    #[test]
+    fn a_client_lists_itself_once_for_the_flusher() {
+        let (c, flush) = client(ConnKind::WebSocket, 1 << 20);
+        let m = CoreMetrics::default();
+        c.send_ok(&m, None);
+        c.send_ok(&m, None);
+        assert!(c.push_msg(&m, &frame("a", 1), false));
+        assert!(flush.ready.is_set());
+        let listed = flush.drain();
+        assert_eq!(listed.len(), 1);
+        assert!(Rc::ptr_eq(&listed[0], &c));
+        assert!(flush.drain().is_empty());
+        // Taken by the flusher: new output after the queue drained lists it again.
+        let mut batch = WriteBatch::default();
+        c.fill(&mut batch);
+        assert!(!c.has_output());
+        c.send_ok(&m, None);
+        assert_eq!(flush.drain().len(), 1);
+    }
+
+    #[test]
+    fn a_message_at_or_below_the_high_water_mark_is_not_queued_again() {
+        let (c, _) = client(ConnKind::WebSocket, 1 << 20);
+        let m = CoreMetrics::default();
+        c.track_hwm();
+        assert!(c.push_msg(&m, &frame("a", 2), false));
+        assert!(!c.push_msg(&m, &frame("a", 2), false));
+        assert!(!c.push_msg(&m, &frame("a", 1), false));
+        assert!(c.push_msg(&m, &frame("b", 1), false));
+        assert_eq!(c.next_k.get(), 3);
+    }
+
+    #[test]
+    fn overflow_closes_a_slow_consumer_and_logs_what_it_was_not_sent() {
+        let f = frame("a", 1);
+        let (c, _) = client(ConnKind::WebSocket, f.wire_len() * 2);
+        let m = CoreMetrics::default();
+        assert!(c.push_msg(&m, &frame("a", 1), false));
+        assert!(c.push_msg(&m, &frame("a", 2), false));
+        assert!(!c.push_msg(&m, &frame("a", 3), false));
+        assert_eq!(c.closing(), Some(CloseReason::SlowConsumer));
+        assert_eq!(m.closes(CloseReason::SlowConsumer), 1);
+        let logged: Vec<u64> = c
+            .log
+            .borrow()
+            .after(0)
+            .unwrap()
+            .iter()
+            .map(|f| f.seq())
+            .collect();
+        assert_eq!(logged, vec![1, 2], "queued messages stay resumable");
+        assert!(c.has_output(), "the close frame waits for the writer");
+    }
+
+    #[test]
+    fn a_detached_session_logs_instead_of_queueing() {
+        let (c, flush) = client(ConnKind::WebSocket, 1 << 20);
+        let m = CoreMetrics::default();
+        c.mark_gone(&m);
+        c.detached_at.set(Some(5));
+        assert!(c.push_msg(&m, &frame("a", 1), false));
+        assert!(!c.has_output());
+        assert!(flush.drain().is_empty());
+        assert_eq!(c.log.borrow().after(0).map(|v| v.len()), Some(1));
+    }
+
+    #[test]
+    fn sse_streams_carry_events_but_no_replies() {
+        let (c, _) = client(ConnKind::Sse, 1 << 20);
+        let m = CoreMetrics::default();
+        c.send_ok(&m, None);
+        assert!(!c.has_output());
+        c.send_event(&m, "gap", b"{}");
+        let mut batch = WriteBatch::default();
+        c.fill(&mut batch);
+        assert_eq!(batch.remaining(), b"event: gap\ndata: {}\n\n".len());
+    }
+}

@@ -1,0 +1,589 @@
+//! `Core`: one core's shard of the node, and the event loop that runs it.
+//!
+//! A core owns, for itself only, a set of rooms, each a type that owns its state:
+//!
+//! ```text
+//!  sessions   Sessions     every connection's session on this core, kept after a disconnect
+//!  client     Client       the core-visible state of one connection (queue, log, grant, rate);
+//!             FlushList    the clients with output, for the transport's flusher
+//!  subscription             one pattern of one connection, shared with the trie
+//!  fanout     Fanout       subscription trie + bounded match cache; delivery of each frame
+//!  sequencer  Sequencer    subjects this core owns: seq, history ring, dedup, fsync queue
+//!  scheduler  Scheduler    scheduled publishes of the subjects this core owns
+//!  pending    Pending      requests in flight to other cores, the store or the cluster
+//!  msg        CoreMsg      what crosses cores: Deliver, Request/Reply, notices
+//!  node       Node         what all cores share (config, bus, metrics, store, cluster)
+//! ```
+//!
+//! This file is the dispatcher between them: the bus loop, the one request/answer path
+//! (`ask` -> `serve` -> `answer` -> `complete`: one shape for every exchange), broadcast,
+//! and shutdown. [`api`] holds what the transport asks of its core, [`sweep`] its periodic
+//! housekeeping. Everything here
+//! runs on the core's own thread (`Rc`/`RefCell`, no locks); other cores are reached only
+//! through the bus. The core never touches a socket: a client with output puts itself on the
+//! [`FlushList`], which the transport drains.
+
+pub mod access;
+pub mod api;
+pub mod client;
+pub mod fanout;
+pub mod msg;
+pub mod node;
+pub mod pending;
+pub mod rate;
+pub mod scheduler;
+pub mod sequencer;
+pub mod sessions;
+pub mod signal;
+pub mod subscription;
+pub mod sweep;
+
+pub use client::{Client, ConnKind, FlushList};
+pub use msg::{CoreBus, CoreMsg, Reply, Request};
+pub use node::Node;
+pub use rate::{InboundLimit, RateBucket, RateVerdict};
+pub use sessions::{ResumeError, SessionState, TakeError};
+pub use subscription::{SubError, Subscription};
+
+use crate::bus::owner_of;
+use crate::cluster::Fetch;
+use crate::config::Config;
+use crate::frame::Frame;
+use crate::metrics::{self, CloseReason, CoreMetrics};
+use crate::owner::SubjectLimits;
+use crate::proto::{self, ErrorCode, PubResult};
+use crate::store::{ReadReq, StoredRange};
+use crossbeam_channel::Receiver;
+use fanout::Fanout;
+use pending::{Pending, Slot};
+use scheduler::Scheduler;
+use sequencer::{Deep, Finished, Ready, Sequencer};
+use sessions::Sessions;
+use signal::LocalNotify;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Bus messages handled per loop turn before the core yields to socket I/O.
+pub const BUS_BATCH: usize = 4096;
+
+/// How long a connection may take to flush its close frame before its socket is shut down.
+pub const CLOSE_GRACE_MS: u64 = 2_000;
+
+/// Period of the sweep (pings, half-open detection, close deadlines, session expiry).
+pub const SWEEP_TICK: Duration = Duration::from_millis(250);
+
+/// The token of a request nobody waits for (a scheduled publish firing in cluster mode):
+/// [`Pending`] never hands it out, so its answer is dropped.
+const NOBODY: u64 = 0;
+
+/// Who waits on this core for an answer.
+enum Waiter {
+    /// A WebSocket `pub`: the `ok` (or `err`) goes to the client.
+    Ack {
+        client: Rc<Client>,
+        id: Option<Box<str>>,
+    },
+    /// An `async` caller on this core (an HTTP endpoint, a resume, the demo feed).
+    Await(Rc<Slot<Reply>>),
+    /// A subscription's replay from one owner (`since`: the subject is held meanwhile).
+    Replay {
+        client: Rc<Client>,
+        sub: Rc<Subscription>,
+        since: bool,
+    },
+    /// A resumed session's catch-up from one owner.
+    CatchUp {
+        client: Rc<Client>,
+        subs: Vec<Rc<Subscription>>,
+    },
+    /// Owner side: an answer waiting for stored messages older than the ring (boxed: rare,
+    /// and it holds a reply address, which may hold a waiter).
+    Deep(Box<Deep<ReplyTo>>),
+}
+
+/// Where an answer goes.
+enum ReplyTo {
+    /// Another core, as a [`CoreMsg::Reply`].
+    Core { core: usize, token: u64 },
+    /// A waiter on this core.
+    Local(Waiter),
+    /// Nobody (a scheduled publish firing).
+    Nobody,
+}
+
+/// One core's shard and event-loop state.
+pub struct Core {
+    /// This core's index.
+    pub id: usize,
+    /// Node-wide shared state.
+    pub node: Arc<Node>,
+    rx: Receiver<CoreMsg>,
+    sessions: RefCell<Sessions>,
+    fanout: RefCell<Fanout>,
+    sequencer: RefCell<Sequencer<ReplyTo>>,
+    scheduler: RefCell<Scheduler>,
+    pending: RefCell<Pending<Waiter>>,
+    flush: Rc<FlushList>,
+    /// Notified when shutdown begins (accept loop and connections watch it).
+    pub shutdown: LocalNotify,
+    shutting_down: Cell<bool>,
+    clock_ms: Cell<u64>,
+    started: Instant,
+}
+
+impl Core {
+    /// Builds core `id`'s state from what the store recovered for it.
+    pub fn new(id: usize, node: Arc<Node>, rx: Receiver<CoreMsg>) -> Rc<Core> {
+        let cfg = &node.cfg;
+        let limits = SubjectLimits {
+            history: cfg.history,
+            dedup_ids: cfg.dedup_window,
+            dedup_ttl: Duration::from_secs(cfg.dedup_secs),
+        };
+        let store = node.store.clone();
+        let mut recovered = store.recover(id, node.cores(), cfg.history, cfg.dedup_window);
+        let scheduler = Scheduler::new(id, store.clone(), &mut recovered);
+        let sequencer = Sequencer::new(id, limits, store, node.has_store(), recovered.subjects);
+        Rc::new(Core {
+            id,
+            rx,
+            sessions: RefCell::default(),
+            fanout: RefCell::default(),
+            sequencer: RefCell::new(sequencer),
+            scheduler: RefCell::new(scheduler),
+            pending: RefCell::default(),
+            flush: Rc::default(),
+            shutdown: LocalNotify::default(),
+            shutting_down: Cell::new(false),
+            clock_ms: Cell::new(0),
+            started: Instant::now(),
+            node,
+        })
+    }
+
+    /// This core's counters.
+    #[inline]
+    pub fn metrics(&self) -> &CoreMetrics {
+        &self.node.metrics[self.id]
+    }
+
+    /// The node configuration.
+    pub fn cfg(&self) -> &Config {
+        &self.node.cfg
+    }
+
+    /// Number of cores in the node.
+    pub fn cores(&self) -> usize {
+        self.node.cores()
+    }
+
+    /// True once shutdown began on this core.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// Sessions registered on this core (connected, or retained for a resume).
+    pub fn connection_count(&self) -> usize {
+        self.sessions.borrow().len()
+    }
+
+    /// The clients waiting for their writer (drained by the transport's flusher).
+    pub fn flush_list(&self) -> &Rc<FlushList> {
+        &self.flush
+    }
+
+    /// Milliseconds since this core started, read now (for rate limiting).
+    pub fn precise_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Core clock: ms since this core started, advanced by [`Core::sweep`].
+    pub fn now_ms(&self) -> u64 {
+        self.clock_ms.get()
+    }
+
+    // ---- the event loop ---------------------------------------------------------------------
+
+    /// Drains the bus forever: one batch per loop turn, then yields to socket I/O.
+    pub async fn run_bus(self: Rc<Self>) {
+        let doorbell = self.node.bus.doorbell(self.id).clone();
+        loop {
+            doorbell.wait().await;
+            let mut n = 0;
+            while let Ok(msg) = self.rx.try_recv() {
+                self.handle(msg);
+                n += 1;
+                if n == BUS_BATCH {
+                    doorbell.ring();
+                    break;
+                }
+            }
+            if n == BUS_BATCH {
+                signal::yield_now().await;
+            }
+        }
+    }
+
+    /// Sweeps every [`SWEEP_TICK`], forever.
+    pub async fn run_sweeper(self: Rc<Self>) {
+        loop {
+            monoio::time::sleep(SWEEP_TICK).await;
+            self.sweep();
+        }
+    }
+
+    /// Fires scheduled publishes when due (one task per core, for the subjects it owns).
+    pub async fn run_schedules(self: Rc<Self>) {
+        /// Longest sleep between checks: bounds the effect of wall-clock jumps.
+        const MAX_SLEEP: Duration = Duration::from_secs(1);
+        let wake = self.scheduler.borrow().wake();
+        while !self.shutting_down.get() {
+            let due = self.scheduler.borrow_mut().take_due(crate::os::now_ms());
+            for (id, s) in due {
+                let msg_id = s.msg_id.as_deref();
+                match &self.node.cluster {
+                    Some(b) => b.publish(&s.subject, &s.data, msg_id, self.id, NOBODY),
+                    None => self.sequence(&s.subject, &s.data, msg_id, Some(&id), ReplyTo::Nobody),
+                }
+            }
+            let next = self.scheduler.borrow().next_due();
+            let wait = next.map_or(MAX_SLEEP, |at| {
+                Duration::from_millis(at.saturating_sub(crate::os::now_ms())).min(MAX_SLEEP)
+            });
+            monoio::select! {
+                _ = monoio::time::sleep(wait) => {}
+                _ = wake.wait() => {}
+            }
+        }
+    }
+
+    /// Handles one message from another core (or from the store or the cluster bridge).
+    pub fn handle(self: &Rc<Self>, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Deliver { frame, from } => self.deliver(frame, from),
+            CoreMsg::Request { from, token, req } => {
+                self.serve(req, ReplyTo::Core { core: from, token })
+            }
+            CoreMsg::Reply { token, reply } => {
+                let waiter = self.pending.borrow_mut().take(token);
+                if let Some(w) = waiter {
+                    self.complete(w, reply);
+                }
+            }
+            CoreMsg::Durable { upto, ok } => {
+                let ready = self.sequencer.borrow_mut().durable(upto, ok);
+                for r in ready {
+                    self.finish_publish(r);
+                }
+            }
+            CoreMsg::Replicated(msg) => {
+                let frame = self.sequencer.borrow_mut().replicated(self.metrics(), &msg);
+                if let Some(frame) = frame {
+                    self.broadcast(frame);
+                }
+            }
+            CoreMsg::Restore { session, state } => self.restore(&session, state),
+            CoreMsg::Shutdown => self.begin_shutdown(),
+        }
+    }
+
+    // ---- requests and answers ---------------------------------------------------------------
+
+    /// Asks core `owner` (this one included) to serve `req`; `w` gets the answer.
+    fn ask(&self, owner: usize, req: Request, w: Waiter) {
+        if owner == self.id {
+            return self.serve(req, ReplyTo::Local(w));
+        }
+        let token = self.pending.borrow_mut().park(w);
+        let msg = CoreMsg::Request {
+            from: self.id,
+            token,
+            req,
+        };
+        self.node.bus.send(owner, msg);
+    }
+
+    /// [`Core::ask`] for an `async` caller: waits for the answer.
+    async fn call(&self, owner: usize, req: Request) -> Reply {
+        let slot = Rc::new(Slot::default());
+        self.ask(owner, req, Waiter::Await(slot.clone()));
+        slot.wait().await
+    }
+
+    /// Serves a request as its owner; every request kind is answered with its reply kind,
+    /// now or (store reads, fsyncs) later.
+    fn serve(&self, req: Request, to: ReplyTo) {
+        match req {
+            Request::Publish {
+                subject,
+                data,
+                msg_id,
+            } => self.sequence(&subject, &data, msg_id.as_deref(), None, to),
+            Request::Replay { pattern, kind } => {
+                if let sequencer::ReplayKind::Since(since) = kind {
+                    if self.sequencer.borrow().replay_needs_store(&pattern, since) {
+                        let tries = 0;
+                        let subject = pattern;
+                        return self.read_older(Deep::Replay {
+                            subject,
+                            since,
+                            to,
+                            tries,
+                        });
+                    }
+                }
+                let replay = self.sequencer.borrow().replay(&pattern, &kind);
+                let owner = self.id;
+                self.answer(to, Reply::Replayed { owner, replay });
+            }
+            Request::History {
+                subject,
+                since,
+                limit,
+            } => {
+                if self.sequencer.borrow().history_needs_store(&subject) {
+                    let deep = Deep::History {
+                        subject,
+                        since,
+                        limit,
+                        to,
+                    };
+                    return self.read_older(deep);
+                }
+                let body = self
+                    .sequencer
+                    .borrow()
+                    .history(&subject, since, limit, None);
+                self.answer(to, Reply::History(body));
+            }
+            Request::TakeSession { session, received } => {
+                let r = self.take_session(&session, received);
+                self.answer(to, Reply::Session(r));
+            }
+            Request::CatchUp { patterns, after } => {
+                let frames = self.sequencer.borrow().catch_up(&patterns, after);
+                let owner = self.id;
+                self.answer(to, Reply::CaughtUp { owner, frames });
+            }
+            Request::Schedule(op) => {
+                let r = self.scheduler.borrow_mut().apply(op);
+                self.answer(to, Reply::Schedule(r));
+            }
+        }
+    }
+
+    /// Sends an answer where it goes.
+    fn answer(&self, to: ReplyTo, reply: Reply) {
+        match to {
+            ReplyTo::Core { core, token } => {
+                self.node.bus.send(core, CoreMsg::Reply { token, reply })
+            }
+            ReplyTo::Local(w) => self.complete(w, reply),
+            ReplyTo::Nobody => {}
+        }
+    }
+
+    /// Gives a waiter on this core its answer.
+    fn complete(&self, w: Waiter, reply: Reply) {
+        let m = self.metrics();
+        match (w, reply) {
+            (Waiter::Await(slot), reply) => slot.fill(reply),
+            (Waiter::Ack { client, id }, Reply::Published(result)) => {
+                reply_pub(m, &client, id.as_deref(), result)
+            }
+            (Waiter::Replay { client, sub, since }, Reply::Replayed { owner, replay }) => {
+                sub.arrived(owner);
+                if since {
+                    client.release(&sub.pattern);
+                }
+                self.apply_replay(&client, &sub, replay);
+            }
+            (Waiter::CatchUp { client, subs }, Reply::CaughtUp { owner, frames }) => {
+                for sub in &subs {
+                    sub.arrived(owner);
+                }
+                self.push_frames(&client, frames);
+            }
+            (Waiter::Deep(deep), Reply::Stored(range)) => self.finish_deep(*deep, range),
+            (Waiter::Deep(deep), Reply::Fetched(result)) => {
+                self.finish_deep(*deep, stored_range(result))
+            }
+            (_, reply) => {
+                // Every request kind is answered with its own reply kind (see `serve`).
+                tracing::error!(core = self.id, ?reply, "answer of the wrong kind; dropped");
+            }
+        }
+    }
+
+    // ---- publishing -------------------------------------------------------------------------
+
+    /// Routes a publish to its sequencer: the cluster's stream in cluster mode, else the
+    /// subject's owner core (this one, or over the bus); `w` gets the outcome.
+    fn publish(&self, subject: &str, data: &[u8], msg_id: Option<&str>, w: Waiter) {
+        if let Some(bridge) = &self.node.cluster {
+            let token = self.pending.borrow_mut().park(w);
+            return bridge.publish(subject, data, msg_id, self.id, token);
+        }
+        let owner = owner_of(subject, self.cores());
+        if owner == self.id {
+            return self.sequence(subject, data, msg_id, None, ReplyTo::Local(w));
+        }
+        let req = Request::Publish {
+            subject: subject.into(),
+            data: data.into(),
+            msg_id: msg_id.map(Into::into),
+        };
+        self.ask(owner, req, w);
+    }
+
+    /// Owner side: sequences a publish and, unless it waits for its fsync, broadcasts it and
+    /// answers. `fired`: the schedule id this publish fires.
+    fn sequence(
+        &self,
+        subject: &str,
+        data: &[u8],
+        msg_id: Option<&str>,
+        fired: Option<&str>,
+        to: ReplyTo,
+    ) {
+        let m = self.metrics();
+        let ready = self
+            .sequencer
+            .borrow_mut()
+            .publish(m, subject, data, msg_id, fired, to);
+        if let Some(r) = ready {
+            self.finish_publish(r);
+        }
+    }
+
+    /// A publish the sequencer is done with: broadcast its frame, then answer.
+    fn finish_publish(&self, r: Ready<ReplyTo>) {
+        if let Some(frame) = r.frame {
+            self.broadcast(frame);
+        }
+        self.answer(r.to, Reply::Published(r.result));
+    }
+
+    /// Sends a frame this core owns to every core, itself included (FIFO per core pair, so
+    /// each subject's frames arrive in seq order everywhere).
+    fn broadcast(&self, frame: Arc<Frame>) {
+        for core in (0..self.cores()).filter(|c| *c != self.id) {
+            let from = self.id;
+            let frame = frame.clone();
+            self.node.bus.send(core, CoreMsg::Deliver { frame, from });
+        }
+        self.deliver(frame, self.id);
+    }
+
+    /// Queues `frame` (broadcast by core `from`) to every matching local connection, once per
+    /// connection.
+    pub fn deliver(&self, frame: Arc<Frame>, from: usize) {
+        let m = self.metrics();
+        let n = self.fanout.borrow_mut().deliver(frame, from, m);
+        metrics::add(&m.delivered, n);
+    }
+
+    // ---- history older than the ring --------------------------------------------------------
+
+    /// Owner side: reads the part of `deep` older than the ring, from the store (or, in
+    /// cluster mode, the stream).
+    fn read_older(&self, deep: Deep<ReplyTo>) {
+        let plan = self.sequencer.borrow().read_plan(&deep);
+        let token = self.pending.borrow_mut().park(Waiter::Deep(Box::new(deep)));
+        if let Some(bridge) = &self.node.cluster {
+            // Cluster mode: the stream is the store. Ask for exactly the hole below the ring.
+            let limit = plan
+                .limit
+                .min(plan.before.saturating_sub(plan.after + 1) as usize);
+            let what = Fetch {
+                subject: plan.subject,
+                since: plan.after,
+                limit,
+            };
+            return bridge.fetch(what, self.id, token);
+        }
+        self.node.store.read(ReadReq {
+            subject: plan.subject,
+            after: plan.after,
+            before: plan.before,
+            limit: plan.limit,
+            newest: plan.newest,
+            core: self.id,
+            token,
+        });
+    }
+
+    /// Owner side: the store answered a deep read; finish the replay or history request.
+    fn finish_deep(&self, deep: Deep<ReplyTo>, range: StoredRange) {
+        let finished = self.sequencer.borrow().finish(deep, range);
+        match finished {
+            Finished::Replay(to, replay) => {
+                let owner = self.id;
+                self.answer(to, Reply::Replayed { owner, replay })
+            }
+            Finished::History(to, body) => self.answer(to, Reply::History(body)),
+            Finished::ReadAgain(deep) => self.read_older(deep),
+        }
+    }
+
+    // ---- shutdown ---------------------------------------------------------------------------
+
+    /// Starts shutdown on this core: every connection gets close 1001.
+    pub fn begin_shutdown(&self) {
+        if self.shutting_down.replace(true) {
+            return;
+        }
+        let clients = self.sessions.borrow().all();
+        for c in clients {
+            if c.is_detached() {
+                self.unregister(&c);
+            } else {
+                let code = crate::ws::close::GOING_AWAY;
+                c.close(
+                    self.metrics(),
+                    CloseReason::Shutdown,
+                    code,
+                    "server shutting down",
+                );
+            }
+        }
+        self.shutdown.notify();
+    }
+}
+
+fn reply_pub(m: &CoreMetrics, client: &Client, id: Option<&str>, result: PubResult) {
+    match result {
+        Ok(ack) => {
+            let mut b = Vec::with_capacity(80);
+            proto::ok_pub(&mut b, id, ack.seq, ack.ts, ack.duplicate);
+            client.send_json(m, &b);
+        }
+        Err(e) => client.send_err(m, id, ErrorCode::Overloaded, e.message()),
+    }
+}
+
+/// A cluster read's answer as a store read's (a failed read is logged and reads as empty:
+/// the replay then reports the gap, the history shows what the ring has).
+fn stored_range(
+    result: Result<crate::cluster::Fetched, crate::cluster::ClusterError>,
+) -> StoredRange {
+    match result {
+        Ok(f) => StoredRange {
+            first_seq: f.first_seq,
+            frames: f
+                .messages
+                .iter()
+                .map(|m| {
+                    let id = m.msg_id.as_deref();
+                    Arc::new(Frame::encode(&m.subject, m.seq, m.ts, &m.data, id))
+                })
+                .collect(),
+        },
+        Err(e) => {
+            tracing::warn!("history read from the cluster stream failed: {e}");
+            StoredRange::default()
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The sweep: what a core does every [`super::SWEEP_TICK`] without being asked. It advances the
+//! core clock, expires retained sessions, sends SSE heartbeats, pings silent WebSockets and
+//! closes those that stay silent (half-open peers), enforces auth deadlines and token expiry,
+//! and shuts down sockets whose close did not flush within [`CLOSE_GRACE_MS`] (a peer that
+//! stopped reading). Runs on the core's thread, from its sweeper task.
+
+use super::{Client, ConnKind, Core, CLOSE_GRACE_MS};
+use crate::metrics::{CloseReason, CoreMetrics};
+use crate::proto::ErrorCode;
+use std::rc::Rc;
+
+impl Core {
+    /// Periodic housekeeping: advances the core clock, expires retained sessions, pings silent
+    /// WebSockets and closes those that stay silent (half-open peers), enforces auth deadlines
+    /// and token expiry, and shuts down sockets whose close did not flush within
+    /// [`CLOSE_GRACE_MS`] (a peer that stopped reading).
+    pub fn sweep(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.clock_ms.set(now);
+        let cfg = self.cfg();
+        let tick = SweepTick {
+            now,
+            unix_secs: crate::os::now_us() / 1_000_000,
+            ping_ms: cfg.ping_interval_ms.max(1),
+            session_ttl_ms: cfg.session_ttl.saturating_mul(1000),
+            heartbeat_ms: cfg.sse_heartbeat_secs.max(1).saturating_mul(1000),
+        };
+        let clients = self.sessions.borrow().all();
+        for c in clients {
+            self.sweep_client(&c, &tick);
+        }
+    }
+
+    fn sweep_client(&self, c: &Rc<Client>, t: &SweepTick) {
+        let m = self.metrics();
+        let now = t.now;
+        if let Some(at) = c.detached_at.get() {
+            if now.saturating_sub(at) >= t.session_ttl_ms {
+                self.unregister(c);
+            }
+            return;
+        }
+        if c.closing().is_some() {
+            match c.closed_at.get() {
+                None => c.closed_at.set(Some(now)),
+                Some(at) if now.saturating_sub(at) >= CLOSE_GRACE_MS => c.force_shutdown(),
+                Some(_) => {}
+            }
+            return;
+        }
+        if c.kind == ConnKind::Sse && now.saturating_sub(c.last_rx.get()) >= t.heartbeat_ms {
+            // A comment line keeps proxies from closing an idle stream.
+            c.last_rx.set(now);
+            c.send_raw(m, b":\n\n".to_vec().into());
+        }
+        if c.access.auth_overdue(now) {
+            let why = "authentication timeout: send an 'auth' op first";
+            return close_unauthorized(m, c, why, "unauthorized");
+        }
+        if c.access.expired(t.unix_secs) {
+            return close_unauthorized(m, c, "token expired", "token expired");
+        }
+        let silent = now.saturating_sub(c.last_rx.get());
+        if c.ping_sent.get() && silent >= 2 * t.ping_ms {
+            let code = crate::ws::close::POLICY;
+            c.close(m, CloseReason::Timeout, code, "no response to ping");
+        } else if !c.ping_sent.get() && silent >= t.ping_ms {
+            c.ping_sent.set(true);
+            let mut f = Vec::with_capacity(2);
+            crate::ws::encode_frame(&mut f, crate::ws::OP_PING, b"");
+            c.send_raw(m, f.into());
+        }
+    }
+}
+
+/// What one sweep compares against.
+struct SweepTick {
+    now: u64,
+    unix_secs: u64,
+    ping_ms: u64,
+    session_ttl_ms: u64,
+    heartbeat_ms: u64,
+}
+
+fn close_unauthorized(m: &CoreMetrics, c: &Client, message: &str, reason: &str) {
+    c.send_err(m, None, ErrorCode::Unauthorized, message);
+    let code = crate::ws::close::UNAUTHORIZED;
+    c.close(m, CloseReason::Unauthorized, code, reason);
+}

@@ -1,0 +1,232 @@
+//! The plain HTTP endpoints: the demo page and browser client, `/healthz`, `/metrics`,
+//! `POST /publish` (now or scheduled), `/history/{subject}` and `/schedule`.
+//!
+//! Each takes the parsed request and returns the complete response bytes; none touches a
+//! socket. Runs on the connection's core thread; what another core owns is asked of it
+//! through the core (and awaited).
+
+use super::admission::{forbidden, http_grant};
+use crate::auth::Grant;
+use crate::core::scheduler::{CancelError, ScheduleOp, ScheduleReply};
+use crate::core::Core;
+use crate::http::{self, Request, Route};
+use crate::proto::{self, ErrorCode, PubAck};
+use std::sync::Arc;
+
+/// The browser client, an ES module served at `/ringcast.js` (source: `src/web/ringcast.js`).
+const CLIENT_JS: &str = include_str!("../web/ringcast.js");
+
+/// The demo page served at `/` (source: `src/web/index.html`).
+const DEMO_PAGE: &str = include_str!("../web/index.html");
+
+/// Default and maximum `limit` of `/history`.
+pub const HISTORY_LIMIT_MAX: usize = 10_000;
+
+/// The response to a plain HTTP request on `route` (upgrades and SSE are not plain).
+pub async fn respond(core: &Core, req: &Request, route: Route<'_>, keep_alive: bool) -> Vec<u8> {
+    let ka = keep_alive;
+    match route {
+        Route::DemoPage => static_page("text/html; charset=utf-8", DEMO_PAGE, &[], ka),
+        Route::ClientJs => {
+            let no_cache = [("Cache-Control", "no-cache")];
+            static_page("text/javascript; charset=utf-8", CLIENT_JS, &no_cache, ka)
+        }
+        Route::Healthz => match core.node.health() {
+            Ok(()) => http::response(200, "text/plain", &[], b"ok", ka),
+            Err(why) => http::response(503, "text/plain", &[], why.as_bytes(), ka),
+        },
+        Route::Metrics => metrics(core, req, ka),
+        Route::Publish => match http_grant(core, req, ka) {
+            Ok(grant) => publish(core, grant.as_deref(), &req.body, ka).await,
+            Err(resp) => resp,
+        },
+        Route::ListSchedules => match http_grant(core, req, ka) {
+            Ok(grant) => list_schedules(core, grant.as_deref(), &req.query, ka).await,
+            Err(resp) => resp,
+        },
+        Route::CancelSchedule(id) => match http_grant(core, req, ka) {
+            Ok(grant) => cancel_schedule(core, grant, id, ka).await,
+            Err(resp) => resp,
+        },
+        Route::History(subject) => match http_grant(core, req, ka) {
+            Ok(grant) => history(core, grant.as_deref(), subject, &req.query, ka).await,
+            Err(resp) => resp,
+        },
+        Route::MethodNotAllowed(methods) => {
+            let code = ErrorCode::MethodNotAllowed;
+            let body = proto::http_error_body(code, "method not allowed");
+            let allow = http::allow(methods);
+            http::response(405, "application/json", &[("Allow", &allow)], &body, ka)
+        }
+        // The socket-taking routes are served before this; reaching here means not found.
+        Route::WebSocket | Route::Echo | Route::Sse | Route::NotFound => {
+            http::error(ErrorCode::NotFound, "no such endpoint", ka)
+        }
+    }
+}
+
+fn static_page(
+    content_type: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+    keep_alive: bool,
+) -> Vec<u8> {
+    http::response(200, content_type, headers, body.as_bytes(), keep_alive)
+}
+
+fn metrics(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
+    if core.cfg().metrics_require_auth && http_grant(core, req, keep_alive).is_err() {
+        let why = "metrics need a valid token";
+        return http::error(ErrorCode::Unauthorized, why, keep_alive);
+    }
+    let text = core.node.render_metrics();
+    let content_type = "text/plain; version=0.0.4";
+    http::response(200, content_type, &[], text.as_bytes(), keep_alive)
+}
+
+/// `POST /publish {"subject","data","msg_id"?,"at"?}`.
+async fn publish(core: &Core, grant: Option<&Grant>, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let (p, at) = match proto::publish::parse_body(body) {
+        Ok(v) => v,
+        Err(m) => return http::error(ErrorCode::BadRequest, &m, keep_alive),
+    };
+    if let Some(Err(r)) = grant.map(|g| g.check_publish(&p.subject)) {
+        return forbidden(r, "publish", keep_alive);
+    }
+    if p.data.get().len() > core.cfg().max_frame_bytes {
+        let why = "data larger than --max-frame-bytes";
+        return http::error(ErrorCode::TooLarge, why, keep_alive);
+    }
+    if let Some(at_ms) = at.filter(|at| *at > crate::os::now_ms()) {
+        return schedule(core, &p, at_ms, keep_alive).await;
+    }
+    let msg_id = p.msg_id.as_deref();
+    match core.publish_http(&p.subject, p.data_bytes(), msg_id).await {
+        Ok(ack) => http::json(200, &ack_body(&p.subject, &ack), keep_alive),
+        Err(e) => http::error(ErrorCode::Overloaded, e.message(), keep_alive),
+    }
+}
+
+/// `{"subject":S,"seq":N,"ts":T}` (+ `"duplicate":true`).
+fn ack_body(subject: &str, ack: &PubAck) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(b"{\"subject\":");
+    serde_json::to_writer(&mut out, subject).expect("Vec write");
+    out.extend_from_slice(format!(",\"seq\":{},\"ts\":{}", ack.seq, ack.ts).as_bytes());
+    if ack.duplicate {
+        out.extend_from_slice(b",\"duplicate\":true");
+    }
+    out.push(b'}');
+    out
+}
+
+/// A publish with a future `at`: 202 with its schedule id, kept by the subject's owner.
+async fn schedule(core: &Core, p: &proto::Publish<'_>, at_ms: u64, keep_alive: bool) -> Vec<u8> {
+    let s = crate::schedule::Scheduled {
+        subject: p.subject.as_ref().into(),
+        data: p.data_bytes().into(),
+        msg_id: p.msg_id.as_deref().map(Into::into),
+        at_ms,
+    };
+    let owner = crate::bus::owner_of(&p.subject, core.cores());
+    match core.schedule(owner, ScheduleOp::Add(s)).await {
+        ScheduleReply::Added(Ok(id)) => {
+            let mut out = Vec::with_capacity(96);
+            out.extend_from_slice(format!("{{\"schedule_id\":\"{id}\",\"subject\":").as_bytes());
+            serde_json::to_writer(&mut out, &*p.subject).expect("Vec write");
+            out.extend_from_slice(format!(",\"at\":{at_ms}}}").as_bytes());
+            http::json(202, &out, keep_alive)
+        }
+        _ => {
+            let why = "too many pending scheduled publishes";
+            http::error(ErrorCode::Overloaded, why, keep_alive)
+        }
+    }
+}
+
+/// `DELETE /schedule/{id}`.
+async fn cancel_schedule(
+    core: &Core,
+    grant: Option<Arc<Grant>>,
+    id: &str,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let not_found = || {
+        let why = "no such pending scheduled publish";
+        http::error(ErrorCode::NotFound, why, keep_alive)
+    };
+    let Some((owner, n)) = crate::schedule::parse_id(id).filter(|(o, _)| *o < core.cores()) else {
+        return not_found();
+    };
+    match core.schedule(owner, ScheduleOp::Cancel { n, grant }).await {
+        ScheduleReply::Cancelled(Ok(())) => {
+            let body = format!("{{\"schedule_id\":\"{id}\",\"cancelled\":true}}");
+            http::json(200, body.as_bytes(), keep_alive)
+        }
+        ScheduleReply::Cancelled(Err(CancelError::Forbidden(r))) => {
+            forbidden(r, "publish", keep_alive)
+        }
+        _ => not_found(),
+    }
+}
+
+/// `GET /schedule?subject=S`.
+async fn list_schedules(
+    core: &Core,
+    grant: Option<&Grant>,
+    query: &str,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let Some(subject) = http::query_get(query, "subject") else {
+        let why = "give a 'subject' parameter";
+        return http::error(ErrorCode::BadRequest, why, keep_alive);
+    };
+    if let Err(e) = crate::subject::validate_subject(&subject) {
+        return http::error(ErrorCode::BadRequest, &e.to_string(), keep_alive);
+    }
+    if let Some(Err(r)) = grant.map(|g| g.check_publish(&subject)) {
+        return forbidden(r, "publish", keep_alive);
+    }
+    let owner = crate::bus::owner_of(&subject, core.cores());
+    let subject = subject.as_ref().into();
+    match core.schedule(owner, ScheduleOp::List { subject }).await {
+        ScheduleReply::Listed(body) => http::json(200, &body, keep_alive),
+        _ => http::error(ErrorCode::Internal, "unexpected owner reply", keep_alive),
+    }
+}
+
+/// `GET /history/{subject}?since=N&limit=L`.
+async fn history(
+    core: &Core,
+    grant: Option<&Grant>,
+    raw_subject: &str,
+    query: &str,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let subject = http::percent_decode(raw_subject);
+    if let Err(e) = crate::subject::validate_subject(&subject) {
+        return http::error(ErrorCode::BadRequest, &e.to_string(), keep_alive);
+    }
+    if let Some(Err(r)) = grant.map(|g| g.check_subscribe(&subject)) {
+        return forbidden(r, "subscribe", keep_alive);
+    }
+    let num = |key: &str| -> Result<Option<u64>, Vec<u8>> {
+        match http::query_get(query, key) {
+            None => Ok(None),
+            Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                let why = format!("'{key}' must be a non-negative integer");
+                http::error(ErrorCode::BadRequest, &why, keep_alive)
+            }),
+        }
+    };
+    let since = match num("since") {
+        Ok(v) => v.unwrap_or(0),
+        Err(r) => return r,
+    };
+    let limit = match num("limit") {
+        Ok(v) => (v.unwrap_or(HISTORY_LIMIT_MAX as u64) as usize).min(HISTORY_LIMIT_MAX),
+        Err(r) => return r,
+    };
+    let body = core.history(&subject, since, limit).await;
+    http::json(200, &body, keep_alive)
+}

@@ -1,0 +1,370 @@
+//! The transport: the socket side of a connection's life on its core, and the only code that
+//! reads or writes client sockets.
+//!
+//! ```text
+//!  mod.rs        Transport: accept -> HTTP phase (keep-alive, route table) -> hand-off;
+//!                the flusher and the coalesced writer; read/write buffer pools
+//!  admission     connection limits, Origin, token -> Grant (upgrade, SSE, HTTP)
+//!  endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule
+//!  websocket     an upgraded WebSocket: hello, the reader (frames -> ops)
+//!  sse           a Server-Sent Events stream
+//!  ops           one protocol op applied to the core (sub, unsub, pub, ping, auth, resume)
+//! ```
+//!
+//! One [`Transport`] per core, on that core's thread (`Rc`/`RefCell`). It owns what only the
+//! socket side needs: the write halves of connections with nothing to send (an idle
+//! connection holds no task and no buffer), the pools of read buffers and write batches, and
+//! the accept-rate bucket. Output flows core -> [`FlushList`] -> flusher -> one writer task per
+//! connection with output, which sends everything queued in one `writev` per turn.
+//!
+//! Memory: an idle WebSocket holds no read buffer (it waits for readiness, then borrows a
+//! pooled buffer for the read) and no write buffer (a pooled `WriteBatch` per write).
+
+pub mod admission;
+pub mod endpoints;
+pub mod ops;
+pub mod sse;
+pub mod websocket;
+
+use crate::core::{Client, Core, FlushList, RateBucket};
+use crate::http::{self, Request, Route};
+use crate::metrics::{self, CloseReason};
+use crate::outbound::WriteBatch;
+use crate::proto::{self, ErrorCode};
+use admission::Admitted;
+use hashbrown::HashMap;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf};
+use monoio::net::TcpStream;
+use std::cell::{Cell, RefCell};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+
+/// Bytes read per call while in the HTTP phase.
+const HTTP_READ_CHUNK: usize = 512;
+
+/// Spare write batches kept per core for reuse.
+const BATCH_POOL: usize = 256;
+
+/// Spare read buffers kept per core; a connection borrows one only while data is ready.
+const READ_POOL: usize = 64;
+
+/// Size of a pooled read buffer.
+pub const READ_BUF_BYTES: usize = 16 << 10;
+
+/// The write half of a connection's socket.
+pub type WriteHalf = monoio::io::OwnedWriteHalf<TcpStream>;
+
+/// The socket side of one core.
+pub struct Transport {
+    /// The core this transport serves.
+    pub core: Rc<Core>,
+    /// Write halves of connections whose writer is not running, by client key.
+    parked: RefCell<HashMap<u64, WriteHalf>>,
+    batches: RefCell<Vec<WriteBatch>>,
+    read_bufs: RefCell<Vec<Vec<u8>>>,
+    /// This core's share of `--max-accept-per-sec`.
+    accepts: Cell<RateBucket>,
+}
+
+impl Transport {
+    /// The transport of `core`.
+    pub fn new(core: Rc<Core>) -> Rc<Transport> {
+        Rc::new(Transport {
+            core,
+            parked: RefCell::default(),
+            batches: RefCell::default(),
+            read_bufs: RefCell::default(),
+            accepts: Cell::default(),
+        })
+    }
+
+    // ---- output -----------------------------------------------------------------------------
+
+    /// Gives `c`'s write half to the transport (at upgrade); a writer starts once `c` has
+    /// output.
+    fn attach(&self, c: &Client, wh: WriteHalf) {
+        self.parked.borrow_mut().insert(c.key, wh);
+    }
+
+    /// The connection's socket is gone (its reader ended): its session is detached or
+    /// dropped by the core, and a parked write half is dropped here.
+    fn release(&self, c: &Rc<Client>) {
+        self.core.detach_or_unregister(c);
+        self.parked.borrow_mut().remove(&c.key);
+    }
+
+    /// Drains the core's flush list forever: a writer task for every listed client whose
+    /// write half is parked (a client whose writer runs is picked up by that writer).
+    pub async fn run_flusher(self: Rc<Self>) {
+        let list: Rc<FlushList> = self.core.flush_list().clone();
+        loop {
+            list.ready.wait().await;
+            for c in list.drain() {
+                let wh = self.parked.borrow_mut().remove(&c.key);
+                if let Some(wh) = wh {
+                    monoio::spawn(self.clone().write_loop(c, wh));
+                }
+            }
+        }
+    }
+
+    /// Writes everything queued, one coalesced `writev` at a time. When the queue is empty it
+    /// parks the write half and ends (or, once closing, shuts the socket's write side down).
+    async fn write_loop(self: Rc<Self>, c: Rc<Client>, mut wh: WriteHalf) {
+        let m = self.core.metrics();
+        loop {
+            if !c.has_output() {
+                if c.closing().is_some() {
+                    let _ = wh.shutdown().await;
+                } else {
+                    self.parked.borrow_mut().insert(c.key, wh);
+                }
+                return;
+            }
+            let mut batch = self.take_batch();
+            c.fill(&mut batch);
+            let bytes = batch.remaining();
+            while batch.remaining() > 0 {
+                let (res, b) = wh.writev(batch).await;
+                batch = b;
+                match res {
+                    Ok(n) if n > 0 => batch.advance(n),
+                    _ => {
+                        self.put_batch(batch);
+                        let code = crate::ws::close::INTERNAL;
+                        c.close(m, CloseReason::IoError, code, "write failed");
+                        c.force_shutdown();
+                        return;
+                    }
+                }
+            }
+            self.put_batch(batch);
+            metrics::add(&m.writes, 1);
+            metrics::add(&m.bytes_out, bytes as u64);
+        }
+    }
+
+    // ---- buffer pools -----------------------------------------------------------------------
+
+    /// Takes a write batch from the pool.
+    pub fn take_batch(&self) -> WriteBatch {
+        self.batches.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Returns a write batch to the pool.
+    pub fn put_batch(&self, mut b: WriteBatch) {
+        b.clear();
+        let mut pool = self.batches.borrow_mut();
+        if pool.len() < BATCH_POOL {
+            pool.push(b);
+        }
+    }
+
+    /// Takes an empty read buffer of [`READ_BUF_BYTES`] capacity.
+    pub fn take_read_buf(&self) -> Vec<u8> {
+        self.read_bufs
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(READ_BUF_BYTES))
+    }
+
+    /// Returns a read buffer to the pool.
+    pub fn put_read_buf(&self, mut b: Vec<u8>) {
+        b.clear();
+        let mut pool = self.read_bufs.borrow_mut();
+        if pool.len() < READ_POOL && b.capacity() == READ_BUF_BYTES {
+            pool.push(b);
+        }
+    }
+
+    // ---- the HTTP phase ---------------------------------------------------------------------
+
+    /// Serves one accepted connection: HTTP requests on a keep-alive connection until it
+    /// closes, or until it becomes a WebSocket or an SSE stream (which then run as their own
+    /// small task, so this larger future is not kept for the connection's life).
+    pub async fn serve(self: Rc<Self>, mut stream: TcpStream) {
+        let core = self.core.clone();
+        let (admitted, refusal) = Admitted::count(&core, &self.accepts);
+        let _ = stream.set_nodelay(true);
+        if let Some(why) = refusal {
+            metrics::add(&core.metrics().rejected, 1);
+            let _ = stream
+                .write_all(http::error(ErrorCode::Overloaded, why, false))
+                .await;
+            return;
+        }
+        let mut inbuf: Vec<u8> = Vec::new();
+        loop {
+            let Some(req) = read_or_refuse(&core, &mut stream, &mut inbuf).await else {
+                return;
+            };
+            metrics::add(&core.metrics().http_requests, 1);
+            let keep_alive = !req.headers.close && !core.is_shutting_down();
+            let route = Route::of(req.method, &req.path, core.cfg().echo_endpoint);
+            match route {
+                Route::Sse => return self.start_sse(stream, req, admitted).await,
+                Route::WebSocket | Route::Echo => {
+                    let echo = route == Route::Echo;
+                    return self
+                        .start_websocket(stream, req, inbuf, echo, admitted)
+                        .await;
+                }
+                _ => {}
+            }
+            // Boxed: endpoint futures are large and rare; the task of every connection would
+            // otherwise be sized for them.
+            let resp = Box::pin(endpoints::respond(&core, &req, route, keep_alive)).await;
+            let (res, _) = stream.write_all(resp).await;
+            if res.is_err() || !keep_alive {
+                return;
+            }
+            if inbuf.is_empty() && inbuf.capacity() > HTTP_READ_CHUNK {
+                inbuf = Vec::new();
+            }
+        }
+    }
+
+    async fn start_sse(self: Rc<Self>, mut stream: TcpStream, req: Request, admitted: Admitted) {
+        match admission::sse(&self.core, &req) {
+            Ok(plan) => {
+                drop(req);
+                monoio::spawn(sse::run(self, stream, plan, admitted));
+            }
+            Err(resp) => {
+                let _ = stream.write_all(resp).await;
+            }
+        }
+    }
+
+    async fn start_websocket(
+        self: Rc<Self>,
+        mut stream: TcpStream,
+        req: Request,
+        inbuf: Vec<u8>,
+        echo: bool,
+        admitted: Admitted,
+    ) {
+        let checked = websocket::upgrade_response(&req)
+            .and_then(|resp| Ok((resp, admission::websocket(&self.core, &req, echo)?)));
+        match checked {
+            Ok((resp, mode)) => {
+                // Nothing from the HTTP phase may stay allocated for the WebSocket's life:
+                // keep leftover bytes only if the client already sent frames.
+                let leftover = if inbuf.is_empty() { Vec::new() } else { inbuf };
+                drop(req);
+                monoio::spawn(websocket::run(self, stream, resp, leftover, mode, admitted));
+            }
+            Err(resp) => {
+                self.core.metrics().closed(CloseReason::BadRequest);
+                let _ = stream.write_all(resp).await;
+            }
+        }
+    }
+}
+
+/// Reads the next request within the handshake timeout; a bad or late one is answered (or the
+/// socket shut) and `None` returned, as for a closed connection.
+async fn read_or_refuse(
+    core: &Core,
+    stream: &mut TcpStream,
+    inbuf: &mut Vec<u8>,
+) -> Option<Request> {
+    let limits = core.cfg().http_limits();
+    // Boxed for the same reason as the endpoints: the timer entry and read operation are only
+    // needed while a request is being read.
+    let read = Box::pin(monoio::time::timeout(
+        core.cfg().handshake_timeout(),
+        read_request(stream, inbuf, limits),
+    ));
+    match read.await {
+        Ok(Ok(req)) => Some(req),
+        Ok(Err(ReadError::Closed)) => None,
+        Err(_) => {
+            core.metrics().closed(CloseReason::Timeout);
+            // The abandoned read may still be in flight (io_uring) and keeps the socket open
+            // until it completes: shut the socket down so it completes now.
+            // SAFETY: `stream` owns this fd for the whole call.
+            unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
+            None
+        }
+        Ok(Err(ReadError::Http(e))) => {
+            core.metrics().closed(CloseReason::BadRequest);
+            let code = match e.status() {
+                413 | 431 => ErrorCode::TooLarge,
+                _ => ErrorCode::BadRequest,
+            };
+            let resp = if e.status() == 431 {
+                let body = proto::http_error_body(code, e.message());
+                http::response(431, "application/json", &[], &body, false)
+            } else {
+                http::error(code, e.message(), false)
+            };
+            let _ = stream.write_all(resp).await;
+            None
+        }
+    }
+}
+
+enum ReadError {
+    Closed,
+    Http(http::HttpError),
+}
+
+async fn read_request(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: http::Limits,
+) -> Result<Request, ReadError> {
+    loop {
+        if !buf.is_empty() {
+            match http::parse_request(buf, limits) {
+                Ok(Some((req, used))) => {
+                    buf.drain(..used);
+                    return Ok(req);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ReadError::Http(e)),
+            }
+        }
+        buf.reserve(HTTP_READ_CHUNK);
+        let len = buf.len();
+        let (res, slice) = stream.read(std::mem::take(buf).slice_mut(len..)).await;
+        *buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => return Err(ReadError::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The descriptor of a read half, for readiness polling and non-blocking `recv`.
+fn read_fd(rh: &OwnedReadHalf<TcpStream>) -> i32 {
+    // SAFETY: the read half keeps the socket open for as long as the caller holds it.
+    unsafe { &*rh.0.get() }.as_raw_fd()
+}
+
+/// One non-blocking `recv` into the spare capacity of `buf`; 0 means EOF.
+fn recv_now(fd: i32, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    loop {
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: writes at most `spare.len()` bytes into memory `buf` owns.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                spare.as_mut_ptr() as *mut libc::c_void,
+                spare.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            // SAFETY: the kernel initialised `n` bytes.
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Applies one client operation (a WebSocket text frame of protocol v1) to the connection's
+//! core: `sub`, `unsub`, `pub`, `ping`, `auth`, `resume`.
+//!
+//! The `frame -> op` step is [`crate::proto`]; this is the `op -> apply` step: rate limit,
+//! auth gate, permission checks, then the core call, and the reply (`ok`, `err`, `pong`) on
+//! the client's queue. Runs on the connection's core thread; no socket in sight.
+
+use crate::auth::Refusal;
+use crate::core::{Client, Core, RateVerdict, SubError};
+use crate::metrics::{CloseReason, CoreMetrics};
+use crate::proto::{self, ClientOp, ErrorCode};
+use std::rc::Rc;
+
+/// Applies one client operation.
+pub fn apply(core: &Rc<Core>, c: &Rc<Client>, text: &[u8]) {
+    let m = core.metrics();
+    if !within_rate(core, c, text) {
+        return;
+    }
+    let req = match proto::parse_op(text) {
+        Ok(r) => r,
+        Err(e) => return c.send_err(m, e.id.map(|r| r.get()), e.code, &e.message),
+    };
+    let id = req.id.map(|r| r.get());
+    if c.access.awaiting_auth() && !matches!(req.op, ClientOp::Auth { .. } | ClientOp::Ping) {
+        let why = "authenticate first with an 'auth' op";
+        return c.send_err(m, id, ErrorCode::Unauthorized, why);
+    }
+    let refused = |r: Refusal, op: &str| c.send_err(m, id, ErrorCode::Forbidden, &r.message(op));
+    let grant = c.access.grant();
+    match req.op {
+        ClientOp::Sub {
+            subject,
+            since,
+            snapshot,
+            conflate,
+        } => {
+            if let Some(Err(r)) = grant.as_ref().map(|g| g.check_subscribe(&subject)) {
+                return refused(r, "subscribe");
+            }
+            if let Err(SubError::TooMany) =
+                core.subscribe(c, id, &subject, since, snapshot, conflate)
+            {
+                let why = "too many subscriptions on this connection";
+                c.send_err(m, id, ErrorCode::BadRequest, why);
+            }
+        }
+        ClientOp::Unsub { subject } => {
+            if core.unsubscribe(c, &subject) {
+                c.send_ok(m, id);
+            } else {
+                let why = "not subscribed to that pattern";
+                c.send_err(m, id, ErrorCode::BadRequest, why);
+            }
+        }
+        ClientOp::Pub(p) => {
+            if let Some(Err(r)) = grant.as_ref().map(|g| g.check_publish(&p.subject)) {
+                return refused(r, "publish");
+            }
+            core.publish_ws(c, id, &p.subject, p.data_bytes(), p.msg_id.as_deref());
+        }
+        ClientOp::Ping => {
+            let mut b = Vec::with_capacity(32);
+            proto::pong(&mut b, id);
+            c.send_json(m, &b);
+        }
+        ClientOp::Auth { token } => authenticate(core, c, id, &token),
+        ClientOp::Resume { session, received } => resume(
+            core,
+            c,
+            id.map(str::to_owned),
+            session.into_owned(),
+            received,
+        ),
+    }
+}
+
+/// The inbound rate limit: false when the message is refused (answered `rate_limited`, or the
+/// connection closed 4029 after too many in a row).
+fn within_rate(core: &Core, c: &Client, text: &[u8]) -> bool {
+    let m = core.metrics();
+    let cfg = core.cfg();
+    match c.inbound.take(
+        core.precise_ms(),
+        cfg.max_msgs_per_sec,
+        cfg.rate_abuse_limit,
+    ) {
+        RateVerdict::Ok => true,
+        RateVerdict::Limited => {
+            let id = proto::parse_op(text)
+                .ok()
+                .and_then(|r| r.id.map(|r| r.get().to_owned()));
+            let why = "too many messages; slow down";
+            c.send_err(m, id.as_deref(), ErrorCode::RateLimited, why);
+            false
+        }
+        RateVerdict::Abuse => {
+            let code = crate::ws::close::RATE_LIMITED;
+            c.close(m, CloseReason::RateLimited, code, "rate limited");
+            false
+        }
+    }
+}
+
+/// `auth`: installs the grant of a new token; subscriptions it no longer allows are dropped,
+/// one `err` each.
+fn authenticate(core: &Core, c: &Rc<Client>, id: Option<&str>, token: &str) {
+    let m = core.metrics();
+    let Some(verifier) = core.node.verifier.as_ref() else {
+        // Auth is off on this node (no key configured): any token is accepted.
+        return c.send_ok(m, id);
+    };
+    match verifier.verify(token) {
+        Err(e) => c.send_err(m, id, ErrorCode::Unauthorized, &e.0),
+        Ok(g) => {
+            for p in c.patterns() {
+                if let Err(r) = g.check_subscribe(&p) {
+                    core.unsubscribe(c, &p);
+                    drop_notice(m, c, &p, r);
+                }
+            }
+            c.access.set_grant(Some(g));
+            c.send_ok(m, id);
+        }
+    }
+}
+
+fn drop_notice(m: &CoreMetrics, c: &Client, pattern: &str, r: Refusal) {
+    let msg = format!(
+        "subscription '{pattern}' dropped: {}",
+        r.message("subscribe")
+    );
+    c.send_err(m, None, ErrorCode::Forbidden, &msg);
+}
+
+/// `resume`: hands the session over to this connection (a task: the session may live on
+/// another core); `ok` first, then the replay, or `session_expired`.
+fn resume(core: &Rc<Core>, c: &Rc<Client>, id: Option<String>, session: String, received: u64) {
+    let (core, c) = (core.clone(), c.clone());
+    monoio::spawn(async move {
+        let m = core.metrics();
+        let ok = || c.send_ok(m, id.as_deref());
+        if core.resume(&c, &session, received, ok).await.is_err() {
+            let why = "session unknown, expired, or no longer holding those messages";
+            c.send_err(m, id.as_deref(), ErrorCode::SessionExpired, why);
+        }
+    });
+}
