@@ -1,5 +1,6 @@
-//! Results: one [`Row`] per measured step, printed as a table and written as JSON, CSV and an
-//! SVG chart of latency percentiles against offered load.
+//! Results: one [`Row`] per measured step, and how rows are shown: the table printed at the
+//! end, the progress line of a step, the CSV, and the SVG chart of latency percentiles against
+//! offered load. Pure formatting (the SVG writes its file); the main thread calls it.
 
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -95,88 +96,127 @@ pub fn target_label(r: &Row) -> String {
     }
 }
 
+/// The Markdown table printed at the end of a run: one layout for the connection scenarios
+/// (idle, storm), another for the rate sweeps.
 pub fn table(rows: &[Row]) -> String {
-    let mut s = String::new();
-    let connect = rows.iter().any(|r| r.conns.is_some());
-    if connect {
-        let _ = writeln!(
-            s,
-            "| scenario | target | conns | failed | connect s | conns/s | srv RSS before MiB | srv RSS after MiB | srv bytes/conn | srv CPU s | gen CPU s | srv peak RSS MiB |"
-        );
-        let _ = writeln!(
-            s,
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        );
-        for r in rows {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                r.scenario,
-                target_label(r),
-                r.conns.unwrap_or(0),
-                r.connect_failed.unwrap_or(0),
-                opt(r.connect_s, 2),
-                r.conns_per_s.map_or("-".into(), fmt_rate),
-                opt(r.server_rss_before_kib.map(|k| k as f64 / 1024.0), 1),
-                opt(r.server_rss_after_kib.map(|k| k as f64 / 1024.0), 1),
-                opt(r.rss_per_conn_bytes, 0),
-                opt(r.server_cpu_s, 2),
-                opt(r.generator_cpu_s, 2),
-                opt(r.server_peak_rss_mib, 1),
-            );
-        }
+    if rows.iter().any(|r| r.conns.is_some()) {
+        connect_table(rows)
     } else {
-        // The JetStream column only when some row ran in cluster mode.
-        let js = rows.iter().any(|r| r.nats_cpu_s.is_some());
+        fanout_table(rows)
+    }
+}
+
+/// idle / storm: connections, connect rate and the server's memory per connection.
+fn connect_table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| scenario | target | conns | failed | connect s | conns/s | srv RSS before MiB | srv RSS after MiB | srv bytes/conn | srv CPU s | gen CPU s | srv peak RSS MiB |"
+    );
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows {
         let _ = writeln!(
             s,
-            "| scenario | target | subs | pub/s | offered msg/s | delivered msg/s | p50 ms | p99 ms | p99.9 ms | max ms | pub lag p99 ms | lost | gaps | reorder | 4008 closes | other closes | srv CPU s (util) |{} gen CPU s | other CPU s | srv peak RSS MiB |",
-            if js { " nats CPU s | guard conflicts |" } else { "" }
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            target_label(r),
+            r.conns.unwrap_or(0),
+            r.connect_failed.unwrap_or(0),
+            opt(r.connect_s, 2),
+            r.conns_per_s.map_or("-".into(), fmt_rate),
+            opt(r.server_rss_before_kib.map(|k| k as f64 / 1024.0), 1),
+            opt(r.server_rss_after_kib.map(|k| k as f64 / 1024.0), 1),
+            opt(r.rss_per_conn_bytes, 0),
+            opt(r.server_cpu_s, 2),
+            opt(r.generator_cpu_s, 2),
+            opt(r.server_peak_rss_mib, 1),
         );
-        let _ = writeln!(
-            s,
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|",
-            if js { "---:|---:|" } else { "" }
-        );
-        for r in rows {
-            let js_cell = if js {
-                format!(
-                    " {} | {} |",
-                    opt(r.nats_cpu_s, 2),
-                    r.cluster_conflicts.map_or("-".into(), |c| c.to_string())
-                )
-            } else {
-                String::new()
-            };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} ({}) |{} {} | {} | {} |",
-                r.scenario,
-                target_label(r),
-                r.subscribers,
-                fmt_rate(r.pub_rate),
-                fmt_rate(r.offered_msgs_s),
-                fmt_rate(r.delivered_msgs_s),
-                r.p50_ms,
-                r.p99_ms,
-                r.p999_ms,
-                r.max_ms,
-                r.pub_lag_p99_ms,
-                r.lost,
-                r.gaps,
-                r.reorders,
-                r.slow_closes,
-                r.other_closes + r.disconnects,
-                opt(r.server_cpu_s, 2),
-                opt(r.server_cpu_util, 2),
-                js_cell,
-                opt(r.generator_cpu_s, 2),
-                opt(r.other_cpu_s, 2),
-                opt(r.server_peak_rss_mib, 1),
-            );
-        }
     }
     s
+}
+
+/// broadcast / pricefeed: one line per rate step.
+fn fanout_table(rows: &[Row]) -> String {
+    let mut s = String::new();
+    // The JetStream column only when some row ran in cluster mode.
+    let js = rows.iter().any(|r| r.nats_cpu_s.is_some());
+    let _ = writeln!(
+        s,
+        "| scenario | target | subs | pub/s | offered msg/s | delivered msg/s | p50 ms | p99 ms | p99.9 ms | max ms | pub lag p99 ms | lost | gaps | reorder | 4008 closes | other closes | srv CPU s (util) |{} gen CPU s | other CPU s | srv peak RSS MiB |",
+        if js { " nats CPU s | guard conflicts |" } else { "" }
+    );
+    let _ = writeln!(
+        s,
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|",
+        if js { "---:|---:|" } else { "" }
+    );
+    for r in rows {
+        let js_cell = if js {
+            format!(
+                " {} | {} |",
+                opt(r.nats_cpu_s, 2),
+                r.cluster_conflicts.map_or("-".into(), |c| c.to_string())
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} ({}) |{} {} | {} | {} |",
+            r.scenario,
+            target_label(r),
+            r.subscribers,
+            fmt_rate(r.pub_rate),
+            fmt_rate(r.offered_msgs_s),
+            fmt_rate(r.delivered_msgs_s),
+            r.p50_ms,
+            r.p99_ms,
+            r.p999_ms,
+            r.max_ms,
+            r.pub_lag_p99_ms,
+            r.lost,
+            r.gaps,
+            r.reorders,
+            r.slow_closes,
+            r.other_closes + r.disconnects,
+            opt(r.server_cpu_s, 2),
+            opt(r.server_cpu_util, 2),
+            js_cell,
+            opt(r.generator_cpu_s, 2),
+            opt(r.other_cpu_s, 2),
+            opt(r.server_peak_rss_mib, 1),
+        );
+    }
+    s
+}
+
+/// The progress line of one finished rate step (stderr); `pub_errors` are the publishers'
+/// errors in the step.
+pub fn step_line(rate: f64, row: &Row, pub_errors: u64) -> String {
+    format!(
+        "  pub {}/s: offered {}/s delivered {}/s p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms, lost {} gaps {} reorder {} 4008 {} other {} pub errors {} guard conflicts {}; CPU s server {} nats {} gen {} other {}",
+        fmt_rate(rate),
+        fmt_rate(row.offered_msgs_s),
+        fmt_rate(row.delivered_msgs_s),
+        row.p50_ms,
+        row.p99_ms,
+        row.p999_ms,
+        row.max_ms,
+        row.lost,
+        row.gaps,
+        row.reorders,
+        row.slow_closes,
+        row.other_closes + row.disconnects,
+        pub_errors,
+        row.cluster_conflicts.map_or("-".into(), |x| x.to_string()),
+        opt(row.server_cpu_s, 2),
+        opt(row.nats_cpu_s, 2),
+        opt(row.generator_cpu_s, 2),
+        opt(row.other_cpu_s, 2),
+    )
 }
 
 pub fn csv(rows: &[Row]) -> String {
