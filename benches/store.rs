@@ -1,8 +1,8 @@
 //! The durable store (`ringcast::store::DurableStore`, fjall): what one message costs on its way
 //! to disk, as the owner core sees it with `--durability sync` (append, group commit, fsync,
-//! `Durable` answer) and `batch` (append, group commit; fsync every 5 ms off the path), for
-//! bursts of 1, 64 and 1,024 messages of 150 B. A burst of 1 is the latency of one acked
-//! publish on an idle node; bigger bursts show group commit sharing one fsync.
+//! `StoreSink::durable` answer) and `batch` (append, group commit; fsync every 5 ms off the
+//! path), for bursts of 1, 64 and 1,024 messages of 150 B. A burst of 1 is the latency of one
+//! acked publish on an idle node; bigger bursts show group commit sharing one fsync.
 //! Run with `cargo bench --bench store` (add `-- --quick` for a fast pass). Uses a directory
 //! under the system temp dir, on whatever disk that is: the fsync numbers are the disk's.
 //!
@@ -13,20 +13,33 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::bus::{Bus, BusMsg};
 use ringcast::frame::Frame;
-use ringcast::store::{Durability, DurableStore, HistoryStore, Retention, StoreConfig};
+use ringcast::store::{
+    Durability, DurableStore, HistoryStore, Retention, StoreConfig, StoreSink, StoredRange,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
 const BURSTS: [u64; 3] = [1, 64, 1_024];
+
+/// The storage thread's sync answers (`upto` of each `durable` call), as an owner core would
+/// get them over the bus.
+struct ChanSink(crossbeam_channel::Sender<u64>);
+
+impl StoreSink for ChanSink {
+    fn durable(&self, _core: usize, upto: u64, _ok: bool) {
+        let _ = self.0.send(upto);
+    }
+
+    fn read(&self, _core: usize, _token: u64, _range: StoredRange) {}
+}
 
 fn store(
     durability: Durability,
     name: &str,
 ) -> (
     DurableStore,
-    crossbeam_channel::Receiver<BusMsg>,
+    crossbeam_channel::Receiver<u64>,
     std::path::PathBuf,
 ) {
     let dir = std::env::temp_dir().join(format!(
@@ -34,15 +47,15 @@ fn store(
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&dir);
-    let (bus, mut rx) = Bus::new(1);
+    let (tx, rx) = crossbeam_channel::unbounded();
     let cfg = StoreConfig {
         durability,
         fsync_interval: Duration::from_millis(5),
         retention: Retention::default(),
         max_backlog: ringcast::store::MAX_BACKLOG,
     };
-    let s = DurableStore::open(&dir, cfg, 1, bus).expect("store opens");
-    (s, rx.pop().expect("one core"), dir)
+    let s = DurableStore::open(&dir, cfg, 1, Arc::new(ChanSink(tx))).expect("store opens");
+    (s, rx, dir)
 }
 
 fn bench_store(c: &mut Criterion) {
@@ -72,12 +85,7 @@ fn bench_store(c: &mut Criterion) {
                     }
                     if durability == Durability::Sync {
                         // Wait for the fsync of the group holding the burst's last message.
-                        loop {
-                            match rx.recv().expect("store answers") {
-                                BusMsg::Durable { upto, .. } if upto >= last => break,
-                                _ => {}
-                            }
-                        }
+                        while rx.recv().expect("store answers") < last {}
                     } else {
                         // Batch: acked at once; bound the backlog so the measurement is the
                         // store's sustained rate, not the channel's.

@@ -223,6 +223,16 @@ impl crate::cluster::ClusterSink for BusSink {
     }
 }
 
+impl crate::store::StoreSink for BusSink {
+    fn durable(&self, core: usize, upto: u64, ok: bool) {
+        self.0.send(core, BusMsg::Durable { upto, ok });
+    }
+
+    fn read(&self, core: usize, token: u64, range: crate::store::StoredRange) {
+        self.0.send(core, BusMsg::StoreRead { token, range });
+    }
+}
+
 /// A `/history/{subject}` request to the subject's owner core.
 #[derive(Debug)]
 pub struct HistoryReq {

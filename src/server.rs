@@ -260,7 +260,8 @@ fn open_store(cfg: &Config, cores: usize, bus: &Arc<Bus>) -> io::Result<Arc<dyn 
         retention: Retention::parse(&cfg.retention).map_err(io::Error::other)?,
         max_backlog: cfg.store_max_backlog.max(1),
     };
-    let store = DurableStore::open(dir, store_cfg, cores, bus.clone())?;
+    let sink = Arc::new(crate::bus::BusSink(bus.clone()));
+    let store = DurableStore::open(dir, store_cfg, cores, sink)?;
     tracing::info!(dir = %dir.display(), ?durability, "durable store open");
     Ok(Arc::new(store))
 }
