@@ -1,8 +1,8 @@
 //! The durable store (`ringcast::store::DurableStore`, fjall): what one message costs on its way
 //! to disk, as the owner core sees it with `--durability sync` (append, group commit, fsync,
-//! `Durable` answer) and `batch` (append, group commit; fsync every 5 ms off the path), for
-//! bursts of 1, 64 and 1,024 messages of 150 B. A burst of 1 is the latency of one acked
-//! publish on an idle node; bigger bursts show group commit sharing one fsync.
+//! `StoreSink::durable` answer) and `batch` (append, group commit; fsync every 5 ms off the
+//! path), for bursts of 1, 64 and 1,024 messages of 150 B. A burst of 1 is the latency of one
+//! acked publish on an idle node; bigger bursts show group commit sharing one fsync.
 //! Run with `cargo bench --bench store` (add `-- --quick` for a fast pass). Uses a directory
 //! under the system temp dir, on whatever disk that is: the fsync numbers are the disk's.
 //!
@@ -22,13 +22,15 @@ use std::time::Duration;
 
 const BURSTS: [u64; 3] = [1, 64, 1_024];
 
-/// The `durable` answers of the storage thread, as the owner core would get them.
-struct Durables(crossbeam_channel::Sender<u64>);
+/// The storage thread's sync answers (`upto` of each `durable` call), as an owner core would
+/// get them over the bus.
+struct ChanSink(crossbeam_channel::Sender<u64>);
 
-impl StoreSink for Durables {
+impl StoreSink for ChanSink {
     fn durable(&self, _core: usize, upto: u64, _ok: bool) {
         let _ = self.0.send(upto);
     }
+
     fn read(&self, _core: usize, _token: u64, _range: StoredRange) {}
 }
 
@@ -52,7 +54,7 @@ fn store(
         retention: Retention::default(),
         max_backlog: ringcast::store::MAX_BACKLOG,
     };
-    let s = DurableStore::open(&dir, cfg, 1, Arc::new(Durables(tx))).expect("store opens");
+    let s = DurableStore::open(&dir, cfg, 1, Arc::new(ChanSink(tx))).expect("store opens");
     (s, rx, dir)
 }
 

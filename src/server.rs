@@ -294,7 +294,8 @@ fn open_store(cfg: &Config, cores: usize, bus: &Arc<CoreBus>) -> io::Result<Arc<
         retention: Retention::parse(&cfg.retention).map_err(io::Error::other)?,
         max_backlog: cfg.store_max_backlog.max(1),
     };
-    let store = DurableStore::open(dir, store_cfg, cores, Arc::new(CoreSink(bus.clone())))?;
+    let sink = Arc::new(CoreSink(bus.clone()));
+    let store = DurableStore::open(dir, store_cfg, cores, sink)?;
     tracing::info!(dir = %dir.display(), ?durability, "durable store open");
     Ok(Arc::new(store))
 }
