@@ -7,7 +7,7 @@
 mod common;
 
 use common::nats::NatsServer;
-use common::{http, http_status, start, Node, Ws};
+use common::{eventually, http, http_status, start, Node, Ws};
 use ringcast::config::DriverChoice;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -52,15 +52,6 @@ fn seq_data(msgs: &[Value]) -> Vec<(u64, Value)> {
 
 fn healthz(addr: SocketAddr) -> u16 {
     http_status(addr, "GET", "/healthz", &[])
-}
-
-/// Waits (bounded) until `f` holds.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + BOUND;
-    while !f() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn a_publish_on_one_node_reaches_every_node_with_the_same_seq(d: DriverChoice) {

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::eventually;
 use common::nats::NatsServer;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use ringcast::cluster::{
@@ -76,7 +77,7 @@ impl Node {
             fetches,
             token: AtomicU64::new(1),
         };
-        wait_until("caught up", || {
+        eventually("caught up", || {
             node.bridge.status().caught_up.load(Ordering::Acquire)
         });
         node
@@ -114,14 +115,6 @@ impl Node {
                     .unwrap_or_else(|_| panic!("replicated message {} of {n}", i + 1))
             })
             .collect()
-    }
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + BOUND;
-    while !f() {
-        assert!(Instant::now() < deadline, "not {what} within {BOUND:?}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -358,10 +351,10 @@ fn nats_restart_mid_stream_loses_and_repeats_nothing() {
         stored += 2;
     }
     nats.stop();
-    wait_until("A disconnected", || {
+    eventually("A disconnected", || {
         !a.bridge.status().connected.load(Ordering::Acquire)
     });
-    wait_until("B disconnected", || {
+    eventually("B disconnected", || {
         !b.bridge.status().connected.load(Ordering::Acquire)
     });
     assert_eq!(
@@ -373,10 +366,10 @@ fn nats_restart_mid_stream_loses_and_repeats_nothing() {
         Err(ClusterError::Unavailable)
     );
     nats.restart();
-    wait_until("A reconnected", || {
+    eventually("A reconnected", || {
         a.bridge.status().connected.load(Ordering::Acquire)
     });
-    wait_until("B reconnected", || {
+    eventually("B reconnected", || {
         b.bridge.status().connected.load(Ordering::Acquire)
     });
     // JetStream may need a moment after the listener is back: retry with a msg_id, which makes

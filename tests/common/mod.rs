@@ -8,7 +8,7 @@ use ringcast::server::Server;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Upper bound for any single blocking read in tests: a hung server fails the test instead of
 /// hanging CI. Not a performance assertion.
@@ -54,6 +54,19 @@ pub fn start(driver: DriverChoice, f: impl FnOnce(&mut Config)) -> Node {
 }
 
 /// A running node, stopped on drop.
+/// Upper bound of any wait for the server to do something: a hung server fails the test
+/// instead of hanging it. Never a performance assertion.
+pub const EVENTUALLY: Duration = Duration::from_secs(30);
+
+/// Waits (bounded by [`EVENTUALLY`]) until `f` holds.
+pub fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + EVENTUALLY;
+    while !f() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 pub struct Node {
     pub addr: SocketAddr,
     server: Option<Server>,
