@@ -57,7 +57,7 @@ use crossbeam_channel::Receiver;
 use fanout::Fanout;
 use pending::{Pending, Slot};
 use scheduler::Scheduler;
-use sequencer::{Deep, Finished, Ready, Sequencer};
+use sequencer::{Backfill, Finished, Ready, Sequencer};
 use sessions::Sessions;
 use signal::LocalNotify;
 use std::cell::{Cell, RefCell};
@@ -100,7 +100,7 @@ enum Waiter {
     },
     /// Owner side: an answer waiting for stored messages older than the ring (boxed: rare,
     /// and it holds a reply address, which may hold a waiter).
-    Deep(Box<Deep<ReplyTo>>),
+    Backfill(Box<Backfill<ReplyTo>>),
 }
 
 /// Where an answer goes.
@@ -326,7 +326,7 @@ impl Core {
                     if self.sequencer.borrow().replay_needs_store(&pattern, since) {
                         let tries = 0;
                         let subject = pattern;
-                        return self.read_older(Deep::Replay {
+                        return self.backfill(Backfill::Replay {
                             subject,
                             since,
                             to,
@@ -344,13 +344,13 @@ impl Core {
                 limit,
             } => {
                 if self.sequencer.borrow().history_needs_store(&subject) {
-                    let deep = Deep::History {
+                    let backfill = Backfill::History {
                         subject,
                         since,
                         limit,
                         to,
                     };
-                    return self.read_older(deep);
+                    return self.backfill(backfill);
                 }
                 let body = self
                     .sequencer
@@ -406,9 +406,11 @@ impl Core {
                 }
                 self.push_frames(&client, frames);
             }
-            (Waiter::Deep(deep), Reply::Stored(range)) => self.finish_deep(*deep, range),
-            (Waiter::Deep(deep), Reply::Fetched(result)) => {
-                self.finish_deep(*deep, stored_range(result))
+            (Waiter::Backfill(backfill), Reply::Stored(range)) => {
+                self.finish_backfill(*backfill, range)
+            }
+            (Waiter::Backfill(backfill), Reply::Fetched(result)) => {
+                self.finish_backfill(*backfill, stored_range(result))
             }
             (_, reply) => {
                 // Every request kind is answered with its own reply kind (see `serve`).
@@ -487,11 +489,14 @@ impl Core {
 
     // ---- history older than the ring --------------------------------------------------------
 
-    /// Owner side: reads the part of `deep` older than the ring, from the store (or, in
+    /// Owner side: reads the part of `backfill` older than the ring, from the store (or, in
     /// cluster mode, the stream).
-    fn read_older(&self, deep: Deep<ReplyTo>) {
-        let plan = self.sequencer.borrow().read_plan(&deep);
-        let token = self.pending.borrow_mut().park(Waiter::Deep(Box::new(deep)));
+    fn backfill(&self, backfill: Backfill<ReplyTo>) {
+        let plan = self.sequencer.borrow().read_plan(&backfill);
+        let token = self
+            .pending
+            .borrow_mut()
+            .park(Waiter::Backfill(Box::new(backfill)));
         if let Some(bridge) = &self.node.cluster {
             // Cluster mode: the stream is the store. Ask for exactly the hole below the ring.
             let limit = plan
@@ -515,16 +520,16 @@ impl Core {
         });
     }
 
-    /// Owner side: the store answered a deep read; finish the replay or history request.
-    fn finish_deep(&self, deep: Deep<ReplyTo>, range: StoredRange) {
-        let finished = self.sequencer.borrow().finish(deep, range);
+    /// Owner side: the store answered a backfill read; finish the replay or history request.
+    fn finish_backfill(&self, backfill: Backfill<ReplyTo>, range: StoredRange) {
+        let finished = self.sequencer.borrow().finish(backfill, range);
         match finished {
             Finished::Replay(to, replay) => {
                 let owner = self.id;
                 self.answer(to, Reply::Replayed { owner, replay })
             }
             Finished::History(to, body) => self.answer(to, Reply::History(body)),
-            Finished::ReadAgain(deep) => self.read_older(deep),
+            Finished::ReadAgain(backfill) => self.backfill(backfill),
         }
     }
 

@@ -7,11 +7,12 @@ use crate::owner::Replay;
 use crate::store::StoredRange;
 
 /// Re-reads allowed when the ring moved past a store read while it was in flight.
-pub const DEEP_READ_TRIES: u8 = 3;
+pub const BACKFILL_TRIES: u8 = 3;
 
-/// An answer that needs stored messages older than the history ring.
+/// A backfill: an answer that needs stored messages older than the history ring, waiting for
+/// the store's (or the stream's) read.
 #[derive(Debug)]
-pub enum Deep<T> {
+pub enum Backfill<T> {
     /// A `since` replay of a subscription.
     Replay {
         /// Concrete subject.
@@ -36,7 +37,7 @@ pub enum Deep<T> {
     },
 }
 
-/// The part of a deep answer to read from the store: messages of `subject` with
+/// The part of a backfill to read from the store: messages of `subject` with
 /// `after < seq < before`, at most `limit`, the newest ones if `newest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadPlan {
@@ -60,7 +61,7 @@ pub enum Finished<T> {
     /// The `/history` body is complete.
     History(T, Vec<u8>),
     /// The ring moved on while the read was in flight: read again.
-    ReadAgain(Deep<T>),
+    ReadAgain(Backfill<T>),
 }
 
 impl<T> Sequencer<T> {
@@ -81,13 +82,13 @@ impl<T> Sequencer<T> {
                 .is_some_and(|s| since + 1 < s.first_retained() && since < s.last_seq())
     }
 
-    /// What to read from the store for `deep`.
-    pub fn read_plan(&self, deep: &Deep<T>) -> ReadPlan {
-        let (subject, after, limit, newest) = match deep {
-            Deep::Replay { subject, since, .. } => {
+    /// What to read from the store for `backfill`.
+    pub fn read_plan(&self, backfill: &Backfill<T>) -> ReadPlan {
+        let (subject, after, limit, newest) = match backfill {
+            Backfill::Replay { subject, since, .. } => {
                 (subject.clone(), *since, crate::store::MAX_READ, true)
             }
-            Deep::History {
+            Backfill::History {
                 subject,
                 since,
                 limit,
@@ -107,16 +108,16 @@ impl<T> Sequencer<T> {
         }
     }
 
-    /// Completes `deep` with what the store read.
-    pub fn finish(&self, deep: Deep<T>, range: StoredRange) -> Finished<T> {
-        match deep {
-            Deep::History {
+    /// Completes `backfill` with what the store read.
+    pub fn finish(&self, backfill: Backfill<T>, range: StoredRange) -> Finished<T> {
+        match backfill {
+            Backfill::History {
                 subject,
                 since,
                 limit,
                 to,
             } => Finished::History(to, self.history(&subject, since, limit, Some(range))),
-            Deep::Replay {
+            Backfill::Replay {
                 subject,
                 since,
                 to,
@@ -128,9 +129,9 @@ impl<T> Sequencer<T> {
                 let (Some(first), Some(last)) = (range.frames.first(), range.frames.last()) else {
                     return Finished::Replay(to, replay);
                 };
-                if ring_first > last.seq() + 1 && tries < DEEP_READ_TRIES {
+                if ring_first > last.seq() + 1 && tries < BACKFILL_TRIES {
                     let tries = tries + 1;
-                    return Finished::ReadAgain(Deep::Replay {
+                    return Finished::ReadAgain(Backfill::Replay {
                         subject,
                         since,
                         to,
@@ -233,13 +234,13 @@ mod tests {
             publish(&mut s, "a", None);
         }
         assert!(s.replay_needs_store("a", 0));
-        let deep = Deep::Replay {
+        let backfill = Backfill::Replay {
             subject: "a".into(),
             since: 0,
             to: "me",
             tries: 0,
         };
-        let plan = s.read_plan(&deep);
+        let plan = s.read_plan(&backfill);
         assert_eq!((plan.after, plan.before, plan.newest), (0, 5, true));
         // The store still holds seq 2..=4: seq 1 is announced as a gap.
         let stored = (2..=4)
@@ -249,7 +250,7 @@ mod tests {
             first_seq: 2,
             frames: stored,
         };
-        match s.finish(deep, range) {
+        match s.finish(backfill, range) {
             Finished::Replay(to, r) => {
                 assert_eq!(to, "me");
                 assert_eq!(r.gap, Some((1, 1)));
@@ -267,7 +268,7 @@ mod tests {
         for _ in 0..9 {
             publish(&mut s, "a", None);
         }
-        let deep = Deep::Replay {
+        let backfill = Backfill::Replay {
             subject: "a".into(),
             since: 0,
             to: "me",
@@ -281,8 +282,8 @@ mod tests {
                 .collect(),
         };
         assert!(matches!(
-            s.finish(deep, range),
-            Finished::ReadAgain(Deep::Replay { tries: 1, .. })
+            s.finish(backfill, range),
+            Finished::ReadAgain(Backfill::Replay { tries: 1, .. })
         ));
     }
 }
