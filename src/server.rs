@@ -478,14 +478,35 @@ impl ClusterSink for CoreSink {
         self.0.send(owner, CoreMsg::Replicated(msg));
     }
 
-    fn published(&self, from: usize, token: u64, result: Result<PubAck, ClusterError>) {
+    /// Read your writes: the ack goes through the subject's owner core, behind the replicated
+    /// message the consumer queued there first, so whatever the client asks after the ack (a
+    /// `/history` served by the owner itself included) sees the message.
+    fn published(
+        &self,
+        subject: &str,
+        from: usize,
+        token: u64,
+        result: Result<PubAck, ClusterError>,
+    ) {
         let result = result.map_err(|e| match e {
             ClusterError::Unavailable => PubError::ClusterUnavailable,
             ClusterError::Conflict => PubError::ClusterConflict,
             ClusterError::Rejected => PubError::ClusterRejected,
         });
         let reply = Reply::Published(result);
-        self.0.send(from, CoreMsg::Reply { token, reply });
+        let owner = owner_of(subject, self.0.cores());
+        if owner == from {
+            self.0.send(from, CoreMsg::Reply { token, reply });
+        } else {
+            self.0.send(
+                owner,
+                CoreMsg::Relay {
+                    to: from,
+                    token,
+                    reply,
+                },
+            );
+        }
     }
 
     fn fetched(&self, from: usize, token: u64, result: Result<Fetched, ClusterError>) {

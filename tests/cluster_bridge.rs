@@ -30,7 +30,13 @@ impl ClusterSink for ChanSink {
     fn replicated(&self, msg: Replicated) {
         let _ = self.rep.send(msg);
     }
-    fn published(&self, from: usize, token: u64, result: Result<PubAck, ClusterError>) {
+    fn published(
+        &self,
+        _subject: &str,
+        from: usize,
+        token: u64,
+        result: Result<PubAck, ClusterError>,
+    ) {
         let _ = self.pubs.send((from, token, result));
     }
     fn fetched(&self, from: usize, token: u64, result: Result<Fetched, ClusterError>) {

@@ -242,7 +242,8 @@ async fn run(
                 None => break,
                 Some(Request::Publish(p)) => {
                     if !sh.connected() || lanes.is_full() {
-                        sh.sink.published(p.from, p.token, Err(ClusterError::Unavailable));
+                        let err = Err(ClusterError::Unavailable);
+                        sh.sink.published(&p.subject, p.from, p.token, err);
                     } else if let Some(head) = lanes.push(p) {
                         publish::spawn(&sh, head, &done_tx);
                     }
@@ -263,8 +264,8 @@ async fn run(
     }
     // Stopping: whatever is still queued will not be sent.
     for p in lanes.into_queued() {
-        sh.sink
-            .published(p.from, p.token, Err(ClusterError::Unavailable));
+        let err = Err(ClusterError::Unavailable);
+        sh.sink.published(&p.subject, p.from, p.token, err);
     }
 }
 

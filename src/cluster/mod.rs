@@ -205,8 +205,15 @@ pub struct Fetched {
 pub trait ClusterSink: Send + Sync + 'static {
     /// Every message consumed from the stream, in stream order.
     fn replicated(&self, msg: Replicated);
-    /// The answer to [`Bridge::publish`].
-    fn published(&self, from: usize, token: u64, result: Result<PubAck, ClusterError>);
+    /// The answer to [`Bridge::publish`] of a message on `subject`. When it is `Ok`, this
+    /// node's consumer has already given the message to [`ClusterSink::replicated`].
+    fn published(
+        &self,
+        subject: &str,
+        from: usize,
+        token: u64,
+        result: Result<PubAck, ClusterError>,
+    );
     /// The answer to [`Bridge::fetch`].
     fn fetched(&self, from: usize, token: u64, result: Result<Fetched, ClusterError>);
 }

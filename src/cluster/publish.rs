@@ -37,7 +37,8 @@ pub(super) fn spawn(sh: &Arc<BridgeState>, p: PubReq, done: &mpsc::UnboundedSend
             // answer waits, not the subject's lane.
             wait_consumed(&sh, *stream_seq).await;
         }
-        sh.sink.published(p.from, p.token, r.map(|(ack, _)| ack));
+        sh.sink
+            .published(&p.subject, p.from, p.token, r.map(|(ack, _)| ack));
     });
 }
 

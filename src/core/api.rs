@@ -273,7 +273,7 @@ impl Core {
         &self,
         session: &str,
         received: u64,
-    ) -> Result<SessionState, TakeError> {
+    ) -> Result<Box<SessionState>, TakeError> {
         let c = self
             .sessions
             .borrow()
@@ -296,7 +296,7 @@ impl Core {
             c.close(self.metrics(), CloseReason::ClientClosed, code, why);
         }
         self.unregister(&c);
-        Ok(state)
+        Ok(Box::new(state))
     }
 
     /// Resumes `session` on `c` (this core): the session's subscriptions are restored and
@@ -338,7 +338,7 @@ impl Core {
             // The new connection went away meanwhile: give the session back, detached and
             // under its old id, so the client's next attempt can still resume it exactly.
             if owner == self.id {
-                self.restore(session, state);
+                self.restore(session, *state);
             } else {
                 let session = session.into();
                 self.node
@@ -348,7 +348,7 @@ impl Core {
             return Err(ResumeError::Expired);
         }
         on_adopt();
-        self.adopt(c, state);
+        self.adopt(c, *state);
         Ok(())
     }
 

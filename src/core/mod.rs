@@ -266,11 +266,9 @@ impl Core {
             CoreMsg::Request { from, token, req } => {
                 self.serve(req, ReplyTo::Core { core: from, token })
             }
-            CoreMsg::Reply { token, reply } => {
-                let waiter = self.pending.borrow_mut().take(token);
-                if let Some(w) = waiter {
-                    self.complete(w, reply);
-                }
+            CoreMsg::Reply { token, reply } => self.resolve(token, reply),
+            CoreMsg::Relay { to, token, reply } => {
+                self.answer(ReplyTo::Core { core: to, token }, reply)
             }
             CoreMsg::Durable { upto, ok } => {
                 let ready = self.sequencer.borrow_mut().durable(upto, ok);
@@ -284,7 +282,7 @@ impl Core {
                     self.broadcast(frame);
                 }
             }
-            CoreMsg::Restore { session, state } => self.restore(&session, state),
+            CoreMsg::Restore { session, state } => self.restore(&session, *state),
             CoreMsg::Shutdown => self.begin_shutdown(),
         }
     }
@@ -377,11 +375,21 @@ impl Core {
     /// Sends an answer where it goes.
     fn answer(&self, to: ReplyTo, reply: Reply) {
         match to {
+            ReplyTo::Core { core, token } if core == self.id => self.resolve(token, reply),
             ReplyTo::Core { core, token } => {
                 self.node.bus.send(core, CoreMsg::Reply { token, reply })
             }
             ReplyTo::Local(w) => self.complete(w, reply),
             ReplyTo::Nobody => {}
+        }
+    }
+
+    /// The answer to a request this core made: its waiter, parked under `token`, gets it (an
+    /// unknown token, [`NOBODY`]'s, is dropped).
+    fn resolve(&self, token: u64, reply: Reply) {
+        let waiter = self.pending.borrow_mut().take(token);
+        if let Some(w) = waiter {
+            self.complete(w, reply);
         }
     }
 

@@ -46,6 +46,17 @@ pub enum CoreMsg {
         /// The answer.
         reply: Reply,
     },
+    /// An answer for core `to`, passed through this core so that it arrives after everything
+    /// queued here before it (cluster mode: a publish's ack follows its replicated message
+    /// through the subject's owner).
+    Relay {
+        /// The core that asked.
+        to: usize,
+        /// Its request's token.
+        token: u64,
+        /// The answer.
+        reply: Reply,
+    },
     /// From the storage thread (sync durability): this core's appends up to ticket `upto`
     /// are on disk (`ok`), or failed to be written.
     Durable {
@@ -61,8 +72,8 @@ pub enum CoreMsg {
     Restore {
         /// The old session id.
         session: Box<str>,
-        /// The session.
-        state: SessionState,
+        /// The session (boxed: rare, and every message on the bus is as large as the largest).
+        state: Box<SessionState>,
     },
     /// Stop accepting, close connections with 1001, finish.
     Shutdown,
@@ -128,8 +139,8 @@ pub enum Reply {
     },
     /// To `History`: the complete JSON body.
     History(Vec<u8>),
-    /// To `TakeSession`: the session, or why not.
-    Session(Result<SessionState, TakeError>),
+    /// To `TakeSession`: the session, or why not (boxed: see `CoreMsg::Restore`).
+    Session(Result<Box<SessionState>, TakeError>),
     /// To `CatchUp`: the owner that answered and its frames, in broadcast order.
     CaughtUp {
         /// Owner core that answered.
@@ -143,4 +154,18 @@ pub enum Reply {
     Stored(StoredRange),
     /// From the cluster bridge: messages read from the stream, or why not.
     Fetched(Result<Fetched, ClusterError>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bus_message_stays_small() {
+        // Every channel slot is as large as the largest message: a delivery (16 bytes of
+        // payload) should not pay for the rare ones (sessions are boxed). The largest left is
+        // a replicated message or a forwarded publish, each a few boxed fields.
+        let size = std::mem::size_of::<CoreMsg>();
+        assert!(size <= 80, "{size}");
+    }
 }
