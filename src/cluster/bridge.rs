@@ -6,9 +6,9 @@
 //! event handler ([`ConnEvents`]); everything here runs on the bridge thread (the event handler
 //! on async-nats' tasks, which run on that same runtime).
 
-use super::handle::Request;
 use super::lanes::Lanes;
 use super::state::{BridgeState, MsgIds, Views};
+use super::Request;
 use super::{consumer, fetch, publish, wire};
 use super::{ClusterConfig, ClusterError, ClusterSink, ClusterStatus};
 use super::{MAX_FETCHES, MAX_PENDING_PUBLISHES, RECONNECT_DELAY_MAX};

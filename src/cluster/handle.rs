@@ -1,5 +1,5 @@
-//! The [`Bridge`] handle, the one part of cluster mode the cores hold, and the requests it
-//! queues for the bridge thread.
+//! The [`Bridge`] handle, the one part of cluster mode the cores hold; it queues
+//! [`super::Request`]s for the bridge thread.
 //!
 //! Owns the sending end of the request channel, the stop signal and the join handle of thread
 //! `ringcast-nats`. Its methods run on whichever thread calls them (the cores for `publish` and
@@ -7,29 +7,10 @@
 //! bridge is connected or has failed) and `shutdown` (until the thread has ended). The requests
 //! are received by the bridge thread's main loop (`super::bridge`).
 
-use super::{bridge, ClusterConfig, ClusterSink, ClusterStatus, Fetch};
+use super::{bridge, ClusterConfig, ClusterSink, ClusterStatus, Fetch, PubReq, Request};
 use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-
-/// A request from a core thread to the bridge thread.
-pub(super) enum Request {
-    Publish(PubReq),
-    Fetch {
-        what: Fetch,
-        from: usize,
-        token: u64,
-    },
-}
-
-/// One publish as queued by [`Bridge::publish`]; answered with `from` and `token`.
-pub(super) struct PubReq {
-    pub(super) subject: Box<str>,
-    pub(super) data: Bytes,
-    pub(super) msg_id: Option<Box<str>>,
-    pub(super) from: usize,
-    pub(super) token: u64,
-}
 
 /// Handle to the bridge thread. Cheap calls from any thread; dropping it shuts the thread down.
 pub struct Bridge {

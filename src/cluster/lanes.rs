@@ -6,7 +6,7 @@
 //! [`MAX_PENDING_PUBLISHES`](super::MAX_PENDING_PUBLISHES)). Pure bookkeeping: touched only by
 //! the bridge's main loop on the bridge thread, which starts the publishes it hands back.
 
-use super::handle::PubReq;
+use super::PubReq;
 use hashbrown::HashMap;
 use std::collections::VecDeque;
 

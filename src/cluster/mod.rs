@@ -68,6 +68,7 @@ pub use handle::Bridge;
 pub use wire::scoped_msg_id;
 
 use crate::proto::PubAck;
+use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -216,6 +217,25 @@ pub trait ClusterSink: Send + Sync + 'static {
     );
     /// The answer to [`Bridge::fetch`].
     fn fetched(&self, from: usize, token: u64, result: Result<Fetched, ClusterError>);
+}
+
+/// A request from a core thread to the bridge thread.
+pub(super) enum Request {
+    Publish(PubReq),
+    Fetch {
+        what: Fetch,
+        from: usize,
+        token: u64,
+    },
+}
+
+/// One publish as queued by [`Bridge::publish`]; answered with `from` and `token`.
+pub(super) struct PubReq {
+    pub(super) subject: Box<str>,
+    pub(super) data: Bytes,
+    pub(super) msg_id: Option<Box<str>>,
+    pub(super) from: usize,
+    pub(super) token: u64,
 }
 
 /// Live state of the bridge; written by the bridge thread, readable from any thread.

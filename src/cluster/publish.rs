@@ -8,8 +8,8 @@
 //! [`BridgeState`]. Runs on the bridge thread, one task per publish, at most one per subject at a
 //! time (the main loop's lanes).
 
-use super::handle::PubReq;
 use super::state::{BridgeState, View};
+use super::PubReq;
 use super::{wire, ClusterError, GUARD_BACKOFF_MAX, GUARD_TRIES, REQUEST_TIMEOUT};
 use crate::os::{now_us, random_u64};
 use crate::proto::PubAck;

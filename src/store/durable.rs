@@ -7,25 +7,18 @@
 //! thread at start-up. The writes themselves happen on the storage thread (`writer.rs`).
 
 use super::codec::encode_schedule;
-use super::writer::{Op, Stats, Writer};
+use super::keyspace::{open_keyspace, Op, Partitions};
+use super::writer::{Stats, Writer};
 use super::{Durability, HistoryStore, ReadReq, Recovered, StoreConfig, StoreSink};
 use crate::frame::Frame;
 use crate::metrics::NodeSeries;
 use crate::schedule::Scheduled;
 use crossbeam_channel::Sender;
-use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
+use fjall::{Keyspace, PersistMode};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-
-/// The partitions of the keyspace (see the module docs of `store` for what each holds).
-pub(super) struct Partitions {
-    pub(super) msgs: PartitionHandle,
-    pub(super) ids: PartitionHandle,
-    pub(super) subjects: PartitionHandle,
-    pub(super) schedules: PartitionHandle,
-}
 
 /// `--data-dir`: fjall keyspace written by the `ringcast-store` thread.
 pub struct DurableStore {
@@ -71,30 +64,6 @@ fn lock_dir(dir: &Path) -> std::io::Result<std::fs::File> {
         )));
     }
     Ok(file)
-}
-
-/// Opens the keyspace in `dir` and its partitions.
-pub(super) fn open_keyspace(dir: &Path) -> std::io::Result<(Keyspace, Partitions)> {
-    let err = |e: fjall::Error| std::io::Error::other(format!("--data-dir {}: {e}", dir.display()));
-    // One background flush and one compaction thread: the cores own the CPUs, and this
-    // workload (append, rarely read, delete from the front) needs little compaction.
-    let keyspace = fjall::Config::new(dir)
-        .flush_workers(1)
-        .compaction_workers(1)
-        .open()
-        .map_err(err)?;
-    let open = |name: &str| {
-        keyspace
-            .open_partition(name, PartitionCreateOptions::default())
-            .map_err(err)
-    };
-    let parts = Partitions {
-        msgs: open("msgs")?,
-        ids: open("ids")?,
-        subjects: open("subjects")?,
-        schedules: open("schedules")?,
-    };
-    Ok((keyspace, parts))
 }
 
 impl DurableStore {

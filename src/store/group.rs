@@ -6,8 +6,8 @@
 //! the storage thread (`ringcast-store`), between draining the channel and committing.
 
 use super::codec::{id_value, msg_key, subject_value};
-use super::durable::Partitions;
-use super::writer::Op;
+use super::keyspace::Op;
+use super::keyspace::Partitions;
 use super::{ReadReq, Retention};
 use crate::frame::Frame;
 use fjall::Batch;
@@ -158,7 +158,7 @@ impl<'a> Staging<'a> {
 #[cfg(test)]
 mod tests {
     use super::super::codec::{decode_subject_value, key_seq};
-    use super::super::durable::open_keyspace;
+    use super::super::keyspace::open_keyspace;
     use super::super::testing::{frame, TempDir};
     use super::*;
 

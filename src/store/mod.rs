@@ -40,6 +40,7 @@
 //! - `mod.rs` (here): the traits, [`MemoryStore`] and the types the cores exchange with a store.
 //! - `retention.rs`: `--retention` rules ([`Retention`], [`Rule`]).
 //! - `durable.rs`: [`DurableStore`], the handle the cores hold (open, enqueue, recover, close).
+//! - `keyspace.rs`: the fjall keyspace and its partitions; `Op`, what the cores queue.
 //! - `writer.rs`: the `ringcast-store` thread (group commit, fsync, deep reads, age retention).
 //! - `group.rs`: staging one group into one batch (per-subject bookkeeping, count retention).
 //! - `read.rs`: deep reads of a subject's stored messages in a seq range.
@@ -49,6 +50,7 @@
 mod codec;
 mod durable;
 mod group;
+mod keyspace;
 mod read;
 mod recovery;
 mod retention;

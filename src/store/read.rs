@@ -41,7 +41,7 @@ pub(super) fn read_range(msgs: &PartitionHandle, r: &ReadReq) -> Vec<Arc<Frame>>
 
 #[cfg(test)]
 mod tests {
-    use super::super::durable::{open_keyspace, Partitions};
+    use super::super::keyspace::{open_keyspace, Partitions};
     use super::super::testing::{frame, seqs, TempDir};
     use super::*;
 

@@ -8,7 +8,7 @@
 use super::codec::{
     decode_id_value, decode_schedule, decode_subject_value, key_seq, subject_prefix,
 };
-use super::durable::Partitions;
+use super::keyspace::Partitions;
 use super::{Recovered, RecoveredSubject};
 use crate::frame::Frame;
 use std::sync::atomic::{AtomicBool, Ordering};

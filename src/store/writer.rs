@@ -9,8 +9,8 @@
 //! `Op::Close`.
 
 use super::codec::{decode_subject_value, key_seq, msg_key, subject_prefix};
-use super::durable::Partitions;
 use super::group::{covered_tickets, Meta, Staged, Staging};
+use super::keyspace::{Op, Partitions};
 use super::read::read_range;
 use super::{Durability, ReadReq, Retention, StoreConfig, StoreSink, StoredRange};
 use crate::frame::Frame;
@@ -32,25 +32,6 @@ const RETENTION_TICK: Duration = Duration::from_secs(1);
 
 /// Most messages age retention deletes per tick (bounded work per turn of the storage thread).
 const MAX_EXPIRE_PER_TICK: usize = 100_000;
-
-/// What the cores ask of the storage thread.
-pub(super) enum Op {
-    /// Store a sequenced message; `ticket` is the core's, `fired` the schedule it fires.
-    Append {
-        core: usize,
-        ticket: u64,
-        frame: Arc<Frame>,
-        fired: Option<Box<str>>,
-    },
-    /// Store a pending schedule (id, [`super::codec::encode_schedule`] bytes).
-    PutSchedule(Box<str>, Vec<u8>),
-    /// Forget a pending schedule.
-    DeleteSchedule(Box<str>),
-    /// Answer a deep read after this group's writes.
-    Read(ReadReq),
-    /// Commit what is queued, fsync, stop.
-    Close,
-}
 
 /// Counters of the storage thread (its only writer), read by `/metrics`.
 #[derive(Debug, Default)]

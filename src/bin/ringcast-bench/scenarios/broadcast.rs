@@ -1,7 +1,7 @@
 //! `broadcast`: one subject (`bench.bcast.0`), every subscriber on it, one publisher, a sweep
 //! over publish rates. Only the [`Plan`]; [`super::fanout`] runs it.
 
-use super::fanout::{self, Plan};
+use super::plan::{self, Plan};
 use crate::worker::Role;
 use crate::Args;
 
@@ -27,7 +27,7 @@ pub fn plan(a: &Args) -> Plan {
         fanout: vec![subs as u64],
         wildcards: 0,
         payload: a.payload.unwrap_or(PAYLOAD),
-        rates: fanout::rates(a, &RATES),
+        rates: plan::rates(a, &RATES),
         publishers: 1,
     }
 }

@@ -1,12 +1,13 @@
 //! The scenarios, each a function of the run's [`Bench`] returning its result rows. The rate
 //! sweeps share one runner ([`fanout`], with [`step`] measuring one rate) and differ in their
-//! [`fanout::Plan`]: [`broadcast`] (one subject, every subscriber on it) and [`pricefeed`]
+//! [`plan::Plan`]: [`broadcast`] (one subject, every subscriber on it) and [`pricefeed`]
 //! (many subjects, random subscriptions plus `prices.>`). [`connect`] holds `idle` and `storm`.
 //! All of it runs on the main thread, which drives the generator threads and the publishers.
 
 pub mod broadcast;
 pub mod connect;
 pub mod fanout;
+pub mod plan;
 pub mod pricefeed;
 mod step;
 

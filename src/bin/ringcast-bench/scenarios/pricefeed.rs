@@ -3,7 +3,7 @@
 //! them spread evenly, on `prices.>`; `--publishers` publishers split the subjects. Only the
 //! [`Plan`]; [`super::fanout`] runs it.
 
-use super::fanout::{self, Plan};
+use super::plan::{self, Plan};
 use crate::worker::Role;
 use crate::Args;
 
@@ -48,7 +48,7 @@ pub fn plan(a: &Args) -> Plan {
         fanout,
         wildcards,
         payload: a.payload.unwrap_or(PAYLOAD),
-        rates: fanout::rates(a, &RATES),
+        rates: plan::rates(a, &RATES),
         publishers: a.publishers.unwrap_or(PUBLISHERS).clamp(1, n),
         subjects,
     }

@@ -3,7 +3,7 @@
 //! for the deliveries in flight (until all are in, 1 s without progress, or `--drain-secs`),
 //! read everything again, and turn the differences into a [`Row`]. The main thread runs it.
 
-use super::fanout::Plan;
+use super::plan::Plan;
 use crate::bench::Bench;
 use crate::procfs;
 use crate::publisher::{PubShared, Publisher};
