@@ -196,55 +196,71 @@ impl Transport {
         }
         let mut inbuf: Vec<u8> = Vec::new();
         loop {
-            let Some(req) = read_or_refuse(&core, &mut stream, &mut inbuf).await else {
-                return;
+            let req = match read_request_in_time(&core, &mut stream, &mut inbuf).await {
+                Ok(req) => req,
+                Err(None) => return,
+                Err(Some(resp)) => {
+                    let _ = stream.write_all(resp).await;
+                    return;
+                }
             };
             metrics::add(&core.metrics().http_requests, 1);
             let keep_alive = !req.headers.close && !core.is_shutting_down();
             let route = Route::of(req.method, &req.path, core.cfg().echo_endpoint);
-            match route {
-                Route::Sse => return self.start_sse(stream, req, admitted).await,
+            let refused = match route {
+                Route::Sse => self.start_sse(stream, req, admitted),
                 Route::WebSocket | Route::Echo => {
                     let echo = route == Route::Echo;
-                    return self
-                        .start_websocket(stream, req, inbuf, echo, admitted)
-                        .await;
+                    self.start_websocket(stream, req, inbuf, echo, admitted)
                 }
-                _ => {}
+                _ => {
+                    // Boxed: endpoint futures are large and rare; the task of every connection
+                    // would otherwise be sized for them.
+                    let resp = Box::pin(endpoints::respond(&core, &req, route, keep_alive)).await;
+                    let (res, _) = stream.write_all(resp).await;
+                    if res.is_err() || !keep_alive {
+                        return;
+                    }
+                    if inbuf.is_empty() && inbuf.capacity() > HTTP_READ_CHUNK {
+                        inbuf = Vec::new();
+                    }
+                    continue;
+                }
+            };
+            // The stream moved into its own task, or was refused: answer the refusal.
+            if let Some((mut stream, resp)) = refused {
+                let _ = stream.write_all(resp).await;
             }
-            // Boxed: endpoint futures are large and rare; the task of every connection would
-            // otherwise be sized for them.
-            let resp = Box::pin(endpoints::respond(&core, &req, route, keep_alive)).await;
-            let (res, _) = stream.write_all(resp).await;
-            if res.is_err() || !keep_alive {
-                return;
-            }
-            if inbuf.is_empty() && inbuf.capacity() > HTTP_READ_CHUNK {
-                inbuf = Vec::new();
-            }
+            return;
         }
     }
 
-    async fn start_sse(self: Rc<Self>, mut stream: TcpStream, req: Request, admitted: Admitted) {
+    /// Hands an SSE request over to its own task; a refused one comes back with its response.
+    fn start_sse(
+        self: Rc<Self>,
+        stream: TcpStream,
+        req: Request,
+        admitted: Admitted,
+    ) -> Option<(TcpStream, Vec<u8>)> {
         match admission::sse(&self.core, &req) {
             Ok(plan) => {
                 drop(req);
                 monoio::spawn(sse::run(self, stream, plan, admitted));
+                None
             }
-            Err(resp) => {
-                let _ = stream.write_all(resp).await;
-            }
+            Err(resp) => Some((stream, resp)),
         }
     }
 
-    async fn start_websocket(
+    /// Upgrades to a WebSocket on its own task; a refused upgrade comes back with its response.
+    fn start_websocket(
         self: Rc<Self>,
-        mut stream: TcpStream,
+        stream: TcpStream,
         req: Request,
         inbuf: Vec<u8>,
         echo: bool,
         admitted: Admitted,
-    ) {
+    ) -> Option<(TcpStream, Vec<u8>)> {
         let checked = websocket::upgrade_response(&req)
             .and_then(|resp| Ok((resp, admission::websocket(&self.core, &req, echo)?)));
         match checked {
@@ -254,22 +270,24 @@ impl Transport {
                 let leftover = if inbuf.is_empty() { Vec::new() } else { inbuf };
                 drop(req);
                 monoio::spawn(websocket::run(self, stream, resp, leftover, mode, admitted));
+                None
             }
             Err(resp) => {
                 self.core.metrics().closed(CloseReason::BadRequest);
-                let _ = stream.write_all(resp).await;
+                Some((stream, resp))
             }
         }
     }
 }
 
-/// Reads the next request within the handshake timeout; a bad or late one is answered (or the
-/// socket shut) and `None` returned, as for a closed connection.
-async fn read_or_refuse(
+/// Reads the next request within the handshake timeout. `Err(None)`: the connection is over
+/// (closed, or late: its socket is shut); `Err(Some(response))`: a bad request, to answer and
+/// close.
+async fn read_request_in_time(
     core: &Core,
     stream: &mut TcpStream,
     inbuf: &mut Vec<u8>,
-) -> Option<Request> {
+) -> Result<Request, Option<Vec<u8>>> {
     let limits = core.cfg().http_limits();
     // Boxed for the same reason as the endpoints: the timer entry and read operation are only
     // needed while a request is being read.
@@ -278,15 +296,15 @@ async fn read_or_refuse(
         read_request(stream, inbuf, limits),
     ));
     match read.await {
-        Ok(Ok(req)) => Some(req),
-        Ok(Err(ReadError::Closed)) => None,
+        Ok(Ok(req)) => Ok(req),
+        Ok(Err(ReadError::Closed)) => Err(None),
         Err(_) => {
             core.metrics().closed(CloseReason::Timeout);
             // The abandoned read may still be in flight (io_uring) and keeps the socket open
             // until it completes: shut the socket down so it completes now.
             // SAFETY: `stream` owns this fd for the whole call.
             unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
-            None
+            Err(None)
         }
         Ok(Err(ReadError::Http(e))) => {
             core.metrics().closed(CloseReason::BadRequest);
@@ -294,14 +312,12 @@ async fn read_or_refuse(
                 413 | 431 => ErrorCode::TooLarge,
                 _ => ErrorCode::BadRequest,
             };
-            let resp = if e.status() == 431 {
+            Err(Some(if e.status() == 431 {
                 let body = proto::http_error_body(code, e.message());
                 http::response(431, "application/json", &[], &body, false)
             } else {
                 http::error(code, e.message(), false)
-            };
-            let _ = stream.write_all(resp).await;
-            None
+            }))
         }
     }
 }

@@ -58,7 +58,7 @@ pub async fn run(
     mode: WsMode,
     _admitted: Admitted,
 ) {
-    let core = t.core.clone();
+    let core = &t.core;
     let kind = if mode.echo {
         ConnKind::Echo
     } else {
@@ -86,10 +86,14 @@ pub async fn run(
 }
 
 /// Reads and handles client frames until EOF or a fatal error.
-async fn read_loop(t: &Transport, c: &Rc<Client>, rh: OwnedReadHalf<TcpStream>, leftover: Vec<u8>) {
+async fn read_loop(
+    t: &Transport,
+    c: &Rc<Client>,
+    rh: OwnedReadHalf<TcpStream>,
+    mut pending: Vec<u8>,
+) {
     let core = &t.core;
     let mut decoder = WsDecoder::new(core.cfg().max_frame_bytes);
-    let mut pending = leftover;
     if !pending.is_empty() {
         if let Err(e) = process_frames(core, c, &mut decoder, &mut pending) {
             fail(core, c, e);
