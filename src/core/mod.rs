@@ -418,7 +418,7 @@ impl Core {
                 self.finish_backfill(*backfill, range)
             }
             (Waiter::Backfill(backfill), Reply::Fetched(result)) => {
-                self.finish_backfill(*backfill, stored_range(result))
+                self.finish_backfill(*backfill, sequencer::fetched_range(result))
             }
             (_, reply) => {
                 // Every request kind is answered with its own reply kind (see `serve`).
@@ -574,29 +574,5 @@ fn reply_pub(m: &CoreMetrics, client: &Client, id: Option<&str>, result: PubResu
             client.send_json(m, &b);
         }
         Err(e) => client.send_err(m, id, ErrorCode::Overloaded, e.message()),
-    }
-}
-
-/// A cluster read's answer as a store read's (a failed read is logged and reads as empty:
-/// the replay then reports the gap, the history shows what the ring has).
-fn stored_range(
-    result: Result<crate::cluster::Fetched, crate::cluster::ClusterError>,
-) -> StoredRange {
-    match result {
-        Ok(f) => StoredRange {
-            first_seq: f.first_seq,
-            frames: f
-                .messages
-                .iter()
-                .map(|m| {
-                    let id = m.msg_id.as_deref();
-                    Arc::new(Frame::encode(&m.subject, m.seq, m.ts, &m.data, id))
-                })
-                .collect(),
-        },
-        Err(e) => {
-            tracing::warn!("history read from the cluster stream failed: {e}");
-            StoredRange::default()
-        }
     }
 }

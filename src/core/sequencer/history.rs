@@ -3,8 +3,10 @@
 //! and the `/history` body itself. Methods of [`Sequencer`], on the owner core's thread.
 
 use super::Sequencer;
+use crate::frame::Frame;
 use crate::owner::Replay;
 use crate::store::StoredRange;
+use std::sync::Arc;
 
 /// Re-reads allowed when the ring moved past a store read while it was in flight.
 pub const BACKFILL_TRIES: u8 = 3;
@@ -181,6 +183,30 @@ impl<T> Sequencer<T> {
         }
         out.extend_from_slice(b"]}");
         out
+    }
+}
+
+/// A cluster read's answer as a store read's (a failed read is logged and reads as empty:
+/// the replay then reports the gap, the history shows what the ring has).
+pub fn fetched_range(
+    result: Result<crate::cluster::Fetched, crate::cluster::ClusterError>,
+) -> StoredRange {
+    match result {
+        Ok(f) => StoredRange {
+            first_seq: f.first_seq,
+            frames: f
+                .messages
+                .iter()
+                .map(|m| {
+                    let id = m.msg_id.as_deref();
+                    Arc::new(Frame::encode(&m.subject, m.seq, m.ts, &m.data, id))
+                })
+                .collect(),
+        },
+        Err(e) => {
+            tracing::warn!("history read from the cluster stream failed: {e}");
+            StoredRange::default()
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub mod history;
-pub use history::{Backfill, Finished, ReadPlan, BACKFILL_TRIES};
+pub use history::{fetched_range, Backfill, Finished, ReadPlan, BACKFILL_TRIES};
 
 /// What a replay request asks the owner for.
 #[derive(Debug, Clone, PartialEq, Eq)]
