@@ -15,12 +15,14 @@
 //!  node       Node         what all cores share (config, bus, metrics, store, cluster)
 //! ```
 //!
-//! This file is the dispatcher between them: the bus loop, the one request/answer path
-//! (`ask` -> `serve` -> `answer` -> `complete`: one shape for every exchange), broadcast,
-//! and shutdown. [`api`] holds what the transport asks of its core, [`sweep`] its periodic
-//! housekeeping. Everything here
-//! runs on the core's own thread (`Rc`/`RefCell`, no locks); other cores are reached only
-//! through the bus. The core never touches a socket: a client with output puts itself on the
+//! (and `access`, `rate`, `signal`: small parts of those). This file is the dispatcher
+//! between them: the bus loop, the one request/answer path (`ask` -> `serve` -> `answer` ->
+//! `resolve` -> `complete`: one shape for every exchange), broadcast, and shutdown. [`api`]
+//! holds what the transport asks of its core, [`sweep`] its periodic housekeeping.
+//!
+//! Everything here runs on the core's own thread (`Rc`/`RefCell`, no locks; no `RefCell`
+//! borrow is held across a call into another room); other cores are reached only through the
+//! bus. The core never touches a socket: a client with output puts itself on the
 //! [`FlushList`], which the transport drains.
 
 pub mod access;

@@ -3,7 +3,7 @@
 //! endpoint types, the clock every latency is measured with, socket set-up and the HTTP upgrade.
 //! The submodules hold the framing and the two protocols: [`ws`] (server frames in, masked
 //! client frames out), [`rc`] (ringcast JSON ops), [`nats`] (the NATS text protocol) and
-//! [`payload`] (the `data` every published message carries). Everything here is a pure
+//! [`mod@payload`] (the `data` every published message carries). Everything here is a pure
 //! function of its arguments or reads only the clock; nothing is shared between threads.
 
 pub mod nats;

@@ -3,7 +3,7 @@
 //! and hand it to the [`Session`], send what that queued (subscriptions, pongs), read more —
 //! until the server closes it or the socket fails. SSE streams only wait for their `hello`
 //! event and then discard what arrives. The task owns its socket and buffers; it counts into
-//! its thread's [`Stats`] and gives back its connect-concurrency [`Slot`] once it is ready or
+//! its thread's [`super::stats::Stats`] and gives back its connect-concurrency [`Slot`] once it is ready or
 //! has failed.
 
 use super::handshake::handshake;
