@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{start, Node, Sse, Ws};
+use common::{start, Frame, Node, Sse, Ws};
 use ringcast::config::DriverChoice;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -93,6 +93,116 @@ fn ws_resume_is_exact(d: DriverChoice, same_core: bool) {
     let total = per_subject as usize * 3;
     got.extend(second.recv_msgs(total - got.len()));
     assert_exactly_once_in_order(&got, per_subject);
+}
+
+/// Reads frames up to the server's close frame (or EOF): the `msg` ops among them.
+fn msgs_until_close(c: &mut Ws) -> Vec<Value> {
+    let mut msgs = Vec::new();
+    loop {
+        match c.recv_frame() {
+            Some(Frame::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["op"] == "msg" {
+                    msgs.push(v);
+                }
+            }
+            Some(Frame::Close(_)) | None => return msgs,
+            Some(_) => {}
+        }
+    }
+}
+
+fn messages_routed_while_a_close_is_flushing_are_kept_for_the_resume(d: DriverChoice) {
+    let node = start(d, unlimited);
+    let mut first = node.ws();
+    first.sub(1, "ticks.*");
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = steady_publisher(&node, stop.clone());
+    let mut got = first.recv_msgs(300);
+    // The client closes; what the server routes to it until its socket is gone must not be
+    // lost: the old socket stays open (half-closed by the close handshake) while the session
+    // is resumed elsewhere, so that window is as long as the resume takes.
+    first.send_frame(0x8, true, &1000u16.to_be_bytes());
+    got.extend(msgs_until_close(&mut first));
+    let session = first.session.clone();
+    let mut second = node.ws();
+    let (ok, _) = second.request(&format!(
+        r#"{{"op":"resume","id":"r","session":"{session}","received":{}}}"#,
+        got.len()
+    ));
+    assert_eq!(ok["op"], "ok", "{ok}");
+    got.extend(second.recv_msgs(300));
+    stop.store(true, Ordering::Relaxed);
+    let per_subject = publisher.join().unwrap();
+    let total = per_subject as usize * 3;
+    got.extend(second.recv_msgs(total - got.len()));
+    assert_exactly_once_in_order(&got, per_subject);
+    drop(first);
+}
+
+/// 60 messages of 60 KiB: 3.5 MiB, over three times the default 1 MiB outbound queue.
+const BIG: usize = 60;
+
+fn publish_big(node: &Node, subject: &str) {
+    let payload = "x".repeat(60 << 10);
+    for i in 0..BIG {
+        node.publish(subject, &format!("\"{i}{payload}\""));
+    }
+}
+
+/// Reads `n` messages, failing on a close frame (a 4008 would be one).
+fn recv_msgs_or_close(c: &mut Ws, n: usize) -> Vec<Value> {
+    let mut msgs = Vec::with_capacity(n);
+    while msgs.len() < n {
+        match c.recv_frame() {
+            Some(Frame::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["op"] == "msg" {
+                    msgs.push(v);
+                }
+            }
+            Some(Frame::Ping(p)) => c.send_frame(0xA, true, &p),
+            other => panic!("after {} of {n} messages: {other:?}", msgs.len()),
+        }
+    }
+    msgs
+}
+
+fn a_resume_larger_than_the_queue_is_paced_by_the_reader_not_closed(d: DriverChoice) {
+    let node = start(d, unlimited);
+    let mut first = node.ws();
+    first.sub(1, "big");
+    let session = first.session.clone();
+    drop(first);
+    // The session is detached once the node has seen the socket go; a probe on the subject
+    // tells when the publishes are through.
+    let mut probe = node.ws();
+    probe.sub(1, "big");
+    publish_big(&node, "big");
+    probe.recv_msgs(BIG);
+    let mut second = node.ws();
+    second.send(&format!(
+        r#"{{"op":"resume","id":"r","session":"{session}","received":0}}"#
+    ));
+    let msgs = recv_msgs_or_close(&mut second, BIG);
+    let seqs: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=BIG as u64).collect::<Vec<_>>());
+    assert_eq!(node.metric("ringcast_slow_consumer_closes_total"), 0);
+}
+
+fn a_since_replay_larger_than_the_queue_is_delivered_whole(d: DriverChoice) {
+    let node = start(d, unlimited);
+    publish_big(&node, "big");
+    let mut c = node.ws();
+    c.send(r#"{"op":"sub","id":1,"subject":"big","since":0}"#);
+    let msgs = recv_msgs_or_close(&mut c, BIG);
+    let seqs: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=BIG as u64).collect::<Vec<_>>());
+    // Live messages follow the replay, in order.
+    node.publish("big", "\"live\"");
+    let live = recv_msgs_or_close(&mut c, 1);
+    assert_eq!(live[0]["seq"], BIG as u64 + 1);
+    assert_eq!(node.metric("ringcast_slow_consumer_closes_total"), 0);
 }
 
 fn websocket_resume_on_another_core_is_exact(d: DriverChoice) {
@@ -314,6 +424,9 @@ fn sse_refuses_bad_requests(d: DriverChoice) {
 }
 
 on_both_drivers!(
+    messages_routed_while_a_close_is_flushing_are_kept_for_the_resume,
+    a_resume_larger_than_the_queue_is_paced_by_the_reader_not_closed,
+    a_since_replay_larger_than_the_queue_is_delivered_whole,
     websocket_resume_on_another_core_is_exact,
     websocket_resume_on_the_same_core_is_exact,
     resuming_an_unknown_session_is_session_expired,

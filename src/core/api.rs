@@ -189,23 +189,22 @@ impl Core {
             // Gaps only come from `since`, whose pattern is a concrete subject.
             let mut b = Vec::with_capacity(64);
             crate::proto::gap(&mut b, &sub.pattern, from, to);
-            c.send_event(m, "gap", &b);
+            c.owe_event("gap", &b);
         }
-        let conflate = sub.conflate.get();
         let n = replay
             .frames
             .into_iter()
-            .filter(|f| c.push_msg(m, &Rc::new(f.clone()), conflate))
+            .filter(|f| c.owe_msg(&Rc::new(f.clone())))
             .count();
         metrics::add(&m.delivered, n as u64);
     }
 
-    /// Queues frames of a session hand-over (never conflated).
+    /// Owes frames of a session hand-over (never conflated: a resume is exact).
     pub(super) fn push_frames(&self, c: &Rc<Client>, frames: Vec<Arc<Frame>>) {
         let m = self.metrics();
         let n = frames
             .into_iter()
-            .filter(|f| c.push_msg(m, &Rc::new(f.clone()), false))
+            .filter(|f| c.owe_msg(&Rc::new(f.clone())))
             .count();
         metrics::add(&m.delivered, n as u64);
     }

@@ -10,6 +10,7 @@
 //! (`Cell`/`RefCell`, no locks).
 
 use super::access::Access;
+use super::backlog::{Backlog, Behind, Owed};
 use super::rate::InboundLimit;
 use super::signal::LocalNotify;
 use super::subscription::Subscription;
@@ -75,6 +76,8 @@ pub struct Client {
     pub kind: ConnKind,
     /// Pending outbound bytes.
     out: RefCell<OutboundQueue>,
+    /// Replays, and what arrived behind them, waiting for room in `out`.
+    backlog: RefCell<Backlog>,
     /// This client, for putting itself on the flush list.
     me: Weak<Client>,
     flush: Rc<FlushList>,
@@ -131,6 +134,7 @@ impl Client {
             session: init.session,
             kind: init.kind,
             out: RefCell::new(OutboundQueue::default()),
+            backlog: RefCell::default(),
             me: me.clone(),
             flush,
             listed: Cell::new(false),
@@ -192,7 +196,7 @@ impl Client {
         !self.out.borrow().is_empty()
     }
 
-    /// Moves pending output into `batch`.
+    /// Moves pending output into `batch`, then refills the queue from the backlog.
     pub fn fill(&self, batch: &mut WriteBatch) {
         let framing = match self.kind {
             ConnKind::Sse => Framing::Sse(&self.session),
@@ -202,6 +206,36 @@ impl Client {
         // From here the frames count as sent: the batch is shared with the session log.
         let items = batch.share();
         self.log.borrow_mut().add(items);
+        self.top_up();
+    }
+
+    /// Moves owed items from the backlog into the queue until it holds half its limit (at
+    /// least one item), giving each message its index `k` in the session.
+    fn top_up(&self) {
+        if self.backlog.borrow().is_empty() || self.closing.get().is_some() {
+            return;
+        }
+        let target = (self.queue_limit / 2).max(1);
+        let mut out = self.out.borrow_mut();
+        let mut backlog = self.backlog.borrow_mut();
+        let was_empty = out.is_empty();
+        while out.bytes() < target {
+            match backlog.pop() {
+                Some(Owed::Msg { frame, .. }) => {
+                    let k = self.next_k.get();
+                    self.next_k.set(k + 1);
+                    out.push_msg(&frame, k, false, usize::MAX / 8);
+                }
+                Some(Owed::Event(bytes)) => {
+                    out.push_raw(bytes, usize::MAX / 8);
+                }
+                None => break,
+            }
+        }
+        if was_empty && !out.is_empty() {
+            drop((out, backlog));
+            self.wake_writer();
+        }
     }
 
     /// Puts this client on its core's flush list (once until the transport takes it).
@@ -217,38 +251,62 @@ impl Client {
 
     // ---- output ---------------------------------------------------------------------------
 
-    /// Moves messages still queued into the session log (the socket is going away; a resume
-    /// must replay them) and drops them from the queue. Returns how many there were.
+    /// Moves messages still queued, then those still owed, into the session log (the socket
+    /// is going away; a resume must replay them) and drops them from the queue and backlog.
+    /// Returns how many there were.
     pub(super) fn spill_queue_to_log(&self) -> usize {
         let mut spilled = Vec::new();
         self.out
             .borrow_mut()
             .drain_messages(|frame, k| spilled.push(Out::Msg(frame, k)));
+        for frame in self.backlog.borrow_mut().take_messages() {
+            let k = self.next_k.get();
+            self.next_k.set(k + 1);
+            spilled.push(Out::Msg(frame, k));
+        }
         let n = spilled.len();
         self.log.borrow_mut().add(Rc::new(spilled));
         n
     }
 
-    /// Drops everything still queued (the socket is gone).
+    /// Drops everything still queued or owed (the socket is gone).
     pub(super) fn clear_output(&self) {
         self.out.borrow_mut().clear();
+        self.backlog.borrow_mut().take_messages();
     }
 
     /// Queues a named event: an SSE `event:` block, or a WebSocket text frame of the JSON.
     pub fn send_event(&self, m: &CoreMetrics, name: &str, json: &[u8]) {
-        if self.kind != ConnKind::Sse {
-            return self.send_json(m, json);
-        }
         if self.closing.get().is_some() {
             return;
         }
+        self.send_raw(m, self.event_bytes(name, json));
+    }
+
+    /// Owes a named event behind what is already owed (a replay's `gap` goes out right before
+    /// the replayed messages).
+    pub(super) fn owe_event(&self, name: &str, json: &[u8]) {
+        if self.closing.get().is_some() {
+            return;
+        }
+        let bytes = self.event_bytes(name, json);
+        self.backlog.borrow_mut().push_event(bytes);
+        self.top_up();
+    }
+
+    /// The framed bytes of a named event.
+    fn event_bytes(&self, name: &str, json: &[u8]) -> Box<[u8]> {
         let mut b = Vec::with_capacity(json.len() + 24);
-        b.extend_from_slice(b"event: ");
-        b.extend_from_slice(name.as_bytes());
-        b.extend_from_slice(b"\ndata: ");
-        b.extend_from_slice(json);
-        b.extend_from_slice(b"\n\n");
-        self.send_raw(m, b.into());
+        if self.kind == ConnKind::Sse {
+            b.extend_from_slice(b"event: ");
+            b.extend_from_slice(name.as_bytes());
+            b.extend_from_slice(b"\ndata: ");
+            b.extend_from_slice(json);
+            b.extend_from_slice(b"\n\n");
+        } else {
+            crate::ws::encode_frame(&mut b, crate::ws::OP_TEXT, json);
+        }
+        b.into()
     }
 
     /// Number of subscriptions.
@@ -368,14 +426,11 @@ impl Client {
         }
     }
 
-    /// Queues a message frame unless it is older than what this connection already got.
-    /// Returns true if queued (or, detached, logged for a resume).
+    /// True when `frame` may go to this connection: its grant allows the subject, and it is
+    /// newer than what the connection already got of it (which it then becomes).
     #[inline]
-    pub(super) fn push_msg(&self, m: &CoreMetrics, frame: &LocalFrame, conflate: bool) -> bool {
-        let detached = self.detached_at.get().is_some();
-        if (!detached && self.closing.get().is_some())
-            || self.access.denies_delivery(frame.subject())
-        {
+    fn admits(&self, frame: &LocalFrame) -> bool {
+        if self.access.denies_delivery(frame.subject()) {
             return false;
         }
         if let Some(hwm) = self.hwm.borrow_mut().as_mut() {
@@ -388,13 +443,55 @@ impl Client {
                 }
             }
         }
+        true
+    }
+
+    /// Logs a message the socket will not get (detached, or closing) for a resume.
+    fn log_unsent(&self, frame: &LocalFrame) {
         let k = self.next_k.get();
-        if detached {
-            // No socket: the session only records what it would have been sent, for resume.
-            self.next_k.set(k + 1);
-            self.log.borrow_mut().put(k, frame.clone());
-            return true;
+        self.next_k.set(k + 1);
+        self.log.borrow_mut().put(k, frame.clone());
+    }
+
+    /// Queues a live message frame unless this connection must not or need not get it.
+    /// Returns true if queued, or logged for a resume: a session without a socket (detached),
+    /// or whose socket is closing, still records everything routed to it, so that nothing
+    /// between the decision to close and a resume is lost. Behind a replay, the message waits
+    /// in the backlog, where the slow-consumer limit applies to the live bytes.
+    #[inline]
+    pub(super) fn push_msg(&self, m: &CoreMetrics, frame: &LocalFrame, conflate: bool) -> bool {
+        if !self.admits(frame) {
+            return false;
         }
+        if self.closing.get().is_none() {
+            let overflow = if self.backlog.borrow().is_empty() {
+                self.queue(m, frame, conflate)
+            } else {
+                let behind = self
+                    .backlog
+                    .borrow_mut()
+                    .push_live(frame, conflate, self.queue_limit);
+                if behind == Behind::Conflated {
+                    metrics::add(&m.dropped, 1);
+                }
+                behind == Behind::Overflow
+            };
+            if !overflow {
+                return true;
+            }
+            // It does not reach this socket, which closes: logged below, after what the
+            // close moves from the queue and backlog to the log.
+            metrics::add(&m.dropped, 1);
+            self.close_slow(m);
+        }
+        self.log_unsent(frame);
+        true
+    }
+
+    /// Puts a live message on the queue; true when the queue is over its limit.
+    #[inline]
+    fn queue(&self, m: &CoreMetrics, frame: &LocalFrame, conflate: bool) -> bool {
+        let k = self.next_k.get();
         let was_empty = self.out.borrow().is_empty();
         let pushed = self
             .out
@@ -408,18 +505,30 @@ impl Client {
                 if was_empty {
                     self.wake_writer();
                 }
-                true
+                false
             }
             Pushed::Conflated(_) => {
                 metrics::add(&m.dropped, 1);
-                true
-            }
-            Pushed::Overflow => {
-                metrics::add(&m.dropped, 1);
-                self.close_slow(m);
                 false
             }
+            Pushed::Overflow => true,
         }
+    }
+
+    /// Owes a replayed message (resume, `since`, `snapshot`, catch-up): it goes out as the
+    /// socket drains, however large the replay, and is logged if the socket is closing.
+    /// Returns true if owed or logged.
+    pub(super) fn owe_msg(&self, frame: &LocalFrame) -> bool {
+        if !self.admits(frame) {
+            return false;
+        }
+        if self.closing.get().is_some() {
+            self.log_unsent(frame);
+            return true;
+        }
+        self.backlog.borrow_mut().push_replayed(frame.clone());
+        self.top_up();
+        true
     }
 }
 
@@ -485,7 +594,10 @@ mod tests {
         let m = CoreMetrics::default();
         assert!(c.push_msg(&m, &frame("a", 1), false));
         assert!(c.push_msg(&m, &frame("a", 2), false));
-        assert!(!c.push_msg(&m, &frame("a", 3), false));
+        assert!(
+            c.push_msg(&m, &frame("a", 3), false),
+            "logged for the resume"
+        );
         assert_eq!(c.closing(), Some(CloseReason::SlowConsumer));
         assert_eq!(m.closes(CloseReason::SlowConsumer), 1);
         let logged: Vec<u64> = c
@@ -496,8 +608,30 @@ mod tests {
             .iter()
             .map(|f| f.seq())
             .collect();
-        assert_eq!(logged, vec![1, 2], "queued messages stay resumable");
+        assert_eq!(
+            logged,
+            vec![1, 2, 3],
+            "queued and overflowing messages stay resumable"
+        );
         assert!(c.has_output(), "the close frame waits for the writer");
+    }
+
+    #[test]
+    fn a_closing_connection_logs_what_it_is_routed_for_a_resume() {
+        let (c, _) = client(ConnKind::WebSocket, 1 << 20);
+        let m = CoreMetrics::default();
+        assert!(c.push_msg(&m, &frame("a", 1), false));
+        c.close(&m, CloseReason::ClientClosed, 1000, "");
+        assert!(c.push_msg(&m, &frame("a", 2), false));
+        let logged: Vec<u64> = c
+            .log
+            .borrow()
+            .after(0)
+            .unwrap()
+            .iter()
+            .map(|f| f.seq())
+            .collect();
+        assert_eq!(logged, vec![1, 2]);
     }
 
     #[test]

@@ -27,6 +27,7 @@
 
 pub mod access;
 pub mod api;
+pub mod backlog;
 pub mod client;
 pub mod fanout;
 pub mod msg;
