@@ -29,6 +29,13 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_MAX_QUEUE_BYTES", default_value_t = 1 << 20)]
     pub max_queue_bytes: usize,
 
+    /// Unsent bytes the kernel may hold per connection (`TCP_NOTSENT_LOWAT`); beyond them
+    /// output waits in ringcast's own queue, where the slow-consumer policy and conflation act
+    /// on it. 0 leaves the kernel's default (several MB per loopback socket, which a slow
+    /// reader sits behind: its close frame, or the newest value, only after all of it).
+    #[arg(long, env = "RINGCAST_MAX_UNSENT_BYTES", default_value_t = 128 << 10)]
+    pub max_unsent_bytes: u32,
+
     /// Largest WebSocket message accepted from a client (bigger: close 1009).
     #[arg(long, env = "RINGCAST_MAX_FRAME_BYTES", default_value_t = 64 << 10)]
     pub max_frame_bytes: usize,

@@ -406,6 +406,51 @@ fn slow_consumer_is_closed_with_4008_while_a_fast_one_keeps_receiving(d: DriverC
     assert_eq!(node.metric("ringcast_slow_consumer_closes_total"), 1);
 }
 
+/// Bytes of the messages read before the close frame, and its code.
+fn bytes_until_close(c: &mut Ws) -> (usize, Option<u16>) {
+    let mut bytes = 0;
+    loop {
+        match c.recv_frame() {
+            Some(common::Frame::Text(t)) => bytes += t.len(),
+            Some(common::Frame::Close(code)) => return (bytes, code),
+            Some(_) => {}
+            None => return (bytes, None),
+        }
+    }
+}
+
+fn a_slow_reader_gets_its_close_frame_behind_little_kernel_buffer(d: DriverChoice) {
+    let node = start(d, |c| {
+        c.durability = Some(Durability::None);
+        c.max_queue_bytes = 64 << 10;
+    });
+    let mut slow = Ws::connect_raw(node.addr, small_rcvbuf);
+    slow.recv_json();
+    slow.sub(1, "big");
+    let payload = format!("\"{}\"", "x".repeat(4000));
+    let mut p = node.ws();
+    // Bounded: at most 5,000 messages (20 MB) to make the reader a slow consumer.
+    for i in 0..5000 {
+        p.send(&format!(
+            r#"{{"op":"pub","id":{i},"subject":"big","data":{payload}}}"#
+        ));
+        p.recv_json();
+        if i % 50 == 49 && node.metric("ringcast_slow_consumer_closes_total") == 1 {
+            break;
+        }
+    }
+    assert_eq!(node.metric("ringcast_slow_consumer_closes_total"), 1);
+    // What stands between the reader and its close frame is what the kernel was allowed to
+    // hold (128 KiB unsent by default) and the write in flight (about 140 KB in all, measured),
+    // not the kernel's megabytes (2.8 MB measured without the bound).
+    let (bytes, code) = bytes_until_close(&mut slow);
+    assert_eq!(code, Some(4008));
+    assert!(
+        bytes < 512 << 10,
+        "{bytes} bytes went out ahead of the close frame"
+    );
+}
+
 fn conflation_replaces_pending_messages_with_the_newest(d: DriverChoice) {
     let node = start(d, |c| {
         c.max_queue_bytes = 16 << 10;
@@ -460,6 +505,13 @@ fn conflation_replaces_pending_messages_with_the_newest(d: DriverChoice) {
         received < n,
         "some messages were conflated away ({received} of {n} delivered)"
     );
+    // Conflation acts on what ringcast holds, not behind the kernel's buffer: with unsent
+    // kernel bytes bounded (128 KiB), the reader gets well under a quarter of the 4 MB
+    // published before the newest values (14-74 of 2,000 measured; about 1,360 without it).
+    assert!(
+        received < n / 4,
+        "{received} of {n} stale values reached the reader before the newest"
+    );
     assert!(node.metric("ringcast_dropped_total") > 0);
     assert_eq!(node.metric("ringcast_slow_consumer_closes_total"), 0);
 }
@@ -484,6 +536,7 @@ fn unsub_stops_delivery(d: DriverChoice) {
 }
 
 on_both_drivers!(
+    a_slow_reader_gets_its_close_frame_behind_little_kernel_buffer,
     fanout_reaches_every_subscriber_on_both_cores,
     wildcards_match_exactly_as_specified,
     per_subject_order_holds_under_concurrent_publishers,

@@ -187,6 +187,7 @@ impl Transport {
         let core = self.core.clone();
         let (admitted, refusal) = Admitted::count(&core, &self.accepts);
         let _ = stream.set_nodelay(true);
+        limit_unsent(stream.as_raw_fd(), core.cfg().max_unsent_bytes);
         if let Some(why) = refusal {
             metrics::add(&core.metrics().rejected, 1);
             let _ = stream
@@ -351,6 +352,26 @@ async fn read_request(
             Ok(0) | Err(_) => return Err(ReadError::Closed),
             Ok(_) => {}
         }
+    }
+}
+
+/// Bounds the bytes the kernel holds unsent for this socket (`TCP_NOTSENT_LOWAT`; 0: leave
+/// the kernel's default). A failure is harmless (the kernel's default stays) and not logged
+/// per connection.
+fn limit_unsent(fd: i32, bytes: u32) {
+    if bytes == 0 {
+        return;
+    }
+    let v = bytes as libc::c_int;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `v`, which lives across the call.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
