@@ -9,7 +9,7 @@ use super::admission::{forbidden, http_grant};
 use crate::auth::Grant;
 use crate::core::scheduler::{CancelError, ScheduleOp, ScheduleReply};
 use crate::core::Core;
-use crate::http::{self, Request, Route};
+use crate::http::{self, Method, Request, Route};
 use crate::proto::{self, ErrorCode, PubAck};
 use std::sync::Arc;
 
@@ -22,8 +22,19 @@ const DEMO_PAGE: &str = include_str!("../web/index.html");
 /// Default and maximum `limit` of `/history`.
 pub const HISTORY_LIMIT_MAX: usize = 10_000;
 
-/// The response to a plain HTTP request on `route` (upgrades and SSE are not plain).
+/// The response to a plain HTTP request on `route` (upgrades and SSE are not plain). The
+/// answer to `HEAD` is the one `GET` would get (a refusal included) without its body: the
+/// head still gives the body's `Content-Length`, and the connection stays in step.
 pub async fn respond(core: &Core, req: &Request, route: Route<'_>, keep_alive: bool) -> Vec<u8> {
+    let mut resp = route_response(core, req, route, keep_alive).await;
+    if req.method == Method::Head {
+        http::strip_body(&mut resp);
+    }
+    resp
+}
+
+/// The full response (head and body) to a request on `route`.
+async fn route_response(core: &Core, req: &Request, route: Route<'_>, keep_alive: bool) -> Vec<u8> {
     let ka = keep_alive;
     match route {
         Route::DemoPage => static_page("text/html; charset=utf-8", DEMO_PAGE, &[], ka),
