@@ -181,7 +181,9 @@ async fn cancel_schedule(
     }
 }
 
-/// `GET /schedule?subject=S`.
+/// `GET /schedule?subject=S`: the pending publishes on S, data included. With auth on it
+/// needs both `publish` and `subscribe` on S: the data is not delivered yet, so a publisher
+/// who may not read S must not see what other publishers scheduled on it.
 async fn list_schedules(
     core: &Core,
     grant: Option<&Grant>,
@@ -195,8 +197,14 @@ async fn list_schedules(
     if let Err(e) = crate::subject::validate_subject(&subject) {
         return http::error(ErrorCode::BadRequest, &e.to_string(), keep_alive);
     }
-    if let Some(Err(r)) = grant.map(|g| g.check_publish(&subject)) {
-        return forbidden(r, "publish", keep_alive);
+    if let Some(g) = grant {
+        // Pending publishes are future data: reading them is reading S ahead of time.
+        if let Err(r) = g.check_publish(&subject) {
+            return forbidden(r, "publish", keep_alive);
+        }
+        if let Err(r) = g.check_subscribe(&subject) {
+            return forbidden(r, "subscribe", keep_alive);
+        }
     }
     let owner = crate::bus::owner_of(&subject, core.cores());
     let subject = subject.as_ref().into();
