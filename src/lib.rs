@@ -34,7 +34,8 @@
 //!  owner           SubjectState: seq, history ring and dedup window of one subject
 //!  trie            SubjectTrie: one level per token, `*` and `>` slots
 //!  subject         subject/pattern syntax, matching, coverage
-//!  auth            JWT verification and subject ACLs (grants compiled into tries)
+//!  auth            JWT verification and subject ACLs (grants compiled into tries, with the
+//!                  token's identity); auth/token: one JWT's header, signature and claim checks
 //!  schedule        Schedules: publishes due later (the data structure)
 //!  store           HistoryStore: memory, or durable (fjall) written by the ringcast-store
 //!                  thread with group commit; recovery; retention. Answers through StoreSink

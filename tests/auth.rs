@@ -483,3 +483,118 @@ fn ws_with_addr(addr: std::net::SocketAddr, token: &str) {
     .unwrap()
     .hello();
 }
+
+/// An HS256 token with this exact header JSON (for headers `jsonwebtoken::Header` cannot
+/// express, such as a `crit` that is not a list of names).
+fn hs_with_header(header: &Value, claims: &Value) -> String {
+    let message = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::HS256).unwrap();
+    format!("{message}.{signature}")
+}
+
+fn a_token_with_a_crit_header_is_refused_with_401(d: DriverChoice) {
+    let node = start(d, with_secret);
+    let claims =
+        json!({"sub":"u","exp":now()+3600,"permissions":["subscribe"],"allowed_subjects":[">"]});
+    // The same header without `crit` is fine: only `crit` is refused.
+    let plain = hs_with_header(&json!({"alg":"HS256","typ":"JWT"}), &claims);
+    ws_with(&node, &plain).sub(1, "x");
+    let cases = [
+        ("an unknown extension", json!(["ext"])),
+        ("a registered name", json!(["exp"])),
+        ("an empty list", json!([])),
+        ("a string", json!("ext")),
+        ("null", Value::Null),
+        ("a list of non-names", json!([1])),
+        ("an object", json!({"ext":true})),
+    ];
+    for (what, crit) in cases {
+        let header = json!({"alg":"HS256","typ":"JWT","crit":crit,"ext":true});
+        let token = hs_with_header(&header, &claims);
+        let (status, msg) = refused_upgrade(&node, &token);
+        assert_eq!(status, 401, "crit {what}");
+        assert!(msg.contains("crit"), "crit {what}: {msg}");
+        let auth = format!("Bearer {token}");
+        let (status, _, _) = http(
+            node.addr,
+            "GET",
+            "/history/x",
+            &[("Authorization", &auth)],
+            b"",
+        );
+        assert_eq!(status, 401, "crit {what} over HTTP");
+    }
+    // jsonwebtoken's own header type, as an issuer using the crate would write it.
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["ext".into()]);
+    let token = encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let (status, msg) = refused_upgrade(&node, &token);
+    assert_eq!(status, 401);
+    assert!(msg.contains("crit"), "{msg}");
+}
+
+fn sub_may_be_a_user_id_or_a_subscribe_permission_object(d: DriverChoice) {
+    let node = start(d, with_secret);
+    let exp = now() + 3600;
+    // `sub` as a string: the user id; the flat lists grant subscribing.
+    let user = hs(
+        &json!({"sub":"user-1","exp":exp,"permissions":["subscribe"],"allowed_subjects":["prices.>"]}),
+    );
+    let mut c = ws_with(&node, &user);
+    c.sub(1, "prices.>");
+    // `sub` as an object replaces the flat lists for subscribing, as `pub` does for publishing.
+    let perm = hs(&json!({"exp":exp,"permissions":["publish","subscribe"],
+        "allowed_subjects":["news.>"],
+        "sub":{"allow":["prices.*"],"deny":["prices.secret"]},
+        "pub":{"allow":["orders.*"],"deny":["orders.admin"]}}));
+    let mut c = ws_with(&node, &perm);
+    c.sub(1, "prices.EURUSD");
+    c.sub(2, "prices.*");
+    for p in ["news.x", "prices.secret", "prices.>", "orders.x", ">"] {
+        let (r, _) = c.request(&format!(r#"{{"op":"sub","id":"{p}","subject":"{p}"}}"#));
+        assert_eq!(r["code"], "forbidden", "sub {p}");
+    }
+    let (r, _) = c.request(r#"{"op":"pub","id":3,"subject":"orders.1","data":1}"#);
+    assert_eq!(r["seq"], 1, "{r}");
+    for s in ["orders.admin", "news.x", "prices.EURUSD"] {
+        let (r, _) = c.request(&format!(
+            r#"{{"op":"pub","id":"{s}","subject":"{s}","data":1}}"#
+        ));
+        assert_eq!(r["code"], "forbidden", "pub {s}");
+    }
+    // The same narrowing on the HTTP and SSE ways of reading.
+    let t = |path: &str| http_status(node.addr, "GET", &format!("{path}token={perm}"), &[]);
+    assert_eq!(t("/history/prices.EURUSD?"), 200);
+    assert_eq!(t("/history/news.x?"), 403);
+    assert_eq!(t("/history/prices.secret?"), 403);
+    assert_eq!(t("/sse?subject=news.x&"), 403);
+    // A `sub` object without the `subscribe` permission grants nothing.
+    let no_perm = hs(&json!({"exp":exp,"permissions":["publish"],"sub":{"allow":[">"]}}));
+    let mut c = ws_with(&node, &no_perm);
+    let (r, _) = c.request(r#"{"op":"sub","id":1,"subject":"prices.x"}"#);
+    assert_eq!(r["code"], "forbidden");
+    // A `sub` of another shape is refused like any malformed claim.
+    for bad in [
+        json!(5),
+        json!({"allow":"x"}),
+        json!({"allow":[],"extra":1}),
+    ] {
+        let token = hs(&json!({"exp":exp,"permissions":["subscribe"],"sub":bad}));
+        assert_eq!(refused_upgrade(&node, &token).0, 401, "sub {bad}");
+    }
+}
+
+on_both_drivers!(
+    a_token_with_a_crit_header_is_refused_with_401,
+    sub_may_be_a_user_id_or_a_subscribe_permission_object,
+);

@@ -189,10 +189,133 @@ fn connections_over_the_limit_get_503(d: DriverChoice) {
     assert!(node.metric("ringcast_rejected_total") >= 1);
 }
 
+/// Reads a response head only (through the blank line), leaving what follows in `buf`: the
+/// way a client reads the answer to `HEAD`, which has no body whatever its Content-Length.
+fn read_head_only(s: &mut TcpStream, buf: &mut Vec<u8>) -> String {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = common::find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return head;
+        }
+        let n = common::read_some(s, &mut chunk).expect("response head");
+        assert!(n > 0, "connection closed before a response head");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A header's value in a response head (first match, name case-insensitive).
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The next response on `s` starts right where the previous one ended.
+fn next_response_starts_here(s: &mut TcpStream, buf: &mut Vec<u8>, after: &str) {
+    let mut chunk = [0u8; 4096];
+    while buf.len() < 9 {
+        let n = common::read_some(s, &mut chunk).expect("next response");
+        assert!(n > 0, "connection closed after {after}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        buf.starts_with(b"HTTP/1.1 "),
+        "bytes after the {after} head are not the next response: {:?}",
+        String::from_utf8_lossy(&buf[..buf.len().min(60)])
+    );
+}
+
+fn head_is_answered_with_get_headers_and_no_body_on_a_kept_alive_connection(d: DriverChoice) {
+    let node = start(d, |_| {});
+    let (status, get_head, get_body) = http(node.addr, "GET", "/", &[], b"");
+    assert_eq!(status, 200);
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(common::IO_BOUND)).unwrap();
+    let mut buf = Vec::new();
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let head = read_head_only(&mut s, &mut buf);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let len = get_body.len().to_string();
+    assert_eq!(header(&head, "content-length"), Some(len.as_str()));
+    assert_eq!(
+        header(&head, "content-type"),
+        header(&get_head, "content-type")
+    );
+    assert_eq!(header(&head, "connection"), Some("keep-alive"));
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    next_response_starts_here(&mut s, &mut buf, "HEAD /");
+    let (status, _, body) = common::read_response_buf(&mut s, &mut buf);
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    // A refused HEAD (405) has no body either; the connection still serves.
+    s.write_all(
+        b"HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\nGET /healthz HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .unwrap();
+    let head = read_head_only(&mut s, &mut buf);
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+    assert_eq!(header(&head, "allow"), Some("GET"));
+    next_response_starts_here(&mut s, &mut buf, "HEAD /metrics");
+    let (status, _, body) = common::read_response_buf(&mut s, &mut buf);
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+}
+
+/// A publish of `{"subject":"cl","data":1}` sent with `Content-Length: <value>`.
+fn publish_with_content_length(addr: std::net::SocketAddr, value: &str) -> (u16, Vec<u8>) {
+    let body = br#"{"subject":"cl","data":1}"#;
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(common::IO_BOUND)).unwrap();
+    let head = format!("POST /publish HTTP/1.1\r\nHost: a\r\nContent-Length:{value}\r\n\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let (status, _, body) = read_response(&mut s);
+    (status, body)
+}
+
+fn a_content_length_that_is_not_only_digits_is_refused_with_400(d: DriverChoice) {
+    let node = start(d, |_| {});
+    let n = br#"{"subject":"cl","data":1}"#.len();
+    for value in [
+        format!(" +{n}"),
+        format!(" -{n}"),
+        format!(" {n} {n}"),
+        format!(" {n},{n}"),
+        format!(" 0x{n:x}"),
+        format!(" {n}.0"),
+        " \u{a0}25".into(),
+        String::new(),
+        " ".into(),
+        " 99999999999999999999999999".into(),
+    ] {
+        let (status, body) = publish_with_content_length(node.addr, &value);
+        assert_eq!(status, 400, "Content-Length:{value:?}");
+        let v = json(&body);
+        assert_eq!(v["error"]["code"], "bad_request", "{value:?}");
+    }
+    // Whitespace around the digits is not part of the value (RFC 9110 5.5): accepted.
+    for value in [
+        format!("{n}"),
+        format!(" {n}"),
+        format!("\t{n} \t"),
+        format!(" 0{n}"),
+    ] {
+        assert_eq!(
+            publish_with_content_length(node.addr, &value).0,
+            200,
+            "Content-Length:{value:?}"
+        );
+    }
+}
+
 on_both_drivers!(
     healthz_and_metrics_answer,
     publish_then_history,
     http_errors_have_status_and_json_body,
     keep_alive_serves_several_requests_on_one_connection,
     connections_over_the_limit_get_503,
+    head_is_answered_with_get_headers_and_no_body_on_a_kept_alive_connection,
+    a_content_length_that_is_not_only_digits_is_refused_with_400,
 );

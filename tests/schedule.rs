@@ -81,6 +81,7 @@ on_both_drivers!(
     a_future_publish_is_sequenced_and_delivered_at_its_time,
     pending_publishes_can_be_cancelled,
     a_time_in_the_past_publishes_now,
+    listing_pending_schedules_needs_subscribe_permission_too,
 );
 
 #[test]
@@ -150,4 +151,44 @@ fn scheduling_needs_publish_permission() {
         http_status(node.addr, "DELETE", &path, &[("Authorization", &owner)]),
         200
     );
+}
+
+/// `GET /schedule?subject=S` shows the data of publishes not yet delivered: reading it needs
+/// `subscribe` on S as well as `publish`.
+fn listing_pending_schedules_needs_subscribe_permission_too(d: DriverChoice) {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let secret = "test-secret-that-is-long-enough-0123456789";
+    let node = start(d, |c| c.jwt_secret = Some(secret.into()));
+    let exp = now_ms() / 1000 + 3600;
+    let token = |permissions: &[&str]| {
+        let claims = serde_json::json!({"exp":exp,"permissions":permissions,"allowed_subjects":["alerts.>"]});
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let t = encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+        format!("Bearer {t}")
+    };
+    let (publisher, both, reader) = (
+        token(&["publish"]),
+        token(&["publish", "subscribe"]),
+        token(&["subscribe"]),
+    );
+    let at = now_ms() + 60_000;
+    let body = format!(r#"{{"subject":"alerts.s","data":{{"secret":1}},"at":{at}}}"#);
+    let auth = [("Authorization", publisher.as_str())];
+    let (status, _, _) = http(node.addr, "POST", "/publish", &auth, body.as_bytes());
+    assert_eq!(status, 202);
+    let list = |auth: &str| {
+        let path = "/schedule?subject=alerts.s";
+        http(node.addr, "GET", path, &[("Authorization", auth)], b"")
+    };
+    let (status, _, resp) = list(&publisher);
+    assert_eq!(status, 403, "publish alone does not reveal future data");
+    let message = json(&resp)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.contains("subscribe"), "{message}");
+    assert_eq!(list(&reader).0, 403, "subscribe alone does not either");
+    let (status, _, resp) = list(&both);
+    assert_eq!(status, 200);
+    assert_eq!(json(&resp)["scheduled"][0]["data"]["secret"], 1);
 }

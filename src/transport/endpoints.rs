@@ -9,7 +9,7 @@ use super::admission::{forbidden, http_grant};
 use crate::auth::Grant;
 use crate::core::scheduler::{CancelError, ScheduleOp, ScheduleReply};
 use crate::core::Core;
-use crate::http::{self, Request, Route};
+use crate::http::{self, Method, Request, Route};
 use crate::proto::{self, ErrorCode, PubAck};
 use std::sync::Arc;
 
@@ -22,8 +22,19 @@ const DEMO_PAGE: &str = include_str!("../web/index.html");
 /// Default and maximum `limit` of `/history`.
 pub const HISTORY_LIMIT_MAX: usize = 10_000;
 
-/// The response to a plain HTTP request on `route` (upgrades and SSE are not plain).
+/// The response to a plain HTTP request on `route` (upgrades and SSE are not plain). The
+/// answer to `HEAD` is the one `GET` would get (a refusal included) without its body: the
+/// head still gives the body's `Content-Length`, and the connection stays in step.
 pub async fn respond(core: &Core, req: &Request, route: Route<'_>, keep_alive: bool) -> Vec<u8> {
+    let mut resp = route_response(core, req, route, keep_alive).await;
+    if req.method == Method::Head {
+        http::strip_body(&mut resp);
+    }
+    resp
+}
+
+/// The full response (head and body) to a request on `route`.
+async fn route_response(core: &Core, req: &Request, route: Route<'_>, keep_alive: bool) -> Vec<u8> {
     let ka = keep_alive;
     match route {
         Route::DemoPage => static_page("text/html; charset=utf-8", DEMO_PAGE, &[], ka),
@@ -170,7 +181,9 @@ async fn cancel_schedule(
     }
 }
 
-/// `GET /schedule?subject=S`.
+/// `GET /schedule?subject=S`: the pending publishes on S, data included. With auth on it
+/// needs both `publish` and `subscribe` on S: the data is not delivered yet, so a publisher
+/// who may not read S must not see what other publishers scheduled on it.
 async fn list_schedules(
     core: &Core,
     grant: Option<&Grant>,
@@ -184,8 +197,14 @@ async fn list_schedules(
     if let Err(e) = crate::subject::validate_subject(&subject) {
         return http::error(ErrorCode::BadRequest, &e.to_string(), keep_alive);
     }
-    if let Some(Err(r)) = grant.map(|g| g.check_publish(&subject)) {
-        return forbidden(r, "publish", keep_alive);
+    if let Some(g) = grant {
+        // Pending publishes are future data: reading them is reading S ahead of time.
+        if let Err(r) = g.check_publish(&subject) {
+            return forbidden(r, "publish", keep_alive);
+        }
+        if let Err(r) = g.check_subscribe(&subject) {
+            return forbidden(r, "subscribe", keep_alive);
+        }
     }
     let owner = crate::bus::owner_of(&subject, core.cores());
     let subject = subject.as_ref().into();

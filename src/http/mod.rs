@@ -127,6 +127,19 @@ fn contains_token(v: &str, token: &str) -> bool {
     v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The value of a `Content-Length` header: ASCII digits only (RFC 9110 8.6), with optional
+/// whitespace (SP, HTAB) around them. A sign, an empty value, a list, any other character, or
+/// a number over `usize` is malformed: `str::parse` alone would take `+5`.
+fn content_length(v: &str) -> Result<usize, HttpError> {
+    let digits = v.trim_matches([' ', '\t']);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HttpError::Malformed("bad Content-Length"));
+    }
+    digits
+        .parse::<usize>()
+        .map_err(|_| HttpError::Malformed("Content-Length too large"))
+}
+
 impl Headers {
     /// The headers of interest among `raw`; `http10`: the request is HTTP/1.0 (which closes
     /// after one response unless it asks for keep-alive).
@@ -142,10 +155,7 @@ impl Headers {
             let name = hd.name;
             let text = || Some(v.trim().to_owned());
             if name.eq_ignore_ascii_case("content-length") {
-                let n = v
-                    .trim()
-                    .parse::<usize>()
-                    .map_err(|_| HttpError::Malformed("bad Content-Length"))?;
+                let n = content_length(v)?;
                 if h.content_length.is_some_and(|m| m != n) {
                     return Err(HttpError::Malformed("conflicting Content-Length"));
                 }
@@ -388,6 +398,14 @@ pub fn response(
     out
 }
 
+/// Cuts a complete response (as [`response`] encodes it) down to its head, for `HEAD`: the
+/// same status and headers, `Content-Length` still the body's, and no body (RFC 9110 9.3.2).
+pub fn strip_body(resp: &mut Vec<u8>) {
+    if let Some(end) = resp.windows(4).position(|w| w == b"\r\n\r\n") {
+        resp.truncate(end + 4);
+    }
+}
+
 /// A JSON response.
 pub fn json(status: u16, body: &[u8], keep_alive: bool) -> Vec<u8> {
     response(status, "application/json", &[], body, keep_alive)
@@ -406,134 +424,4 @@ pub fn error(code: crate::proto::ErrorCode, message: &str, keep_alive: bool) -> 
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_route_table_names_every_endpoint() {
-        use Method::*;
-        let r = |m, p| Route::of(m, p, true);
-        assert_eq!(r(Get, "/"), Route::DemoPage);
-        assert_eq!(r(Head, "/index.html"), Route::DemoPage);
-        assert_eq!(r(Get, "/ringcast.js"), Route::ClientJs);
-        assert_eq!(r(Head, "/healthz"), Route::Healthz);
-        assert_eq!(r(Get, "/metrics"), Route::Metrics);
-        assert_eq!(r(Post, "/publish"), Route::Publish);
-        assert_eq!(r(Get, "/ws"), Route::WebSocket);
-        assert_eq!(r(Get, "/ws/echo"), Route::Echo);
-        assert_eq!(r(Get, "/sse"), Route::Sse);
-        assert_eq!(r(Get, "/schedule"), Route::ListSchedules);
-        assert_eq!(r(Delete, "/schedule/01a"), Route::CancelSchedule("01a"));
-        assert_eq!(
-            r(Get, "/history/prices.EURUSD"),
-            Route::History("prices.EURUSD")
-        );
-        assert_eq!(r(Get, "/history/"), Route::History(""));
-    }
-
-    #[test]
-    fn a_known_path_with_another_method_is_not_allowed_and_an_unknown_one_not_found() {
-        use Method::*;
-        let r = |m, p| Route::of(m, p, true);
-        for (m, p) in [
-            (Post, "/ws"),
-            (Get, "/publish"),
-            (Post, "/sse"),
-            (Head, "/metrics"),
-            (Get, "/schedule/01a"),
-            (Delete, "/history/a"),
-            (Other, "/"),
-        ] {
-            assert!(matches!(r(m, p), Route::MethodNotAllowed(_)), "{m:?} {p}");
-        }
-        assert_eq!(r(Get, "/nope"), Route::NotFound);
-        assert_eq!(r(Get, "/ws/"), Route::NotFound);
-        assert_eq!(r(Get, "/publishx"), Route::NotFound);
-    }
-
-    #[test]
-    fn a_refused_method_names_the_ones_the_path_takes() {
-        let Route::MethodNotAllowed(m) = Route::of(Method::Post, "/healthz", false) else {
-            panic!("not refused");
-        };
-        assert_eq!(allow(m), "GET, HEAD");
-    }
-
-    #[test]
-    fn the_echo_endpoint_exists_only_when_enabled() {
-        assert_eq!(Route::of(Method::Get, "/ws/echo", false), Route::NotFound);
-        assert_eq!(Route::of(Method::Post, "/ws/echo", false), Route::NotFound);
-        assert_eq!(
-            Route::of(Method::Post, "/ws/echo", true),
-            Route::MethodNotAllowed(&[Method::Get])
-        );
-    }
-
-    const L: Limits = Limits {
-        max_header_bytes: 8192,
-        max_body_bytes: 1024,
-    };
-
-    #[test]
-    fn parses_a_request_fed_one_byte_at_a_time() {
-        let wire = b"POST /publish?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nAuthorization: Bearer t\r\n\r\nhelloGET";
-        let mut got = None;
-        for end in 1..=wire.len() {
-            match parse_request(&wire[..end], L).unwrap() {
-                Some(r) => {
-                    got = Some((r, end));
-                    break;
-                }
-                None => continue,
-            }
-        }
-        let ((req, used), end) = got.unwrap();
-        assert_eq!(end, wire.len() - 3);
-        assert_eq!(used, end);
-        assert_eq!(req.method, Method::Post);
-        assert_eq!(req.path, "/publish");
-        assert_eq!(req.query, "x=1");
-        assert_eq!(req.body, b"hello");
-        assert_eq!(req.headers.authorization.as_deref(), Some("Bearer t"));
-        assert!(!req.headers.close);
-    }
-
-    #[test]
-    fn refuses_bad_and_oversized_requests() {
-        assert_eq!(
-            parse_request(b"\x01\x02 / HTTP/1.1\r\n\r\n", L)
-                .unwrap_err()
-                .status(),
-            400
-        );
-        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(9000));
-        assert_eq!(parse_request(big.as_bytes(), L).unwrap_err().status(), 431);
-        let body = b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
-        assert_eq!(parse_request(body, L).unwrap_err().status(), 413);
-        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(parse_request(chunked, L).unwrap_err().status(), 400);
-        let dup = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
-        assert_eq!(parse_request(dup, L).unwrap_err().status(), 400);
-    }
-
-    #[test]
-    fn reads_upgrade_headers_case_insensitively() {
-        let wire = b"GET /ws HTTP/1.1\r\nconnection: keep-alive, Upgrade\r\nUPGRADE: WebSocket\r\nSec-WebSocket-Key: abc\r\nSec-WebSocket-Version: 13\r\n\r\n";
-        let (r, _) = parse_request(wire, L).unwrap().unwrap();
-        assert!(r.headers.connection_upgrade && r.headers.upgrade_websocket);
-        assert_eq!(r.headers.ws_key.as_deref(), Some("abc"));
-    }
-
-    #[test]
-    fn query_strings_are_percent_decoded() {
-        let q = "subject=prices.%3E&subject=a.*&token=x+y&bad=%zz";
-        let subs: Vec<_> = query_pairs(q)
-            .filter(|(k, _)| k == "subject")
-            .map(|(_, v)| v.into_owned())
-            .collect();
-        assert_eq!(subs, vec!["prices.>", "a.*"]);
-        assert_eq!(query_get(q, "token").as_deref(), Some("x y"));
-        assert_eq!(query_get(q, "bad").as_deref(), Some("%zz"));
-        assert_eq!(percent_decode("%4"), "%4");
-    }
-}
+mod tests;

@@ -4,18 +4,22 @@
 //! (RS256/ES256; the algorithm comes from the key, never from the token), shared read-only by
 //! all cores, and the [`Grant`] a verified token yields: per operation, allow and deny patterns
 //! compiled once into [`SubjectTrie`]s. A grant is immutable and shared by reference (`Arc`);
-//! connections keep it on their core.
+//! connections keep it on their core. The grant also names whose token it is
+//! ([`Grant::identity`]: `sub` and `iss`). `token`: one JWT taken apart and checked (header
+//! `alg` and `crit`, signature, registered claims).
 //!
 //! Semantics: nothing is allowed unless granted. A pattern may be subscribed only if one allowed
 //! pattern covers every subject it can match and no deny pattern covers it wholly; subjects that
 //! match a deny pattern are never delivered. Publishing needs an allowed, non-denied subject.
 
+mod token;
+
 use crate::subject::{covers, validate_pattern};
 use crate::trie::SubjectTrie;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde::Deserialize;
+use jsonwebtoken::{Algorithm, DecodingKey};
 use std::fmt;
 use std::sync::Arc;
+use token::{AllowDeny, Checks, Claims, SubClaim};
 
 /// Longest token accepted, bytes (a JWT carrying many subjects is still far below this).
 pub const MAX_TOKEN_BYTES: usize = 8 << 10;
@@ -36,13 +40,13 @@ impl fmt::Display for AuthError {
 /// Verifies tokens. Built once; `None` in the node state means auth is off.
 pub struct Verifier {
     key: DecodingKey,
-    validation: Validation,
+    checks: Checks,
 }
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
-            .field("algorithms", &self.validation.algorithms)
+            .field("algorithm", &self.checks.alg)
             .finish()
     }
 }
@@ -88,82 +92,25 @@ impl Verifier {
                 }
             }
         };
-        let mut v = Validation::new(alg);
-        v.algorithms = vec![alg];
-        v.set_required_spec_claims(&["exp"]);
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.leeway = c.leeway_secs;
-        match &c.audience {
-            Some(a) => v.set_audience(&[a]),
-            None => v.validate_aud = false,
-        }
-        if let Some(i) = &c.issuer {
-            v.set_issuer(&[i]);
-        }
-        Ok(Some(Verifier { key, validation: v }))
+        let checks = Checks {
+            alg,
+            issuer: c.issuer.clone(),
+            audience: c.audience.clone(),
+            leeway: c.leeway_secs,
+        };
+        Ok(Some(Verifier { key, checks }))
     }
 
-    /// Verifies a token and compiles its grant.
+    /// Verifies a token (signature, `alg`, `crit`, `exp`, `nbf`, issuer, audience: the
+    /// `token` module) and compiles its grant.
     pub fn verify(&self, token: &str) -> Result<Arc<Grant>, AuthError> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError("token missing or too large".into()));
         }
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind as K;
-                AuthError(
-                    match e.kind() {
-                        K::ExpiredSignature => "token expired",
-                        K::ImmatureSignature => "token not valid yet (nbf)",
-                        K::InvalidSignature => "bad token signature",
-                        K::InvalidAlgorithm | K::InvalidAlgorithmName => {
-                            "token algorithm does not match the configured key"
-                        }
-                        K::MissingRequiredClaim(_) => "token lacks a required claim (exp)",
-                        K::InvalidIssuer => "token issuer not accepted",
-                        K::InvalidAudience => "token audience not accepted",
-                        K::Json(_) => "token claims have the wrong shape",
-                        _ => "invalid token",
-                    }
-                    .to_string(),
-                )
-            })?;
-        Grant::compile(data.claims).map(Arc::new)
+        let now = crate::os::now_ms() / 1000;
+        let claims = token::decode(token, &self.key, &self.checks, now)?;
+        Grant::compile(claims).map(Arc::new)
     }
-}
-
-/// `{"allow":[..],"deny":[..]}` (NATS style).
-#[derive(Debug, Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-struct AllowDeny {
-    #[serde(default)]
-    allow: Vec<String>,
-    #[serde(default)]
-    deny: Vec<String>,
-}
-
-/// `sub` is the standard subject claim (a string) or a NATS-style permission object.
-#[derive(Debug, Deserialize, Clone)]
-#[serde(untagged)]
-enum SubClaim {
-    Id(String),
-    Perm(AllowDeny),
-}
-
-#[derive(Debug, Deserialize)]
-struct Claims {
-    exp: u64,
-    #[serde(default)]
-    sub: Option<SubClaim>,
-    #[serde(default)]
-    permissions: Vec<String>,
-    #[serde(default)]
-    allowed_subjects: Vec<String>,
-    #[serde(default)]
-    deny_subjects: Vec<String>,
-    #[serde(default, rename = "pub")]
-    publish: Option<AllowDeny>,
 }
 
 /// Allow and deny patterns of one operation, compiled.
@@ -267,11 +214,14 @@ impl Acl {
     }
 }
 
-/// What a verified token allows.
+/// What a verified token allows, and whose it is.
 #[derive(Debug)]
 pub struct Grant {
-    /// The token's `sub` (user id), if a string.
-    pub user: Option<String>,
+    /// The token's `sub` when it is a string: the user id. (`None` when `sub` is absent or
+    /// is the subscribe-permission object.)
+    pub subject: Option<Box<str>>,
+    /// The token's `iss` (issuer) when it is a string.
+    pub issuer: Option<Box<str>>,
     /// `exp`, seconds since the Unix epoch.
     pub exp: u64,
     /// Publish ACL (`None`: no `publish` permission).
@@ -283,8 +233,13 @@ pub struct Grant {
 impl Grant {
     fn compile(c: Claims) -> Result<Grant, AuthError> {
         let has = |p: &str| c.permissions.iter().any(|x| x == p);
-        let (user, sub_perm) = match c.sub {
-            Some(SubClaim::Id(s)) => (Some(s), None),
+        // `token::decode` refuses a token without `exp`; no grant is made without one.
+        let exp = c
+            .exp
+            .ok_or_else(|| AuthError("token lacks a required claim (exp)".into()))?;
+        let issuer = c.issuer().map(Into::into);
+        let (subject, sub_perm) = match c.sub {
+            Some(SubClaim::Id(s)) => (Some(s.into()), None),
             Some(SubClaim::Perm(p)) => (None, Some(p)),
             None => (None, None),
         };
@@ -305,11 +260,18 @@ impl Grant {
             None
         };
         Ok(Grant {
-            user,
-            exp: c.exp,
+            subject,
+            issuer,
+            exp,
             publish,
             subscribe,
         })
+    }
+
+    /// Whose token this is: `(subject, issuer)`, the token's `sub` (when a string) and `iss`.
+    /// Together they name a user across issuers; either may be absent.
+    pub fn identity(&self) -> (Option<&str>, Option<&str>) {
+        (self.subject.as_deref(), self.issuer.as_deref())
     }
 
     /// May `pattern` be subscribed (also gates `since`/`snapshot` and `/history`)?
@@ -383,6 +345,71 @@ mod tests {
         assert_eq!(a.check_subject("prices.internal.x"), Err(Refusal::Denied));
         assert_eq!(a.check_subject("news.x"), Err(Refusal::NotAllowed));
         assert_eq!(a.check_subject("prices.x"), Ok(()));
+    }
+
+    fn verifier(issuer: Option<&str>) -> Verifier {
+        let config = AuthConfig {
+            secret: Some(SECRET.into()),
+            issuer: issuer.map(Into::into),
+            ..AuthConfig::default()
+        };
+        Verifier::new(&config).unwrap().unwrap()
+    }
+
+    const SECRET: &str = "unit-test-secret-that-is-long-enough-0123";
+
+    fn token(claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+    }
+
+    fn exp() -> u64 {
+        crate::os::now_ms() / 1000 + 3600
+    }
+
+    #[test]
+    fn a_grant_names_the_tokens_subject_and_issuer() {
+        use serde_json::json;
+        let v = verifier(None);
+        let g = v
+            .verify(&token(json!({"exp":exp(),"sub":"user-1","iss":"idp"})))
+            .unwrap();
+        assert_eq!(g.identity(), (Some("user-1"), Some("idp")));
+        assert_eq!(
+            (g.subject.as_deref(), g.issuer.as_deref()),
+            (Some("user-1"), Some("idp"))
+        );
+        let g = v.verify(&token(json!({"exp":exp()}))).unwrap();
+        assert_eq!(g.identity(), (None, None));
+        // `sub` as the permission object is no user id.
+        let claims = json!({"exp":exp(),"iss":"idp","sub":{"allow":["a"]}});
+        let g = v.verify(&token(claims)).unwrap();
+        assert_eq!(g.identity(), (None, Some("idp")));
+        // An `iss` list (accepted when it holds the configured issuer) is no single issuer.
+        let v = verifier(Some("idp"));
+        let claims = json!({"exp":exp(),"sub":"u","iss":["idp","other"]});
+        let g = v.verify(&token(claims)).unwrap();
+        assert_eq!(g.identity(), (Some("u"), None));
+    }
+
+    #[test]
+    fn an_object_sub_narrows_subscribing_as_pub_narrows_publishing() {
+        let claims = serde_json::json!({"exp":exp(),"permissions":["publish","subscribe"],
+            "allowed_subjects":["news.>"],"deny_subjects":["news.x"],
+            "sub":{"allow":["prices.*"],"deny":["prices.secret"]},
+            "pub":{"allow":["prices.*"],"deny":["prices.secret"]}});
+        let g = verifier(None).verify(&token(claims)).unwrap();
+        for s in ["prices.a", "prices.secret", "news.y", "news.x", "other"] {
+            let sub = g.check_subscribe(s);
+            assert_eq!(sub, g.check_publish(s), "{s}");
+            assert_eq!(sub.is_ok(), s == "prices.a", "{s}: {sub:?}");
+        }
+        assert_eq!(g.check_subscribe("prices.>"), Err(Refusal::NotAllowed));
+        assert!(g.denies_delivery("prices.secret"));
+        assert!(
+            !g.denies_delivery("news.x"),
+            "the flat deny list is replaced too"
+        );
     }
 
     #[test]
