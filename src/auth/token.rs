@@ -5,8 +5,9 @@
 //! only, so a token with the documented `"sub":{"allow":..}` object fails there before
 //! ringcast sees it, and it does not look at `crit`. The crate still does the header parsing
 //! and the cryptography (`decode_header`, `crypto::verify`); the registered claims are checked
-//! here with the crate's semantics: `exp` required, `exp`/`nbf` with leeway, and a configured
-//! issuer or audience compared with the token's `iss`/`aud` when the token has one.
+//! here: `exp` required, `exp`/`nbf` with leeway (the crate's semantics), and a configured
+//! issuer or audience required in the token's `iss`/`aud` (the crate let a token without the
+//! claim pass).
 //!
 //! Pure code over its inputs (the caller passes the time); called on the connection's core.
 
@@ -182,17 +183,17 @@ fn numeric_date(v: &Value) -> Option<u64> {
     })
 }
 
-/// Does the token's `iss`/`aud` value name `want`? Nothing required, or nothing in the token
-/// (absent or null): yes, as jsonwebtoken has it. A string must equal it; a list must hold it
+/// Does the token's `iss`/`aud` value name `want`? Nothing required: yes, whatever the claim.
+/// Required: the claim must be there (a token that names no issuer or audience is not one of
+/// the configured issuer's or for this audience); a string must equal it, a list must hold it
 /// (and only strings); any other value never names it.
 fn names(claim: Option<&Value>, want: Option<&str>) -> bool {
-    let (Some(want), Some(claim)) = (want, claim) else {
+    let Some(want) = want else {
         return true;
     };
     match claim {
-        Value::Null => true,
-        Value::String(s) => s == want,
-        Value::Array(list) => {
+        Some(Value::String(s)) => s == want,
+        Some(Value::Array(list)) => {
             list.iter().all(Value::is_string) && list.iter().any(|v| v.as_str() == Some(want))
         }
         _ => false,
@@ -373,10 +374,13 @@ mod tests {
             ok(json!({"iss":["x","idp"],"aud":["ringcast","y"]})),
             Ok(())
         );
-        // Absent (or null) claims are not compared, as jsonwebtoken has it.
-        assert_eq!(ok(json!({})), Ok(()));
-        assert_eq!(ok(json!({"iss":null,"aud":null})), Ok(()));
+        // Configured, a claim is required: absent or null is refused.
         let iss = Err("token issuer not accepted".to_string());
+        assert_eq!(ok(json!({"aud":"ringcast"})), iss);
+        assert_eq!(ok(json!({"iss":null,"aud":"ringcast"})), iss);
+        let aud = Err("token audience not accepted".to_string());
+        assert_eq!(ok(json!({"iss":"idp"})), aud);
+        assert_eq!(ok(json!({"iss":"idp","aud":null})), aud);
         for bad in [
             json!("other"),
             json!(["x"]),
@@ -384,16 +388,15 @@ mod tests {
             json!(5),
             json!(["idp", 5]),
         ] {
-            assert_eq!(ok(json!({"iss":bad})), iss, "iss {bad}");
+            assert_eq!(ok(json!({"iss":bad,"aud":"ringcast"})), iss, "iss {bad}");
         }
-        let aud = Err("token audience not accepted".to_string());
         for bad in [
             json!("other"),
             json!([]),
             json!({"a":1}),
             json!(["ringcast", {}]),
         ] {
-            assert_eq!(ok(json!({"aud":bad})), aud, "aud {bad}");
+            assert_eq!(ok(json!({"iss":"idp","aud":bad})), aud, "aud {bad}");
         }
         // Nothing configured: `iss` and `aud` of any shape are not looked at.
         let claims = json!({"exp":NOW + 60,"iss":5,"aud":{"x":1}});
