@@ -31,11 +31,13 @@ pub enum CloseReason {
     Unauthorized,
     /// Too many messages for too long (close 4029).
     RateLimited,
+    /// Its session was resumed by a new connection of the same identity (close 1000).
+    Replaced,
 }
 
 impl CloseReason {
     /// All reasons, in metric order.
-    pub const ALL: [CloseReason; 11] = [
+    pub const ALL: [CloseReason; 12] = [
         CloseReason::ClientClosed,
         CloseReason::Shutdown,
         CloseReason::SlowConsumer,
@@ -47,6 +49,7 @@ impl CloseReason {
         CloseReason::BadRequest,
         CloseReason::Unauthorized,
         CloseReason::RateLimited,
+        CloseReason::Replaced,
     ];
 
     /// Metric label.
@@ -63,6 +66,7 @@ impl CloseReason {
             CloseReason::BadRequest => "bad_request",
             CloseReason::Unauthorized => "unauthorized",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::Replaced => "replaced",
         }
     }
 
@@ -97,6 +101,8 @@ pub struct CoreMetrics {
     pub http_requests: AtomicU64,
     /// Connections refused because the node is full.
     pub rejected: AtomicU64,
+    /// Resumes refused because the session belongs to another identity.
+    pub resumes_refused: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
 }
 
@@ -133,7 +139,7 @@ type Series = (
 );
 
 /// Every per-core series, in output order.
-const SERIES: [Series; 12] = [
+const SERIES: [Series; 13] = [
     ("ringcast_connections", "gauge", "Open connections.", |m| {
         m.connections.load(Relaxed)
     }),
@@ -196,6 +202,12 @@ const SERIES: [Series; 12] = [
         "counter",
         "Connections refused (node full or out of fds).",
         |m| m.rejected.load(Relaxed),
+    ),
+    (
+        "ringcast_resumes_refused_total",
+        "counter",
+        "Resumes of a session by another identity, refused.",
+        |m| m.resumes_refused.load(Relaxed),
     ),
     (
         "ringcast_slow_consumer_closes_total",

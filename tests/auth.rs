@@ -225,7 +225,9 @@ fn unauthenticated_connections_may_only_authenticate_then_time_out_with_4001() {
 #[test]
 fn an_expiring_token_ends_the_connection_with_4001_unless_refreshed() {
     let node = node();
-    let short = hs(&json!({"exp":now()+2,"permissions":["subscribe"],"allowed_subjects":[">"]}));
+    let short = hs(
+        &json!({"sub":"admin","exp":now()+2,"permissions":["subscribe"],"allowed_subjects":[">"]}),
+    );
     let mut refreshed = ws_with(&node, &short);
     let (r, _) = refreshed.request(&format!(r#"{{"op":"auth","id":1,"token":"{}"}}"#, admin()));
     assert_eq!(r["op"], "ok");

@@ -274,6 +274,12 @@ impl Grant {
         (self.subject.as_deref(), self.issuer.as_deref())
     }
 
+    /// May `subject` (concrete) reach this holder: allowed by the subscribe list and not
+    /// denied? For frames decided under an earlier grant or subscription (a resume's replay).
+    pub fn may_receive(&self, subject: &str) -> bool {
+        self.check_subscribe(subject).is_ok() && !self.denies_delivery(subject)
+    }
+
     /// May `pattern` be subscribed (also gates `since`/`snapshot` and `/history`)?
     pub fn check_subscribe(&self, pattern: &str) -> Result<(), Refusal> {
         self.subscribe
@@ -299,6 +305,13 @@ impl Grant {
     pub fn filters_delivery(&self) -> bool {
         self.subscribe.as_ref().is_none_or(Acl::has_deny)
     }
+}
+
+/// True when two connections' grants name the same holder: equal `(sub, iss)`
+/// ([`Grant::identity`]), or both without a grant (auth off). A session belongs to the
+/// identity that made it: only the same one may resume it or refresh its token.
+pub fn same_identity(a: Option<&Grant>, b: Option<&Grant>) -> bool {
+    a.map(Grant::identity) == b.map(Grant::identity)
 }
 
 /// The token in an `Authorization: Bearer` header, if any.

@@ -13,6 +13,7 @@ use super::sequencer::ReplayKind;
 use super::sessions::{self, parse_session, session_id, ResumeError, SessionState, TakeError};
 use super::subscription::{SubError, Subscription};
 use super::{Client, ConnKind, Core, CoreMsg, Waiter};
+use crate::auth::Grant;
 use crate::bus::owner_of;
 use crate::frame::Frame;
 use crate::metrics::{self, CloseReason};
@@ -56,12 +57,17 @@ impl Core {
         }
         c.mark_gone(self.metrics());
         c.clear_output();
+        self.unsubscribe_all(c);
+        if c.kind.is_websocket() {
+            metrics::sub(&self.metrics().websockets, 1);
+        }
+    }
+
+    /// Removes every subscription of `c`.
+    fn unsubscribe_all(&self, c: &Rc<Client>) {
         let subs: Vec<Rc<Subscription>> = c.subs.borrow_mut().drain().map(|(_, s)| s).collect();
         for sub in subs {
             self.remove_sub(c, &sub);
-        }
-        if c.kind.is_websocket() {
-            metrics::sub(&self.metrics().websockets, 1);
         }
     }
 
@@ -202,8 +208,10 @@ impl Core {
     /// Owes frames of a session hand-over (never conflated: a resume is exact).
     pub(super) fn push_frames(&self, c: &Rc<Client>, frames: Vec<Arc<Frame>>) {
         let m = self.metrics();
+        let grant = c.access.grant();
         let n = frames
             .into_iter()
+            .filter(|f| grant.as_ref().is_none_or(|g| g.may_receive(f.subject())))
             .filter(|f| c.owe_msg(&Rc::new(f.clone())))
             .count();
         metrics::add(&m.delivered, n as u64);
@@ -267,17 +275,26 @@ impl Core {
 
     // ---- sessions ---------------------------------------------------------------------------
 
-    /// Owner side of a resume: removes the session and returns what the new connection needs.
+    /// Owner side of a resume: hands the session over to `requester` and returns what the
+    /// new connection needs. Only the identity that made the session may take it (anyone else
+    /// is told it is unknown: a session id proves nothing by itself). A session still attached
+    /// to a socket (its link dropped without the server seeing it yet) is taken over at once:
+    /// the old connection gets a close and ends, unsubscribed.
     pub(super) fn take_session(
         &self,
         session: &str,
         received: u64,
+        requester: Option<&Grant>,
     ) -> Result<Box<SessionState>, TakeError> {
         let c = self
             .sessions
             .borrow()
             .get(session)
             .ok_or(TakeError::Unknown)?;
+        if !crate::auth::same_identity(c.access.grant().as_deref(), requester) {
+            metrics::add(&self.metrics().resumes_refused, 1);
+            return Err(TakeError::Unknown);
+        }
         c.spill_queue_to_log();
         if sessions::busy(&c) {
             return Err(TakeError::Busy);
@@ -288,13 +305,20 @@ impl Core {
         // then skip.
         let cut = self.fanout.borrow().positions(self.cores());
         let state = sessions::hand_over(&c, received, cut)?;
-        if !c.is_detached() {
-            // Still attached (the old socket is not known dead yet): it is being replaced.
+        if c.is_detached() {
+            self.unregister(&c);
+        } else {
+            // Replaced: it keeps its registration (so the sweep still ends it if the peer is
+            // gone) but no subscription (so it is not retained when its socket ends).
+            self.unsubscribe_all(&c);
             let code = crate::ws::close::NORMAL;
-            let why = "session resumed elsewhere";
-            c.close(self.metrics(), CloseReason::ClientClosed, code, why);
+            c.close(
+                self.metrics(),
+                CloseReason::Replaced,
+                code,
+                "session resumed elsewhere",
+            );
         }
-        self.unregister(&c);
         Ok(Box::new(state))
     }
 
@@ -319,6 +343,7 @@ impl Core {
             let req = Request::TakeSession {
                 session: session.into(),
                 received,
+                grant: c.access.grant(),
             };
             let r = match self.call(owner, req).await {
                 Reply::Session(r) => r,

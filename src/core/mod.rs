@@ -359,8 +359,12 @@ impl Core {
                     .history(&subject, since, limit, None);
                 self.answer(to, Reply::History(body));
             }
-            Request::TakeSession { session, received } => {
-                let r = self.take_session(&session, received);
+            Request::TakeSession {
+                session,
+                received,
+                grant,
+            } => {
+                let r = self.take_session(&session, received, grant.as_deref());
                 self.answer(to, Reply::Session(r));
             }
             Request::CatchUp { patterns, after } => {

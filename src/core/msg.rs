@@ -10,6 +10,7 @@
 use super::scheduler::{ScheduleOp, ScheduleReply};
 use super::sequencer::ReplayKind;
 use super::sessions::{SessionState, TakeError};
+use crate::auth::Grant;
 use crate::bus::Bus;
 use crate::cluster::{ClusterError, Fetched, Replicated};
 use crate::frame::Frame;
@@ -113,6 +114,8 @@ pub enum Request {
         session: Box<str>,
         /// `msg` ops the client received on that session.
         received: u64,
+        /// The requester's grant: a session is handed over only to the identity that made it.
+        grant: Option<Arc<Grant>>,
     },
     /// Frames of matching subjects an owner broadcast after a stream position.
     CatchUp {

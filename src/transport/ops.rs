@@ -112,6 +112,16 @@ fn authenticate(core: &Core, c: &Rc<Client>, id: Option<&str>, token: &str) {
     };
     match verifier.verify(token) {
         Err(e) => c.send_err(m, id, ErrorCode::Unauthorized, &e.0),
+        Ok(g)
+            if c.access
+                .grant()
+                .is_some_and(|old| old.identity() != g.identity()) =>
+        {
+            // A refresh renews this identity's token; it cannot make the connection (and its
+            // session) someone else's.
+            let why = "a refreshed token must name the connection's user (same sub and iss)";
+            c.send_err(m, id, ErrorCode::Forbidden, why);
+        }
         Ok(g) => {
             for p in c.patterns() {
                 if let Err(r) = g.check_subscribe(&p) {
