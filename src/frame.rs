@@ -91,8 +91,9 @@ const TS_KEY: &[u8] = br#","ts":"#;
 const DATA_KEY: &[u8] = br#","data":"#;
 
 impl Frame {
-    /// Encodes a message. `data` must already be valid JSON (it is embedded verbatim) and
-    /// `subject` a valid concrete subject (its bytes never need JSON escaping).
+    /// Encodes a message. `data` must already be valid JSON (it is embedded verbatim, with raw
+    /// CR/LF whitespace turned into spaces) and `subject` a valid concrete subject (its bytes
+    /// never need JSON escaping).
     pub fn encode(subject: &str, seq: u64, ts: u64, data: &[u8], msg_id: Option<&str>) -> Frame {
         let mut seq_buf = itoa::Buffer::new();
         let mut ts_buf = itoa::Buffer::new();
@@ -121,6 +122,14 @@ impl Frame {
         buf.extend_from_slice(DATA_KEY);
         let data_off = buf.len();
         buf.extend_from_slice(data);
+        // SSE carries the JSON as one `data:` line. Raw CR and LF, which valid JSON holds only
+        // as insignificant whitespace (strings must escape them), become spaces: the same
+        // value, the same length, one pass over bytes just copied.
+        for b in &mut buf[data_off..] {
+            if matches!(*b, b'\r' | b'\n') {
+                *b = b' ';
+            }
+        }
         buf.push(b'}');
         let ws_len = buf.len();
         debug_assert_eq!(ws_len, hdr + json_len);
@@ -272,6 +281,14 @@ impl std::error::Error for FrameDecodeError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_line_breaks_in_data_become_spaces_of_the_same_length() {
+        let data = b"{\"a\":\r\n1,\n\"b\":\"x\\ny\"}";
+        let f = Frame::encode("s", 1, 2, data, None);
+        assert_eq!(f.data(), b"{\"a\":  1, \"b\":\"x\\ny\"}");
+        assert!(!f.json().iter().any(|b| matches!(b, b'\r' | b'\n')));
+    }
 
     #[test]
     fn encodes_the_msg_body_and_a_websocket_text_frame() {

@@ -157,62 +157,90 @@ impl OutboundQueue {
     /// Moves queued items into `batch` for one write, framed as asked.
     pub fn fill(&mut self, batch: &mut WriteBatch, framing: Framing<'_>) {
         batch.clear();
-        let per_msg = match framing {
-            Framing::WebSocket => 1,
-            Framing::Sse(_) => 4,
-        };
-        // SSE `id:` lines go to the batch's scratch buffer; reserve it whole first so the
-        // iovecs pointing into it stay valid.
-        if let Framing::Sse(session) = framing {
-            let msgs = self
-                .items
-                .iter()
-                .take(MAX_IOVECS / per_msg)
-                .filter(|o| matches!(o, Out::Msg(..)))
-                .count();
-            batch.scratch.reserve(msgs * (session.len() + 26));
-        }
         batch.items.reserve(self.items.len().min(MAX_IOVECS));
-        let scratch_cap = batch.scratch.capacity();
-        while batch.iov.len() + per_msg <= MAX_IOVECS {
-            let Some(item) = self.items.pop_front() else {
-                break;
-            };
-            self.bytes -= item.weight();
-            match (&item, framing) {
-                (Out::Msg(f, _), Framing::WebSocket) => batch.push_iov(f.ws_bytes()),
-                (Out::Raw(b), _) => batch.push_iov(b),
-                (Out::Msg(f, k), Framing::Sse(session)) => {
-                    let start = batch.scratch.len();
-                    batch.scratch.extend_from_slice(b"id: ");
-                    batch.scratch.extend_from_slice(session.as_bytes());
-                    batch.scratch.push(b'.');
-                    batch
-                        .scratch
-                        .extend_from_slice(itoa::Buffer::new().format(*k).as_bytes());
-                    batch.scratch.push(b'\n');
-                    debug_assert_eq!(
-                        batch.scratch.capacity(),
-                        scratch_cap,
-                        "scratch never reallocates"
-                    );
-                    let id_line = &batch.scratch[start..];
-                    let (ptr, len) = (id_line.as_ptr(), id_line.len());
-                    // SAFETY: `scratch` was reserved above and is not reallocated while the
-                    // batch is alive, so the pointer stays valid.
-                    batch.push_iov(unsafe { std::slice::from_raw_parts(ptr, len) });
-                    batch.push_iov(SSE_EVENT);
-                    batch.push_iov(f.json());
-                    batch.push_iov(SSE_END);
+        match framing {
+            Framing::WebSocket => {
+                while batch.iov.len() < MAX_IOVECS {
+                    let Some(item) = self.pop() else { break };
+                    let b = match &item {
+                        Out::Msg(f, _) => f.ws_bytes(),
+                        Out::Raw(b) => b,
+                    };
+                    push_iov(&mut batch.iov, &mut batch.total, b);
+                    batch.items.push(item);
                 }
             }
-            batch.items.push(item);
+            Framing::Sse(session) => self.fill_sse(batch, session),
         }
         if self.items.is_empty() && self.items.capacity() > 64 {
             // Give back memory a burst left behind; idle connections stay small.
             self.items.shrink_to(0);
         }
     }
+
+    /// SSE framing, in two passes so that no iovec points into a buffer still growing: first
+    /// the items are taken and their `id:` lines written to the batch's scratch buffer, then
+    /// the iovecs are laid over the finished items and lines.
+    fn fill_sse(&mut self, batch: &mut WriteBatch, session: &str) {
+        let mut iovs = 0;
+        loop {
+            let need = match self.items.front() {
+                Some(Out::Msg(..)) => SSE_IOVS_PER_MSG,
+                Some(Out::Raw(_)) => 1,
+                None => break,
+            };
+            if iovs + need > MAX_IOVECS {
+                break;
+            }
+            iovs += need;
+            let item = self.pop().expect("front exists");
+            if let Out::Msg(_, k) = &item {
+                batch.scratch.extend_from_slice(b"id: ");
+                batch.scratch.extend_from_slice(session.as_bytes());
+                batch.scratch.push(b'.');
+                let mut digits = itoa::Buffer::new();
+                batch
+                    .scratch
+                    .extend_from_slice(digits.format(*k).as_bytes());
+                batch.scratch.push(b'\n');
+                batch.id_ends.push(batch.scratch.len());
+            }
+            batch.items.push(item);
+        }
+        let (mut line, mut start) = (0, 0);
+        for item in &batch.items {
+            match item {
+                Out::Raw(b) => push_iov(&mut batch.iov, &mut batch.total, b),
+                Out::Msg(f, _) => {
+                    let end = batch.id_ends[line];
+                    let id = &batch.scratch[start..end];
+                    (line, start) = (line + 1, end);
+                    for part in [id, SSE_EVENT, f.json(), SSE_END] {
+                        push_iov(&mut batch.iov, &mut batch.total, part);
+                    }
+                }
+            }
+        }
+    }
+
+    fn pop(&mut self) -> Option<Out> {
+        let item = self.items.pop_front()?;
+        self.bytes -= item.weight();
+        Some(item)
+    }
+}
+
+/// iovecs per SSE message: the `id:` line, `event: msg` + `data: `, the JSON, the blank line.
+const SSE_IOVS_PER_MSG: usize = 4;
+
+/// Appends an iovec over `b` (which must outlive the write: see [`WriteBatch`]).
+#[inline]
+fn push_iov(iov: &mut Vec<libc::iovec>, total: &mut usize, b: &[u8]) {
+    iov.push(libc::iovec {
+        iov_base: b.as_ptr() as *mut libc::c_void,
+        iov_len: b.len(),
+    });
+    *total += b.len();
 }
 
 /// The `msg` frames a session was sent, by index `k` (1-based), kept for exact resume: at least
@@ -336,21 +364,15 @@ pub struct WriteBatch {
     /// The items after [`WriteBatch::share`]: shared with the session log while in flight.
     shared: Option<Rc<Vec<Out>>>,
     iov: Vec<libc::iovec>,
+    /// SSE `id:` lines of this write, and where each ends; complete before any iovec points
+    /// into them.
     scratch: Vec<u8>,
+    id_ends: Vec<usize>,
     start: usize,
     total: usize,
 }
 
 impl WriteBatch {
-    #[inline]
-    fn push_iov(&mut self, b: &[u8]) {
-        self.iov.push(libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        });
-        self.total += b.len();
-    }
-
     /// Moves the items into an `Rc` (kept by the batch until the write finishes) and returns
     /// another reference for the session log. The iovecs stay valid: they point into the
     /// items' heap buffers, which do not move.
@@ -366,6 +388,7 @@ impl WriteBatch {
         self.shared = None;
         self.iov.clear();
         self.scratch.clear();
+        self.id_ends.clear();
         self.start = 0;
         self.total = 0;
     }
@@ -399,10 +422,11 @@ impl WriteBatch {
     }
 }
 
-// SAFETY: `iov[start..]` points into buffers owned by `items` (or `shared`), into `scratch` (reserved before
-// any pointer was taken, never reallocated while the batch lives) or into static bytes; none of
-// them is modified or moved while the runtime owns the batch (moving the batch moves only the
-// Vec headers, not their heap buffers).
+// SAFETY: `iov[start..]` points into buffers owned by `items` (or `shared`), into `scratch`
+// (written completely before the first iovec into it was taken, in `fill_sse`, and untouched
+// until `clear`, which also drops the iovecs) or into static bytes; none of them is modified or
+// moved while the runtime owns the batch (moving the batch moves only the Vec headers, not
+// their heap buffers).
 unsafe impl monoio::buf::IoVecBuf for WriteBatch {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
         self.iov[self.start..].as_ptr()
@@ -469,16 +493,54 @@ mod tests {
         q.push_msg(&f, 41, false, 1 << 20);
         let mut b = WriteBatch::default();
         q.fill(&mut b, Framing::Sse("s1"));
+        let want = [b"id: s1.41\nevent: msg\ndata: " as &[u8], f.json(), b"\n\n"].concat();
+        assert_eq!(wire(&b), want);
+        assert_eq!(b.remaining(), want.len());
+    }
+
+    /// The bytes a batch's iovecs describe.
+    fn wire(b: &WriteBatch) -> Vec<u8> {
         let mut wire = Vec::new();
-        for v in &b.iov {
-            // SAFETY: test reads the iovecs the batch owns.
+        for v in &b.iov[b.start..] {
+            // SAFETY: test reads the iovecs of a batch it owns, whose buffers are alive.
             wire.extend_from_slice(unsafe {
                 std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
             });
         }
-        let want = [b"id: s1.41\nevent: msg\ndata: " as &[u8], f.json(), b"\n\n"].concat();
-        assert_eq!(wire, want);
+        wire
+    }
+
+    #[test]
+    fn an_sse_batch_of_heartbeats_then_many_messages_frames_every_one_intact() {
+        // Heartbeats take one iovec, messages four: far more messages fit into the batch than
+        // the first MAX_IOVECS/4 items hold, and every `id:` line must still be intact.
+        let mut q = OutboundQueue::default();
+        for _ in 0..200 {
+            q.push_raw(b":\n\n".to_vec().into(), usize::MAX);
+        }
+        let frames: Vec<_> = (1..=400).map(|i| frame("a", i)).collect();
+        for (i, f) in frames.iter().enumerate() {
+            q.push_msg(f, 1_000_000 + i as u64, false, usize::MAX);
+        }
+        let mut b = WriteBatch::default();
+        q.fill(&mut b, Framing::Sse("0123456789abcdef01"));
+        let taken = (MAX_IOVECS - 200) / SSE_IOVS_PER_MSG;
+        let mut want = b":\n\n".repeat(200);
+        for (i, f) in frames.iter().take(taken).enumerate() {
+            want.extend_from_slice(
+                format!("id: 0123456789abcdef01.{}\n", 1_000_000 + i).as_bytes(),
+            );
+            want.extend_from_slice(SSE_EVENT);
+            want.extend_from_slice(f.json());
+            want.extend_from_slice(SSE_END);
+        }
+        assert_eq!(b.iov.len(), 200 + taken * SSE_IOVS_PER_MSG);
+        assert_eq!(wire(&b), want);
         assert_eq!(b.remaining(), want.len());
+        // The rest waits for the next write.
+        q.fill(&mut b, Framing::Sse("0123456789abcdef01"));
+        assert_eq!(b.messages(), 400 - taken);
+        assert!(q.is_empty());
     }
 
     #[test]

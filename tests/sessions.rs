@@ -406,6 +406,24 @@ fn sse_with_an_unknown_last_event_id_gets_a_gap_and_starts_fresh(d: DriverChoice
     assert_eq!(snap[0].1["seq"], 1);
 }
 
+fn sse_events_stay_whole_when_published_json_has_line_breaks(d: DriverChoice) {
+    let node = start(d, unlimited);
+    let mut sse = Sse::connect(node.addr, "/sse?subject=ticks.*", &[]);
+    sse.next_named("hello");
+    // Valid JSON: raw CR/LF only as whitespace between tokens; the string's newline is escaped.
+    node.publish("ticks.a", "{\"a\":\r\n\n1,\r\"b\":\"x\\ny\"}");
+    node.publish("ticks.b", "2");
+    let first = sse.next_named("msg");
+    assert!(!first.data.contains('\r'), "{:?}", first.data);
+    let v: Value = serde_json::from_str(&first.data).expect("one whole event");
+    assert_eq!(v["data"], serde_json::json!({"a":1,"b":"x\ny"}));
+    let second: Value = serde_json::from_str(&sse.next_named("msg").data).unwrap();
+    assert_eq!(
+        (second["subject"].as_str(), second["seq"].as_u64()),
+        (Some("ticks.b"), Some(1))
+    );
+}
+
 fn sse_sends_heartbeats(d: DriverChoice) {
     let node = start(d, |c| c.sse_heartbeat_secs = 1);
     let mut sse = Sse::connect(node.addr, "/sse?subject=x", &[]);
@@ -434,6 +452,7 @@ on_both_drivers!(
     sse_streams_the_shared_msg_body_with_session_ids,
     sse_last_event_id_resumes_exactly,
     sse_with_an_unknown_last_event_id_gets_a_gap_and_starts_fresh,
+    sse_events_stay_whole_when_published_json_has_line_breaks,
     sse_sends_heartbeats,
     sse_refuses_bad_requests,
 );
