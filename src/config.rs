@@ -145,6 +145,17 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_SESSION_RETAIN", default_value_t = 1_000)]
     pub session_retain: usize,
 
+    /// Sessions kept without a socket, node-wide (each core keeps its share); past it the
+    /// longest-detached is dropped. Bounds what connect-subscribe-drop loops can pile up.
+    #[arg(long, env = "RINGCAST_MAX_DETACHED_SESSIONS", default_value_t = 10_000)]
+    pub max_detached_sessions: usize,
+
+    /// Bytes detached sessions may keep alive, node-wide (each core keeps its share), counted
+    /// as an upper bound (a logged frame in full for every session holding it); past it the
+    /// longest-detached sessions are dropped.
+    #[arg(long, env = "RINGCAST_MAX_DETACHED_BYTES", default_value_t = 1 << 30)]
+    pub max_detached_bytes: usize,
+
     /// Seconds between SSE heartbeat comments (proxies close silent streams).
     #[arg(long, env = "RINGCAST_SSE_HEARTBEAT_SECS", default_value_t = 15)]
     pub sse_heartbeat_secs: u64,

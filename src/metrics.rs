@@ -103,6 +103,13 @@ pub struct CoreMetrics {
     pub rejected: AtomicU64,
     /// Resumes refused because the session belongs to another identity.
     pub resumes_refused: AtomicU64,
+    /// Retained sessions without a socket (gauge, updated by the sweep).
+    pub sessions_detached: AtomicU64,
+    /// Bytes the detached sessions keep alive, an upper bound (gauge, updated by the sweep).
+    pub detached_bytes: AtomicU64,
+    /// Detached sessions dropped before their TTL: over a budget, or unable to serve any
+    /// resume any more.
+    pub sessions_evicted: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
 }
 
@@ -139,7 +146,7 @@ type Series = (
 );
 
 /// Every per-core series, in output order.
-const SERIES: [Series; 13] = [
+const SERIES: [Series; 16] = [
     ("ringcast_connections", "gauge", "Open connections.", |m| {
         m.connections.load(Relaxed)
     }),
@@ -208,6 +215,24 @@ const SERIES: [Series; 13] = [
         "counter",
         "Resumes of a session by another identity, refused.",
         |m| m.resumes_refused.load(Relaxed),
+    ),
+    (
+        "ringcast_sessions_detached",
+        "gauge",
+        "Retained sessions without a socket.",
+        |m| m.sessions_detached.load(Relaxed),
+    ),
+    (
+        "ringcast_detached_bytes",
+        "gauge",
+        "Bytes detached sessions keep alive (upper bound: shared frames counted in full).",
+        |m| m.detached_bytes.load(Relaxed),
+    ),
+    (
+        "ringcast_sessions_evicted_total",
+        "counter",
+        "Detached sessions dropped before their TTL (over a budget, or past resuming).",
+        |m| m.sessions_evicted.load(Relaxed),
     ),
     (
         "ringcast_slow_consumer_closes_total",

@@ -84,7 +84,28 @@ impl Core {
         c.clear_output();
         c.set_fd(-1);
         c.mark_gone(self.metrics());
+        self.keep_detached(c);
+    }
+
+    /// Detaches registered `c` and keeps this core's detached sessions within its share of
+    /// `--max-detached-sessions`, dropping the longest-detached first (their bytes are held
+    /// to `--max-detached-bytes` by the sweep).
+    fn keep_detached(&self, c: &Rc<Client>) {
         c.detach(self.clock_ms.get());
+        self.sessions.borrow_mut().note_detached(c);
+        let share = self.cfg().max_detached_sessions.div_ceil(self.cores());
+        while self.sessions.borrow().detached_count() > share {
+            self.evict_oldest_detached();
+        }
+    }
+
+    /// Drops the session detached longest (over a budget); false when there is none.
+    pub(super) fn evict_oldest_detached(&self) -> bool {
+        let oldest = self.sessions.borrow_mut().oldest_detached();
+        let Some(old) = oldest else { return false };
+        metrics::add(&self.metrics().sessions_evicted, 1);
+        self.unregister(&old);
+        true
     }
 
     // ---- subscriptions ----------------------------------------------------------------------
@@ -390,7 +411,7 @@ impl Core {
             return;
         };
         let c = self.register_as(ConnKind::WebSocket, key);
-        c.detach(self.clock_ms.get());
+        self.keep_detached(&c);
         self.adopt(&c, st);
     }
 

@@ -14,6 +14,7 @@ use super::client::Client;
 use crate::frame::Frame;
 use crate::metrics::CloseReason;
 use hashbrown::HashMap;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -66,10 +67,22 @@ pub fn parse_session(id: &str) -> Option<(usize, u64)> {
     Some((core, key))
 }
 
-/// The clients of one core, by session key.
+/// What a per-subject high-water mark costs besides its subject's bytes: the map slot, the
+/// boxed subject's header and its allocation rounding.
+const HWM_ENTRY_BYTES: usize = 48;
+/// What a subscription costs a retained session besides its pattern's bytes.
+const SUB_BYTES: usize = 160;
+
+/// The clients of one core, by session key, and the detached ones in the order they lost their
+/// sockets (the oldest is evicted first when a budget is exceeded).
 #[derive(Default)]
 pub struct Sessions {
     by_key: HashMap<u64, Rc<Client>>,
+    /// `(key, detached_at)` per detachment, oldest first; entries whose session was resumed or
+    /// has ended are skipped (and compacted away) lazily.
+    detached: VecDeque<(u64, u64)>,
+    /// Registered sessions without a socket.
+    detached_count: usize,
 }
 
 impl Sessions {
@@ -99,10 +112,47 @@ impl Sessions {
         match self.by_key.get(&c.key) {
             Some(r) if std::ptr::eq(&**r, c) => {
                 self.by_key.remove(&c.key);
+                if c.is_detached() {
+                    self.detached_count -= 1;
+                }
                 true
             }
             _ => false,
         }
+    }
+
+    /// Records that registered `c` has just been detached (after [`Client::detach`]).
+    pub fn note_detached(&mut self, c: &Client) {
+        let at = c.detached_at.get().expect("detached");
+        self.detached.push_back((c.key, at));
+        self.detached_count += 1;
+        if self.detached.len() > 2 * self.detached_count + 64 {
+            // Mostly resumed or ended sessions: drop their entries.
+            let by_key = &self.by_key;
+            self.detached.retain(|(key, at)| {
+                by_key
+                    .get(key)
+                    .is_some_and(|c| c.detached_at.get() == Some(*at))
+            });
+        }
+    }
+
+    /// Registered sessions without a socket.
+    pub fn detached_count(&self) -> usize {
+        self.detached_count
+    }
+
+    /// The session that has been detached longest, if any.
+    pub fn oldest_detached(&mut self) -> Option<Rc<Client>> {
+        while let Some(&(key, at)) = self.detached.front() {
+            match self.by_key.get(&key) {
+                Some(c) if c.detached_at.get() == Some(at) => return Some(c.clone()),
+                _ => {
+                    self.detached.pop_front();
+                }
+            }
+        }
+        None
     }
 
     /// True while `c` is registered.
@@ -146,6 +196,35 @@ pub fn retains(c: &Client, ttl_secs: u64, shutting_down: bool) -> bool {
             c.closing(),
             Some(CloseReason::Shutdown | CloseReason::Unauthorized | CloseReason::RateLimited)
         )
+}
+
+/// True when detached `c` can serve no resume any more: its log has dropped a message sent
+/// after the socket went away, which the client never received (`--session-retain` smaller
+/// than what arrived since; with 0, the first message).
+pub fn lapsed(c: &Client) -> bool {
+    c.is_detached() && c.log.borrow().first_k() > c.detached_k.get()
+}
+
+/// Bytes a retained session keeps alive, as an upper bound: its log ([`SessionLog::bytes`]:
+/// frames counted in full even when shared), its per-subject seq marks and its subscriptions.
+///
+/// [`SessionLog::bytes`]: crate::outbound::SessionLog::bytes
+pub fn retained_bytes(c: &Client) -> usize {
+    let hwm = c.hwm.borrow().as_ref().map_or(0, |h| {
+        h.keys().map(|s| s.len() + HWM_ENTRY_BYTES).sum::<usize>()
+    });
+    let subs: usize = c.subs.borrow().keys().map(|p| p.len() + SUB_BYTES).sum();
+    c.log.borrow().bytes() + hwm + subs
+}
+
+/// Stops tracking per-subject seqs on an attached connection that has no replay or catch-up
+/// in flight: the marks only keep a replay and the live stream from overlapping, and once
+/// every replay is in, all further frames come from the live stream alone, each once. Without
+/// this the map would grow by one entry per subject ever delivered, for the connection's life.
+pub fn settle_hwm(c: &Client) {
+    if !c.is_detached() && c.hwm.borrow().is_some() && !busy(c) {
+        *c.hwm.borrow_mut() = None;
+    }
 }
 
 /// True while the session still receives a replay or catch-up: frames are in flight to it
@@ -244,6 +323,44 @@ mod tests {
         assert!(!retains(&c, 60, true), "shutting down");
         c.close(&m, CloseReason::Unauthorized, 4001, "");
         assert!(!retains(&c, 60, false));
+    }
+
+    #[test]
+    fn seq_marks_are_dropped_once_no_replay_is_in_flight() {
+        let s = Sessions::default();
+        let c = client(&s, ConnKind::WebSocket);
+        c.track_hwm();
+        c.held.borrow_mut().push("a".into());
+        settle_hwm(&c);
+        assert!(
+            c.hwm.borrow().is_some(),
+            "a `since` replay is still on its way"
+        );
+        c.held.borrow_mut().clear();
+        settle_hwm(&c);
+        assert!(c.hwm.borrow().is_none());
+        c.track_hwm();
+        c.detach(0);
+        settle_hwm(&c);
+        assert!(
+            c.hwm.borrow().is_some(),
+            "a detached session keeps them for its hand-over"
+        );
+    }
+
+    #[test]
+    fn a_detached_session_lapses_when_its_log_drops_an_unsent_message() {
+        let s = Sessions::default();
+        let c = client(&s, ConnKind::WebSocket);
+        let f = |seq| Rc::new(Arc::new(Frame::encode("a", seq, 0, b"1", None)));
+        c.detach(0);
+        for seq in 1..=4 {
+            assert!(c.push_msg(&CoreMetrics::default(), &f(seq), false));
+            assert!(!lapsed(&c), "retains 4: message {seq} kept");
+        }
+        assert!(c.push_msg(&CoreMetrics::default(), &f(5), false));
+        assert!(lapsed(&c), "message 1 is gone and was never received");
+        assert!(retained_bytes(&c) >= 4 * f(1).wire_len());
     }
 
     #[test]

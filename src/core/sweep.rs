@@ -1,13 +1,16 @@
 //! The sweep: what a core does every [`super::SWEEP_TICK`] without being asked. It advances the
-//! core clock, expires retained sessions, sends SSE heartbeats, pings silent WebSockets and
+//! core clock, expires retained sessions (at their TTL, when they can no longer serve a resume,
+//! or the longest-detached first past the detached-bytes budget), stops seq tracking on
+//! connections whose replays are all in, sends SSE heartbeats, pings silent WebSockets and
 //! closes those that stay silent (half-open peers), enforces auth deadlines and token expiry,
 //! and shuts down sockets whose close did not flush within [`CLOSE_GRACE_MS`] (a peer that
 //! stopped reading). Runs on the core's thread, from its sweeper task.
 
-use super::{Client, ConnKind, Core, CLOSE_GRACE_MS};
-use crate::metrics::{CloseReason, CoreMetrics};
+use super::{sessions, Client, ConnKind, Core, CLOSE_GRACE_MS};
+use crate::metrics::{self, CloseReason, CoreMetrics};
 use crate::proto::ErrorCode;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 
 impl Core {
     /// Periodic housekeeping: advances the core clock, expires retained sessions, pings silent
@@ -26,9 +29,30 @@ impl Core {
             heartbeat_ms: cfg.sse_heartbeat_secs.max(1).saturating_mul(1000),
         };
         let clients = self.sessions.borrow().all();
-        for c in clients {
-            self.sweep_client(&c, &tick);
+        let mut detached_bytes = 0;
+        for c in &clients {
+            self.sweep_client(c, &tick);
+            if c.is_detached() && self.sessions.borrow().contains(c) {
+                detached_bytes += sessions::retained_bytes(c);
+            }
         }
+        self.bound_detached_bytes(detached_bytes);
+    }
+
+    /// Drops the longest-detached sessions while this core's detached sessions hold more than
+    /// its share of `--max-detached-bytes`; publishes the detached gauges.
+    fn bound_detached_bytes(&self, mut bytes: usize) {
+        let share = self.cfg().max_detached_bytes.div_ceil(self.cores());
+        while bytes > share {
+            let oldest = self.sessions.borrow_mut().oldest_detached();
+            let Some(old) = oldest else { break };
+            bytes -= sessions::retained_bytes(&old).min(bytes);
+            self.evict_oldest_detached();
+        }
+        let m = self.metrics();
+        let count = self.sessions.borrow().detached_count();
+        m.sessions_detached.store(count as u64, Relaxed);
+        m.detached_bytes.store(bytes as u64, Relaxed);
     }
 
     fn sweep_client(&self, c: &Rc<Client>, t: &SweepTick) {
@@ -37,9 +61,13 @@ impl Core {
         if let Some(at) = c.detached_at.get() {
             if now.saturating_sub(at) >= t.session_ttl_ms {
                 self.unregister(c);
+            } else if sessions::lapsed(c) {
+                metrics::add(&m.sessions_evicted, 1);
+                self.unregister(c);
             }
             return;
         }
+        sessions::settle_hwm(c);
         if c.closing().is_some() {
             match c.closed_at.get() {
                 None => c.closed_at.set(Some(now)),
