@@ -238,10 +238,10 @@ fn a_session_that_missed_more_than_it_retains_is_expired(d: DriverChoice) {
     // Wait (bounded) until the node noticed the disconnect, then overflow the session's log.
     let mut probe = node.ws();
     probe.sub(1, "ticks.*");
-    for i in 0..50 {
+    for i in 0..100 {
         node.publish("ticks.a", &i.to_string());
     }
-    probe.recv_msgs(50);
+    probe.recv_msgs(100);
     let (r, _) = probe.request(&format!(
         r#"{{"op":"resume","id":1,"session":"{session}","received":0}}"#
     ));

@@ -10,6 +10,10 @@ use std::rc::Rc;
 /// What one logged item costs besides its frame or reply bytes: its slot.
 const SLOT_BYTES: usize = std::mem::size_of::<Out>();
 
+/// Messages [`SessionLog::put`] gathers into one chunk at most: small enough that dropping the
+/// oldest chunk keeps the log close to `retain`, big enough to amortise the chunk.
+const PUT_CHUNK_MSGS: usize = 64;
+
 /// The `msg` frames a session was sent, by index `k` (1-based), kept for exact resume: at least
 /// the newest `retain` ones, as references to the shared frames.
 ///
@@ -63,9 +67,38 @@ impl SessionLog {
         self.bytes
     }
 
-    /// Records message `k` alone (detached sessions, tests).
+    /// Records message `k` alone (detached or closing sessions, tests). Consecutive ones share
+    /// a chunk of up to [`PUT_CHUNK_MSGS`] while no write shares it: a detached session then
+    /// costs one item slot per logged message, not a chunk and two allocations.
     pub fn put(&mut self, k: u64, frame: LocalFrame) {
+        if k == self.next_k && self.retain > 0 {
+            let back = self.chunks.back_mut().filter(|c| c.msgs < PUT_CHUNK_MSGS);
+            if let Some(chunk) = back {
+                if let Some(items) = Rc::get_mut(&mut chunk.items) {
+                    let bytes = SLOT_BYTES + frame.wire_len();
+                    items.push(Out::Msg(frame, k));
+                    chunk.msgs += 1;
+                    chunk.bytes += bytes;
+                    self.msgs += 1;
+                    self.bytes += bytes;
+                    self.next_k += 1;
+                    return self.trim();
+                }
+            }
+        }
         self.add(Rc::new(vec![Out::Msg(frame, k)]));
+    }
+
+    /// Drops the oldest chunks while the rest still holds `retain` messages.
+    fn trim(&mut self) {
+        while let Some(front) = self.chunks.front() {
+            if self.msgs - front.msgs < self.retain {
+                break;
+            }
+            self.msgs -= front.msgs;
+            self.bytes -= front.bytes;
+            self.chunks.pop_front();
+        }
     }
 
     /// Records the messages of `items` (a written batch or a spilled queue), in order. Their
@@ -101,14 +134,7 @@ impl SessionLog {
         });
         self.msgs += msgs;
         self.bytes += bytes;
-        while let Some(front) = self.chunks.front() {
-            if self.msgs - front.msgs < self.retain {
-                break;
-            }
-            self.msgs -= front.msgs;
-            self.bytes -= front.bytes;
-            self.chunks.pop_front();
-        }
+        self.trim();
     }
 
     /// Messages after the first `received` ones, or `None` if some of them are no longer
@@ -154,18 +180,39 @@ mod tests {
     #[test]
     fn the_session_log_keeps_the_newest_frames_by_index() {
         let mut log = SessionLog::new(3, 1);
+        let seqs = |v: Vec<LocalFrame>| v.iter().map(|f| f.seq()).collect::<Vec<_>>();
         for i in 1..=5 {
             log.put(i, frame("a", i));
         }
         assert_eq!(log.next_k(), 6);
-        assert!(log.after(1).is_none(), "messages 2 is no longer retained");
-        let seqs = |v: Vec<LocalFrame>| v.iter().map(|f| f.seq()).collect::<Vec<_>>();
         assert_eq!(seqs(log.after(2).unwrap()), vec![3, 4, 5]);
         assert_eq!(seqs(log.after(5).unwrap()), Vec::<u64>::new());
         assert!(log.after(6).is_none(), "more than was sent");
-        log.put(9, frame("a", 9));
-        assert_eq!(log.next_k(), 10);
-        assert!(log.after(5).is_none(), "a jump in k restarts the log");
-        assert_eq!(seqs(log.after(8).unwrap()), vec![9]);
+        // Consecutive puts share chunks of 64; the oldest chunk goes once the rest holds 3.
+        for i in 6..=(PUT_CHUNK_MSGS as u64 + 3) {
+            log.put(i, frame("a", i));
+        }
+        let last = PUT_CHUNK_MSGS as u64 + 3;
+        assert!(
+            log.after(PUT_CHUNK_MSGS as u64 - 1).is_none(),
+            "the first chunk is gone"
+        );
+        assert_eq!(log.len(), 3);
+        assert_eq!(seqs(log.after(last - 1).unwrap()), vec![last]);
+        log.put(last + 4, frame("a", last + 4));
+        assert_eq!(log.next_k(), last + 5);
+        assert!(log.after(last).is_none(), "a jump in k restarts the log");
+        assert_eq!(seqs(log.after(last + 3).unwrap()), vec![last + 4]);
+    }
+
+    #[test]
+    fn puts_cost_an_item_slot_each_not_a_chunk() {
+        let mut log = SessionLog::new(1000, 1);
+        let f = frame("a", 1);
+        for i in 1..=640 {
+            log.put(i, f.clone());
+        }
+        assert_eq!(log.chunks.len(), 10);
+        assert_eq!(log.bytes(), 640 * (SLOT_BYTES + f.wire_len()));
     }
 }
