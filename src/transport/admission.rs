@@ -6,7 +6,7 @@
 //! connection's core thread; the verifier it calls is shared read-only by every core.
 
 use crate::auth::{self, Grant, Refusal};
-use crate::core::{Core, RateBucket};
+use crate::core::{subscription, Core, RateBucket};
 use crate::http::{self, Request};
 use crate::metrics;
 use crate::proto::ErrorCode;
@@ -177,7 +177,14 @@ pub fn sse(core: &Core, req: &Request) -> Result<SsePlan, Vec<u8>> {
         return Err(bad("give at least one 'subject' parameter"));
     }
     if patterns.len() > core.cfg().max_subs_per_conn {
+        core.metrics().refused(metrics::Budget::Subscriptions);
         return Err(bad("too many subjects"));
+    }
+    let bytes: usize = patterns.iter().map(|p| subscription::cost(p)).sum();
+    if bytes > core.cfg().max_sub_bytes_per_conn {
+        core.metrics().refused(metrics::Budget::SubscriptionBytes);
+        let why = "subjects over their byte budget (--max-sub-bytes-per-conn)";
+        return Err(http::error(ErrorCode::TooLarge, why, false));
     }
     let resume = last_event_id.and_then(|id| {
         let (session, k) = id.rsplit_once('.')?;
