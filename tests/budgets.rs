@@ -6,6 +6,8 @@ mod common;
 use common::{http, start, Ws};
 use ringcast::config::DriverChoice;
 use ringcast::core::subscription::cost;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 
 #[test]
 fn a_connections_subscriptions_are_capped_by_their_bytes() {
@@ -68,4 +70,96 @@ fn the_default_byte_budget_holds_a_thousand_typical_subscriptions() {
         let r = c.recv_json();
         assert_eq!(r["op"], "ok", "{r}");
     }
+}
+
+const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
+
+fn publisher_token() -> String {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let claims = serde_json::json!({"sub":"pub","exp":exp,"permissions":["publish"],"allowed_subjects":[">"]});
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap()
+}
+
+/// Sends a request head (and `body_part`), without the rest of its body.
+fn send_head(
+    node: &common::Node,
+    path: &str,
+    len: usize,
+    extra: &str,
+    body_part: &[u8],
+) -> TcpStream {
+    let mut s = TcpStream::connect(node.addr).unwrap();
+    s.set_read_timeout(Some(common::IO_BOUND)).unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n{extra}\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body_part).unwrap();
+    s
+}
+
+#[test]
+fn a_tokenless_body_gets_401_before_it_is_sent_and_is_never_buffered() {
+    let node = start(DriverChoice::Auto, |c| c.jwt_secret = Some(SECRET.into()));
+    // The body is never sent: the answer comes from the head alone.
+    let mut s = send_head(&node, "/publish", 1_000_000, "", b"");
+    let (status, head, body) = common::read_response(&mut s);
+    assert_eq!(status, 401, "{}", String::from_utf8_lossy(&body));
+    assert!(head.contains("Connection: close"), "{head}");
+    let mut rest = [0u8; 16];
+    assert_eq!(
+        s.read(&mut rest).unwrap(),
+        0,
+        "closed: the body is not read"
+    );
+    // A bad token too; a good one publishes.
+    let mut s = send_head(
+        &node,
+        "/publish",
+        1_000_000,
+        "Authorization: Bearer nope\r\n",
+        b"",
+    );
+    assert_eq!(common::read_response(&mut s).0, 401);
+    assert_eq!(node.node_metric("ringcast_http_body_bytes"), Some(0));
+    let bearer = format!("Bearer {}", publisher_token());
+    let body = br#"{"subject":"a","data":1}"#;
+    let (status, _, _) = http(
+        node.addr,
+        "POST",
+        "/publish",
+        &[("Authorization", &bearer)],
+        body,
+    );
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn bodies_past_the_node_wide_buffer_budget_get_503_until_room_is_made() {
+    let node = start(DriverChoice::Auto, |c| c.max_body_buffer_bytes = 1_000);
+    let body = br#"{"subject":"a","data":1}"#;
+    let mut pad = body.to_vec();
+    pad.resize(800, b' ');
+    // 800 bytes announced, 10 sent: held for as long as the body is on its way.
+    let mut slow = send_head(&node, "/publish", pad.len(), "", &pad[..10]);
+    common::eventually("the slow body is counted", || {
+        node.node_metric("ringcast_http_body_bytes") == Some(800)
+    });
+    let mut other = pad.clone();
+    other.truncate(300);
+    let (status, _, resp) = http(node.addr, "POST", "/publish", &[], &other);
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&resp));
+    assert!(String::from_utf8_lossy(&resp).contains("--max-body-buffer-bytes"));
+    assert_eq!(
+        node.metric_labelled("ringcast_budget_refusals_total", "body_bytes"),
+        1
+    );
+    slow.write_all(&pad[10..]).unwrap();
+    assert_eq!(common::read_response(&mut slow).0, 200);
+    let (status, _, _) = http(node.addr, "POST", "/publish", &[], &other);
+    assert_eq!(status, 200);
+    assert_eq!(node.node_metric("ringcast_http_body_bytes"), Some(0));
 }

@@ -5,7 +5,7 @@
 //! socket. Runs on the connection's core thread; what another core owns is asked of it
 //! through the core (and awaited).
 
-use super::admission::{forbidden, http_grant};
+use super::admission::{forbidden, Granted};
 use crate::auth::Grant;
 use crate::core::scheduler::{CancelError, ScheduleOp, ScheduleReply};
 use crate::core::Core;
@@ -22,11 +22,18 @@ const DEMO_PAGE: &str = include_str!("../web/index.html");
 /// Default and maximum `limit` of `/history`.
 pub const HISTORY_LIMIT_MAX: usize = 10_000;
 
-/// The response to a plain HTTP request on `route` (upgrades and SSE are not plain). The
-/// answer to `HEAD` is the one `GET` would get (a refusal included) without its body: the
-/// head still gives the body's `Content-Length`, and the connection stays in step.
-pub async fn respond(core: &Core, req: &Request, route: Route<'_>, keep_alive: bool) -> Vec<u8> {
-    let mut resp = route_response(core, req, route, keep_alive).await;
+/// The response to a plain HTTP request on `route` (upgrades and SSE are not plain), whose
+/// token, checked from its head before its body was read, gave `granted`. The answer to
+/// `HEAD` is the one `GET` would get (a refusal included) without its body: the head still
+/// gives the body's `Content-Length`, and the connection stays in step.
+pub async fn respond(
+    core: &Core,
+    req: &Request,
+    route: Route<'_>,
+    keep_alive: bool,
+    granted: Granted,
+) -> Vec<u8> {
+    let mut resp = route_response(core, req, route, keep_alive, granted).await;
     if req.method == Method::Head {
         http::strip_body(&mut resp);
     }
@@ -34,8 +41,19 @@ pub async fn respond(core: &Core, req: &Request, route: Route<'_>, keep_alive: b
 }
 
 /// The full response (head and body) to a request on `route`.
-async fn route_response(core: &Core, req: &Request, route: Route<'_>, keep_alive: bool) -> Vec<u8> {
+async fn route_response(
+    core: &Core,
+    req: &Request,
+    route: Route<'_>,
+    keep_alive: bool,
+    granted: Granted,
+) -> Vec<u8> {
     let ka = keep_alive;
+    let grant = || {
+        granted
+            .clone()
+            .map_err(|why| http::error(ErrorCode::Unauthorized, &why, ka))
+    };
     match route {
         Route::DemoPage => static_page("text/html; charset=utf-8", DEMO_PAGE, &[], ka),
         Route::ClientJs => {
@@ -46,20 +64,20 @@ async fn route_response(core: &Core, req: &Request, route: Route<'_>, keep_alive
             Ok(()) => http::response(200, "text/plain", &[], b"ok", ka),
             Err(why) => http::response(503, "text/plain", &[], why.as_bytes(), ka),
         },
-        Route::Metrics => metrics(core, req, ka),
-        Route::Publish => match http_grant(core, req, ka) {
+        Route::Metrics => metrics(core, granted.is_ok(), ka),
+        Route::Publish => match grant() {
             Ok(grant) => publish(core, grant.as_deref(), &req.body, ka).await,
             Err(resp) => resp,
         },
-        Route::ListSchedules => match http_grant(core, req, ka) {
+        Route::ListSchedules => match grant() {
             Ok(grant) => list_schedules(core, grant.as_deref(), &req.query, ka).await,
             Err(resp) => resp,
         },
-        Route::CancelSchedule(id) => match http_grant(core, req, ka) {
+        Route::CancelSchedule(id) => match grant() {
             Ok(grant) => cancel_schedule(core, grant, id, ka).await,
             Err(resp) => resp,
         },
-        Route::History(subject) => match http_grant(core, req, ka) {
+        Route::History(subject) => match grant() {
             Ok(grant) => history(core, grant.as_deref(), subject, &req.query, ka).await,
             Err(resp) => resp,
         },
@@ -85,8 +103,8 @@ fn static_page(
     http::response(200, content_type, headers, body.as_bytes(), keep_alive)
 }
 
-fn metrics(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
-    if core.cfg().metrics_require_auth && http_grant(core, req, keep_alive).is_err() {
+fn metrics(core: &Core, authorized: bool, keep_alive: bool) -> Vec<u8> {
+    if core.cfg().metrics_require_auth && !authorized {
         let why = "metrics need a valid token";
         return http::error(ErrorCode::Unauthorized, why, keep_alive);
     }
