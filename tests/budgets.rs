@@ -163,3 +163,51 @@ fn bodies_past_the_node_wide_buffer_budget_get_503_until_room_is_made() {
     assert_eq!(status, 200);
     assert_eq!(node.node_metric("ringcast_http_body_bytes"), Some(0));
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn schedule(node: &common::Node, subject: &str, data: &str, at: u64) -> (u16, String) {
+    let body = format!(r#"{{"subject":"{subject}","data":{data},"at":{at}}}"#);
+    let (status, _, resp) = http(node.addr, "POST", "/publish", &[], body.as_bytes());
+    (status, String::from_utf8_lossy(&resp).into_owned())
+}
+
+#[test]
+fn a_publish_scheduled_past_the_horizon_is_refused() {
+    let node = start(DriverChoice::Auto, |c| c.max_schedule_horizon = 3_600);
+    let year_3000 = 32_503_680_000_000;
+    let (status, body) = schedule(&node, "a", "1", year_3000);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("--max-schedule-horizon"), "{body}");
+    assert_eq!(
+        node.metric_labelled("ringcast_budget_refusals_total", "schedule_horizon"),
+        1
+    );
+    let (status, body) = schedule(&node, "a", "1", now_ms() + 3_000_000);
+    assert_eq!(status, 202, "within the hour: {body}");
+}
+
+#[test]
+fn pending_scheduled_publishes_are_bounded_by_their_bytes() {
+    let data = format!("\"{}\"", "x".repeat(1_000));
+    // Two cores: each holds half the node's budget, room for two such publishes on one core.
+    let node = start(DriverChoice::Auto, |c| c.max_schedule_bytes = 2 * 2 * 1_300);
+    let at = now_ms() + 3_600_000;
+    // One subject: one owner core.
+    assert_eq!(schedule(&node, "big", &data, at).0, 202);
+    assert_eq!(schedule(&node, "big", &data, at).0, 202);
+    let (status, body) = schedule(&node, "big", &data, at);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--max-schedule-bytes"), "{body}");
+    assert_eq!(
+        node.metric_labelled("ringcast_budget_refusals_total", "schedule_bytes"),
+        1
+    );
+    let held = node.metric("ringcast_schedule_bytes");
+    assert!((2_000..=2 * 1_300).contains(&held), "{held}");
+}

@@ -147,7 +147,8 @@ impl Core {
         };
         let store = node.store.clone();
         let mut recovered = store.recover(id, node.cores(), cfg.history, cfg.dedup_window);
-        let scheduler = Scheduler::new(id, store.clone(), &mut recovered);
+        let schedule_share = cfg.max_schedule_bytes / node.cores();
+        let scheduler = Scheduler::new(id, store.clone(), &mut recovered, schedule_share);
         let sequencer = Sequencer::new(id, limits, store, node.has_store(), recovered.subjects);
         Rc::new(Core {
             id,
@@ -244,6 +245,7 @@ impl Core {
         let wake = self.scheduler.borrow().wake();
         while !self.shutting_down.get() {
             let due = self.scheduler.borrow_mut().take_due(crate::os::now_ms());
+            self.count_schedule_bytes();
             for (id, s) in due {
                 let msg_id = s.msg_id.as_deref();
                 match &self.node.cluster {
@@ -260,6 +262,11 @@ impl Core {
                 _ = wake.wait() => {}
             }
         }
+    }
+
+    fn count_schedule_bytes(&self) {
+        let bytes = self.scheduler.borrow().bytes() as u64;
+        metrics::set(&self.metrics().schedule_bytes, bytes);
     }
 
     /// Handles one message from another core (or from the store or the cluster bridge).
@@ -370,6 +377,7 @@ impl Core {
             }
             Request::Schedule(op) => {
                 let r = self.scheduler.borrow_mut().apply(op);
+                self.count_schedule_bytes();
                 self.answer(to, Reply::Schedule(r));
             }
         }

@@ -10,7 +10,9 @@ use crate::auth::Grant;
 use crate::core::scheduler::{CancelError, ScheduleOp, ScheduleReply};
 use crate::core::Core;
 use crate::http::{self, Method, Request, Route};
+use crate::metrics::Budget;
 use crate::proto::{self, ErrorCode, PubAck};
+use crate::schedule::ScheduleError;
 use std::sync::Arc;
 
 /// The browser client, an ES module served at `/ringcast.js` (source: `src/web/ringcast.js`).
@@ -126,7 +128,17 @@ async fn publish(core: &Core, grant: Option<&Grant>, body: &[u8], keep_alive: bo
         let why = "data larger than --max-frame-bytes";
         return http::error(ErrorCode::TooLarge, why, keep_alive);
     }
-    if let Some(at_ms) = at.filter(|at| *at > crate::os::now_ms()) {
+    let now_ms = crate::os::now_ms();
+    if let Some(at_ms) = at.filter(|at| *at > now_ms) {
+        let horizon_ms = core.cfg().max_schedule_horizon.saturating_mul(1000);
+        if horizon_ms > 0 && at_ms - now_ms > horizon_ms {
+            core.metrics().refused(Budget::ScheduleHorizon);
+            let why = format!(
+                "'at' is more than --max-schedule-horizon ({} s) ahead",
+                core.cfg().max_schedule_horizon
+            );
+            return http::error(ErrorCode::BadRequest, &why, keep_alive);
+        }
         return schedule(core, &p, at_ms, keep_alive).await;
     }
     let msg_id = p.msg_id.as_deref();
@@ -166,8 +178,14 @@ async fn schedule(core: &Core, p: &proto::Publish<'_>, at_ms: u64, keep_alive: b
             out.extend_from_slice(format!(",\"at\":{at_ms}}}").as_bytes());
             http::json(202, &out, keep_alive)
         }
-        _ => {
-            let why = "too many pending scheduled publishes";
+        other => {
+            core.metrics().refused(Budget::ScheduleBytes);
+            let why = match other {
+                ScheduleReply::Added(Err(ScheduleError::TooManyBytes)) => {
+                    "pending scheduled publishes over their byte budget (--max-schedule-bytes)"
+                }
+                _ => "too many pending scheduled publishes",
+            };
             http::error(ErrorCode::Overloaded, why, keep_alive)
         }
     }
