@@ -63,8 +63,10 @@ pub struct Config {
     pub subject_ttl: u64,
 
     /// Most subjects the node keeps (dormant ones included), shared equally by the cores. A
-    /// publish that would create one more gets 503. A dormant subject costs ~150 B.
-    #[arg(long, env = "RINGCAST_MAX_SUBJECTS", default_value_t = 1_000_000)]
+    /// publish that would create one more gets 503 (standalone nodes; in cluster mode the
+    /// stream decides). A dormant subject costs ~640 B (`tests/memory.rs`), so the default
+    /// bounds subject state at ~160 MB besides the history rings.
+    #[arg(long, env = "RINGCAST_MAX_SUBJECTS", default_value_t = 250_000)]
     pub max_subjects: usize,
 
     /// Bytes of history the node keeps in memory (its history rings), shared equally by the

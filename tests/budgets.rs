@@ -211,3 +211,143 @@ fn pending_scheduled_publishes_are_bounded_by_their_bytes() {
     let held = node.metric("ringcast_schedule_bytes");
     assert!((2_000..=2 * 1_300).contains(&held), "{held}");
 }
+
+fn memory_only(c: &mut ringcast::config::Config) {
+    c.durability = Some(ringcast::store::Durability::None);
+}
+
+fn history(node: &common::Node, subject: &str) -> serde_json::Value {
+    let (status, _, body) = http(node.addr, "GET", &format!("/history/{subject}"), &[], b"");
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn seqs(h: &serde_json::Value) -> Vec<u64> {
+    let msgs = h["messages"].as_array().unwrap();
+    msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn history_is_bounded_by_bytes_and_a_since_past_it_gets_a_gap() {
+    // Two cores: 50 KB each, room for two messages of 20 KB on the subject's owner.
+    let node = start(DriverChoice::Auto, |c| {
+        memory_only(c);
+        c.max_history_bytes = 100_000;
+    });
+    let data = format!("\"{}\"", "x".repeat(20_000));
+    for _ in 0..10 {
+        node.publish("big", &data);
+    }
+    let h = history(&node, "big");
+    assert_eq!(
+        (h["first_seq"].as_u64(), h["last_seq"].as_u64()),
+        (Some(9), Some(10))
+    );
+    assert_eq!(seqs(&h), vec![9, 10]);
+    let mut ws = node.ws();
+    ws.send(r#"{"op":"sub","id":1,"subject":"big","since":0}"#);
+    let ok = ws.recv_json();
+    assert_eq!(ok["op"], "ok");
+    let gap = ws.recv_json();
+    assert_eq!(
+        (gap["op"].as_str(), gap["from"].as_u64(), gap["to"].as_u64()),
+        (Some("gap"), Some(1), Some(8))
+    );
+    let got: Vec<u64> = ws
+        .recv_msgs(2)
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(got, vec![9, 10]);
+    common::eventually("the gauges count what is held and evicted", || {
+        node.metric("ringcast_history_evicted_total") == 8
+    });
+    assert!(node.metric("ringcast_history_bytes") <= 100_000);
+}
+
+#[test]
+fn an_idle_subjects_history_expires_and_its_seq_continues() {
+    let node = start(DriverChoice::Auto, |c| {
+        memory_only(c);
+        c.subject_ttl = 1;
+        c.dedup_secs = 1;
+    });
+    for _ in 0..3 {
+        node.publish("idle", "1");
+    }
+    assert_eq!(seqs(&history(&node, "idle")), vec![1, 2, 3]);
+    common::eventually("the idle subject expires", || {
+        node.metric("ringcast_subjects_dormant") == 1
+    });
+    let h = history(&node, "idle");
+    assert_eq!(
+        (h["first_seq"].as_u64(), h["last_seq"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert_eq!(node.metric("ringcast_subjects_expired_total"), 1);
+    assert_eq!(node.publish("idle", "1")["seq"], 4, "no seq is reused");
+    common::eventually("published again: no longer dormant", || {
+        node.metric("ringcast_subjects_dormant") == 0
+    });
+}
+
+#[test]
+fn with_a_durable_store_an_expired_subject_keeps_its_latest_and_its_stored_history() {
+    let dir = common::TempDir::new("budget-ttl");
+    let node = start(DriverChoice::Auto, |c| {
+        c.data_dir = Some(dir.0.clone());
+        c.durability = Some(ringcast::store::Durability::Sync);
+        c.subject_ttl = 1;
+        c.dedup_secs = 1;
+    });
+    for _ in 0..3 {
+        node.publish("kept", "1");
+    }
+    common::eventually("the idle subject expires", || {
+        node.metric("ringcast_subjects_dormant") == 1
+    });
+    assert_eq!(
+        seqs(&history(&node, "kept")),
+        vec![1, 2, 3],
+        "read from the store"
+    );
+    let mut ws = node.ws();
+    let (ok, _) = ws.request(r#"{"op":"sub","id":1,"subject":"kept","snapshot":true}"#);
+    assert_eq!(ok["op"], "ok");
+    assert_eq!(
+        ws.recv_msgs(1)[0]["seq"],
+        3,
+        "the latest value stays for snapshots"
+    );
+    assert_eq!(node.publish("kept", "1")["seq"], 4);
+}
+
+#[test]
+fn a_publish_that_would_create_a_subject_past_the_limit_gets_503() {
+    // Two cores: one subject each.
+    let node = start(DriverChoice::Auto, |c| c.max_subjects = 2);
+    let mut refused = 0;
+    let mut created = Vec::new();
+    for i in 0..10 {
+        let body = format!(r#"{{"subject":"s{i}","data":1}}"#);
+        let (status, _, resp) = http(node.addr, "POST", "/publish", &[], body.as_bytes());
+        match status {
+            200 => created.push(format!("s{i}")),
+            503 => {
+                assert!(String::from_utf8_lossy(&resp).contains("--max-subjects"));
+                refused += 1;
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert!(created.len() <= 2 && refused >= 8, "{created:?}");
+    assert_eq!(
+        node.metric_labelled("ringcast_budget_refusals_total", "\"subjects\""),
+        refused
+    );
+    assert_eq!(
+        node.publish(&created[0], "2")["seq"],
+        2,
+        "existing subjects go on"
+    );
+}

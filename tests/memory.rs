@@ -158,3 +158,29 @@ fn a_subject_with_one_small_message_costs_at_most_a_kilobyte() {
     println!("bytes per subject (one 7-byte message retained): {per}");
     assert!(per <= 1_024, "{per} B per subject");
 }
+
+#[test]
+fn a_dormant_subject_costs_at_most_700_bytes() {
+    let _one = MEASURE.lock().unwrap_or_else(|e| e.into_inner());
+    let node = start(DriverChoice::Auto, |c| {
+        c.durability = Some(ringcast::store::Durability::None);
+        c.subject_ttl = 1;
+        c.dedup_secs = 1;
+    });
+    let publish = |i: usize| {
+        let body = format!(r#"{{"subject":"orders.user{i}.new","data":{{"q":1}}}}"#);
+        let (status, _, _) = http(node.addr, "POST", "/publish", &[], body.as_bytes());
+        assert_eq!(status, 200);
+    };
+    (0..50).for_each(publish);
+    let n = 2_000;
+    let before = live();
+    (50..50 + n).for_each(publish);
+    common::eventually("every subject went dormant", || {
+        node.metric("ringcast_subjects_dormant") == 50 + n as u64
+    });
+    let per = (live() - before) / n as i64;
+    // Includes what the publishes left in the match caches (bounded on their own).
+    println!("bytes per dormant subject (its seq and ts kept): {per}");
+    assert!(per <= 700, "{per} B per dormant subject");
+}

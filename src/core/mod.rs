@@ -149,7 +149,13 @@ impl Core {
         let mut recovered = store.recover(id, node.cores(), cfg.history, cfg.dedup_window);
         let schedule_share = cfg.max_schedule_bytes / node.cores();
         let scheduler = Scheduler::new(id, store.clone(), &mut recovered, schedule_share);
-        let sequencer = Sequencer::new(id, limits, store, node.has_store(), recovered.subjects);
+        let budgets = sequencer::Budgets {
+            max_history_bytes: cfg.max_history_bytes / node.cores(),
+            max_subjects: cfg.max_subjects.div_ceil(node.cores()),
+            subject_ttl: (cfg.subject_ttl > 0).then(|| Duration::from_secs(cfg.subject_ttl)),
+        };
+        let sequencer = Sequencer::new(id, limits, store, node.has_store(), recovered.subjects)
+            .with_budgets(budgets);
         Rc::new(Core {
             id,
             rx,
@@ -235,6 +241,7 @@ impl Core {
         loop {
             monoio::time::sleep(SWEEP_TICK).await;
             self.sweep();
+            self.sweep_subjects();
         }
     }
 
@@ -262,11 +269,6 @@ impl Core {
                 _ = wake.wait() => {}
             }
         }
-    }
-
-    fn count_schedule_bytes(&self) {
-        let bytes = self.scheduler.borrow().bytes() as u64;
-        metrics::set(&self.metrics().schedule_bytes, bytes);
     }
 
     /// Handles one message from another core (or from the store or the cluster bridge).
