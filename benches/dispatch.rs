@@ -37,6 +37,7 @@ fn core() -> Rc<Core> {
         bus,
         metrics: vec![CoreMetrics::default()].into_boxed_slice(),
         connections: AtomicUsize::new(0),
+        body_bytes: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
         driver: "bench",
         verifier: None,

@@ -44,9 +44,37 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 
+    /// Request-body bytes the whole node may be buffering at once (each request counts its
+    /// `Content-Length` from its head until it is answered). A request whose body does not
+    /// fit gets 503 and its connection is closed. 64 MiB: 64 bodies of the largest size at
+    /// once, far above what a few thousand publishes per second in flight need.
+    #[arg(long, env = "RINGCAST_MAX_BODY_BUFFER_BYTES", default_value_t = 64 << 20)]
+    pub max_body_buffer_bytes: usize,
+
     /// Largest HTTP request head: request line plus headers (bigger: 431).
     #[arg(long, env = "RINGCAST_MAX_HEADER_BYTES", default_value_t = 16 << 10)]
     pub max_header_bytes: usize,
+
+    /// Seconds without a publish after which a subject's history ring and de-duplication
+    /// window are freed (the subject goes dormant: its seq and ts stay, so seq continues and
+    /// is never reused; with a durable store history stays readable from it). Never sooner
+    /// than `--dedup-secs`, so a retry inside the window is still recognised. 0: never.
+    #[arg(long, env = "RINGCAST_SUBJECT_TTL", default_value_t = 3_600)]
+    pub subject_ttl: u64,
+
+    /// Most subjects the node keeps (dormant ones included), shared equally by the cores. A
+    /// publish that would create one more gets 503 (standalone nodes; in cluster mode the
+    /// stream decides). A dormant subject costs ~640 B (`tests/memory.rs`), so the default
+    /// bounds subject state at ~160 MB besides the history rings.
+    #[arg(long, env = "RINGCAST_MAX_SUBJECTS", default_value_t = 250_000)]
+    pub max_subjects: usize,
+
+    /// Bytes of history the node keeps in memory (its history rings), shared equally by the
+    /// cores. Over it the oldest messages are evicted: first of the subject just published if
+    /// it holds more than its fair share, else the oldest the core retains. A `since` past
+    /// evicted history gets a `gap` (with a durable store, it is read from the store).
+    #[arg(long, env = "RINGCAST_MAX_HISTORY_BYTES", default_value_t = 512 << 20)]
+    pub max_history_bytes: usize,
 
     /// Publish de-duplication window per subject: how many recent `msg_id`s are remembered.
     #[arg(long, env = "RINGCAST_DEDUP_WINDOW", default_value_t = 10_000)]
@@ -114,6 +142,14 @@ pub struct Config {
     #[arg(long, env = "RINGCAST_MAX_SUBS_PER_CONN", default_value_t = 1_000)]
     pub max_subs_per_conn: usize,
 
+    /// Bytes the subscriptions of one connection may hold, as charged by
+    /// `core::subscription::cost` (a fixed part, the pattern three times, a trie level per
+    /// token: an upper bound of the heap they take). Over it: `err too_large`. The default
+    /// fits 1,000 subscriptions of typical patterns (about 500 B each) and ~420 of the
+    /// longest (16 tokens, 256 B).
+    #[arg(long, env = "RINGCAST_MAX_SUB_BYTES_PER_CONN", default_value_t = 1 << 20)]
+    pub max_sub_bytes_per_conn: usize,
+
     /// Inbound WebSocket messages per second per connection (token bucket, one second of
     /// burst). Over it: `err rate_limited`; persistent abuse: close 4029.
     #[arg(long, env = "RINGCAST_MAX_MSGS_PER_SEC", default_value_t = 10_000)]
@@ -164,6 +200,16 @@ pub struct Config {
     /// instrument) so the demo page at `/` moves right away.
     #[arg(long, env = "RINGCAST_DEMO_FEED")]
     pub demo_feed: bool,
+
+    /// Bytes of pending scheduled publishes the node keeps (subject, data and id, plus a
+    /// fixed overhead each), shared equally by the cores. Over it: 503.
+    #[arg(long, env = "RINGCAST_MAX_SCHEDULE_BYTES", default_value_t = 64 << 20)]
+    pub max_schedule_bytes: usize,
+
+    /// How far ahead a scheduled publish may be due, seconds (default 7 days). A later `at`
+    /// gets 400.
+    #[arg(long, env = "RINGCAST_MAX_SCHEDULE_HORIZON", default_value_t = 7 * 86_400)]
+    pub max_schedule_horizon: u64,
 
     /// Directory of the durable store (history, seqs, dedup ids, pending schedules survive a
     /// restart). Unset: memory only.

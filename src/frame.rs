@@ -259,6 +259,12 @@ impl Frame {
         self.ts
     }
 
+    /// Heap bytes this frame holds while shared by `Arc`: its buffer, itself and the `Arc`'s
+    /// counts (what a history ring is charged for it).
+    pub fn heap_bytes(&self) -> usize {
+        self.buf.capacity() + std::mem::size_of::<Frame>() + 16
+    }
+
     /// Bytes this frame accounts for in an outbound queue.
     #[inline]
     pub fn wire_len(&self) -> usize {

@@ -75,6 +75,52 @@ impl CloseReason {
     }
 }
 
+/// A budget a client ran into: what was refused, with a clear error, instead of growing.
+/// Feeds the `ringcast_budget_refusals_total{budget}` metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// `--max-subs-per-conn`: a subscription past the count.
+    Subscriptions,
+    /// `--max-sub-bytes-per-conn`: a subscription past the connection's subscription bytes.
+    SubscriptionBytes,
+    /// `--max-body-buffer-bytes`: a request body past the node's buffered body bytes (503).
+    BodyBytes,
+    /// `--max-subjects`: a publish that would create a subject past the node's count (503).
+    Subjects,
+    /// `--max-schedule-bytes` or the per-core count: a scheduled publish past the budget.
+    ScheduleBytes,
+    /// `--max-schedule-horizon`: an `at` too far ahead (400).
+    ScheduleHorizon,
+}
+
+impl Budget {
+    /// All budgets, in metric order.
+    pub const ALL: [Budget; 6] = [
+        Budget::Subscriptions,
+        Budget::SubscriptionBytes,
+        Budget::BodyBytes,
+        Budget::Subjects,
+        Budget::ScheduleBytes,
+        Budget::ScheduleHorizon,
+    ];
+
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Budget::Subscriptions => "subscriptions",
+            Budget::SubscriptionBytes => "subscription_bytes",
+            Budget::BodyBytes => "body_bytes",
+            Budget::Subjects => "subjects",
+            Budget::ScheduleBytes => "schedule_bytes",
+            Budget::ScheduleHorizon => "schedule_horizon",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|b| *b == self).expect("listed")
+    }
+}
+
 /// Counters of one core. Written only by that core's thread.
 #[derive(Default)]
 #[repr(align(128))]
@@ -110,13 +156,37 @@ pub struct CoreMetrics {
     /// Detached sessions dropped before their TTL: over a budget, or unable to serve any
     /// resume any more.
     pub sessions_evicted: AtomicU64,
+    /// Bytes charged to the subscriptions of this core's connections (gauge; see
+    /// `core::subscription::cost`).
+    pub subscription_bytes: AtomicU64,
+    /// Subjects this core owns, dormant ones included (gauge).
+    pub subjects: AtomicU64,
+    /// Owned subjects whose history and dedup window expired (gauge).
+    pub subjects_dormant: AtomicU64,
+    /// Bytes of the frames in this core's history rings (gauge).
+    pub history_bytes: AtomicU64,
+    /// Retained messages evicted to keep this core's share of `--max-history-bytes`.
+    pub history_evicted: AtomicU64,
+    /// Subjects that went dormant after `--subject-ttl` without a publish.
+    pub subjects_expired: AtomicU64,
+    /// Bytes of this core's pending scheduled publishes (gauge).
+    pub schedule_bytes: AtomicU64,
+    /// Bytes of this core's match cache (gauge).
+    pub match_cache_bytes: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
+    refusals: [AtomicU64; Budget::ALL.len()],
 }
 
 /// Adds `n` to a counter that only the calling thread writes (no locked instruction).
 #[inline]
 pub fn add(c: &AtomicU64, n: u64) {
     c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Sets a single-writer gauge.
+#[inline]
+pub fn set(c: &AtomicU64, v: u64) {
+    c.store(v, Relaxed);
 }
 
 /// Subtracts `n` from a single-writer gauge.
@@ -135,6 +205,16 @@ impl CoreMetrics {
     pub fn closes(&self, reason: CloseReason) -> u64 {
         self.closes[reason.index()].load(Relaxed)
     }
+
+    /// Counts one request refused by `budget`.
+    pub fn refused(&self, budget: Budget) {
+        add(&self.refusals[budget.index()], 1);
+    }
+
+    /// Requests refused by a budget.
+    pub fn refusals(&self, budget: Budget) -> u64 {
+        self.refusals[budget.index()].load(Relaxed)
+    }
 }
 
 /// A per-core series of `/metrics`: name, type, help, and how to read it from a core.
@@ -146,7 +226,7 @@ type Series = (
 );
 
 /// Every per-core series, in output order.
-const SERIES: [Series; 16] = [
+const SERIES: [Series; 24] = [
     ("ringcast_connections", "gauge", "Open connections.", |m| {
         m.connections.load(Relaxed)
     }),
@@ -240,6 +320,54 @@ const SERIES: [Series; 16] = [
         "Connections closed as slow consumers.",
         |m| m.closes(CloseReason::SlowConsumer),
     ),
+    (
+        "ringcast_subscription_bytes",
+        "gauge",
+        "Bytes charged to subscriptions (--max-sub-bytes-per-conn).",
+        |m| m.subscription_bytes.load(Relaxed),
+    ),
+    (
+        "ringcast_subjects",
+        "gauge",
+        "Subjects owned, dormant ones included (--max-subjects).",
+        |m| m.subjects.load(Relaxed),
+    ),
+    (
+        "ringcast_subjects_dormant",
+        "gauge",
+        "Owned subjects whose history expired (--subject-ttl); their seq is kept.",
+        |m| m.subjects_dormant.load(Relaxed),
+    ),
+    (
+        "ringcast_subjects_expired_total",
+        "counter",
+        "Subjects whose history expired after --subject-ttl without a publish.",
+        |m| m.subjects_expired.load(Relaxed),
+    ),
+    (
+        "ringcast_history_bytes",
+        "gauge",
+        "Bytes of retained history in memory (--max-history-bytes).",
+        |m| m.history_bytes.load(Relaxed),
+    ),
+    (
+        "ringcast_history_evicted_total",
+        "counter",
+        "Retained messages evicted to stay within --max-history-bytes.",
+        |m| m.history_evicted.load(Relaxed),
+    ),
+    (
+        "ringcast_schedule_bytes",
+        "gauge",
+        "Bytes of pending scheduled publishes (--max-schedule-bytes).",
+        |m| m.schedule_bytes.load(Relaxed),
+    ),
+    (
+        "ringcast_match_cache_bytes",
+        "gauge",
+        "Bytes of the subject match cache (MATCH_CACHE_BYTES per core).",
+        |m| m.match_cache_bytes.load(Relaxed),
+    ),
 ];
 
 /// One node-wide series (no `core` label), e.g. of the store or the cluster bridge.
@@ -304,6 +432,7 @@ pub fn render(cores: &[CoreMetrics], bus_depth: &[usize], node: &[NodeSeries]) -
         head(&mut out, n.name, n.kind, n.help);
         let _ = writeln!(out, "{} {}", n.name, n.value);
     }
+    render_refusals(&mut out, cores);
     head(
         &mut out,
         "ringcast_closes_total",
@@ -323,6 +452,20 @@ pub fn render(cores: &[CoreMetrics], bus_depth: &[usize], node: &[NodeSeries]) -
     out
 }
 
+/// `ringcast_budget_refusals_total{core,budget}`.
+fn render_refusals(out: &mut String, cores: &[CoreMetrics]) {
+    use std::fmt::Write;
+    let name = "ringcast_budget_refusals_total";
+    let help = "Requests refused with an error by a budget, by budget.";
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (i, m) in cores.iter().enumerate() {
+        for b in Budget::ALL {
+            let (label, n) = (b.label(), m.refusals(b));
+            let _ = writeln!(out, "{name}{{core=\"{i}\",budget=\"{label}\"}} {n}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,6 +475,7 @@ mod tests {
         let cores: Vec<CoreMetrics> = (0..2).map(|_| CoreMetrics::default()).collect();
         add(&cores[1].delivered, 5);
         cores[0].closed(CloseReason::SlowConsumer);
+        cores[1].refused(Budget::Subjects);
         let node = [NodeSeries {
             name: "ringcast_store_healthy",
             kind: "gauge",
@@ -344,6 +488,7 @@ mod tests {
         assert!(text.contains("ringcast_slow_consumer_closes_total{core=\"0\"} 1"));
         assert!(text.contains("ringcast_closes_total{core=\"0\",reason=\"slow_consumer\"} 1"));
         assert!(text.contains("ringcast_bus_depth{core=\"0\"} 3"));
+        assert!(text.contains("ringcast_budget_refusals_total{core=\"1\",budget=\"subjects\"} 1"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
             v.parse::<u64>().unwrap();

@@ -84,7 +84,6 @@ impl Dedup {
 }
 
 /// State of one subject on its owner core.
-#[derive(Default)]
 pub struct SubjectState {
     /// Highest seq assigned (accepted, maybe still waiting to be durable).
     assigned: u64,
@@ -92,7 +91,28 @@ pub struct SubjectState {
     /// Highest seq retained (delivered); trails `assigned` while frames wait to be durable.
     visible: u64,
     history: VecDeque<Arc<Frame>>,
+    /// What `history` holds, as [`Frame::heap_bytes`] counts it.
+    bytes: usize,
     dedup: Dedup,
+    /// When it last accepted a publish (or was created).
+    last_active: Instant,
+    /// Its history and dedup window expired (`--subject-ttl`); seq and ts are kept.
+    dormant: bool,
+}
+
+impl Default for SubjectState {
+    fn default() -> Self {
+        SubjectState {
+            assigned: 0,
+            last_ts: 0,
+            visible: 0,
+            history: VecDeque::new(),
+            bytes: 0,
+            dedup: Dedup::default(),
+            last_active: Instant::now(),
+            dormant: false,
+        }
+    }
 }
 
 impl SubjectState {
@@ -113,6 +133,7 @@ impl SubjectState {
                 return Accepted::Duplicate { seq, ts };
             }
         }
+        self.last_active = now;
         let seq = self.assigned + 1;
         let ts = now_us.max(self.last_ts);
         let frame = Arc::new(Frame::encode(subject, seq, ts, data, msg_id).with_xseq(xseq));
@@ -137,8 +158,10 @@ impl SubjectState {
         if msg.seq <= self.assigned {
             return None;
         }
+        self.last_active = at.now;
         if msg.seq != self.assigned + 1 {
             self.history.clear();
+            self.bytes = 0;
         }
         let msg_id = msg.msg_id.as_deref();
         let frame = Frame::encode(&msg.subject, msg.seq, msg.ts, &msg.data, msg_id);
@@ -157,10 +180,60 @@ impl SubjectState {
         self.visible = frame.seq();
         if limits.history > 0 {
             if self.history.len() >= limits.history {
-                self.history.pop_front();
+                self.pop_oldest();
             }
+            self.bytes += frame.heap_bytes();
             self.history.push_back(frame);
         }
+    }
+
+    /// Drops the oldest retained message (to stay within a byte budget, or the count);
+    /// returns its bytes (0 when nothing is retained).
+    pub fn pop_oldest(&mut self) -> usize {
+        let freed = self.history.pop_front().map_or(0, |f| f.heap_bytes());
+        self.bytes -= freed;
+        freed
+    }
+
+    /// Bytes of the retained messages.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Messages retained.
+    pub fn retained(&self) -> usize {
+        self.history.len()
+    }
+
+    /// True when it has accepted nothing since `cutoff`, is not dormant yet, and has nothing
+    /// accepted that still waits to become visible (sync durability).
+    pub fn idle_since(&self, cutoff: Instant) -> bool {
+        !self.dormant && self.last_active <= cutoff && self.assigned == self.visible
+    }
+
+    /// Its history expired: frees the ring (all of it, or all but the latest message when
+    /// `keep_latest`: a store holds the rest) and the dedup window; seq and ts stay. Returns
+    /// the bytes freed.
+    pub fn make_dormant(&mut self, keep_latest: bool) -> usize {
+        let keep = usize::from(keep_latest);
+        let before = self.bytes;
+        while self.history.len() > keep {
+            self.pop_oldest();
+        }
+        self.history.shrink_to_fit();
+        self.dedup = Dedup::default();
+        self.dormant = true;
+        before - self.bytes
+    }
+
+    /// True while its history is expired (until its next publish).
+    pub fn is_dormant(&self) -> bool {
+        self.dormant
+    }
+
+    /// It was published to again: no longer dormant.
+    pub fn wake(&mut self) {
+        self.dormant = false;
     }
 
     /// Rebuilds a subject's state from the store (start-up): seq and ts continue, the newest
@@ -176,6 +249,7 @@ impl SubjectState {
         };
         let skip = rec.frames.len().saturating_sub(limits.history);
         for f in rec.frames.into_iter().skip(skip) {
+            s.bytes += f.heap_bytes();
             s.history.push_back(f);
         }
         for (id, seq, ts) in rec.ids {

@@ -10,6 +10,10 @@ use std::collections::BTreeMap;
 /// Most pending scheduled publishes per core (bounded: each holds its data until due).
 pub const MAX_PENDING_PER_CORE: usize = 100_000;
 
+/// What a pending publish is charged besides its subject, data and id: its entries in the
+/// time-ordered map (key and `Scheduled`, with the B-tree's slack) and in the index by id.
+pub const SCHEDULE_FIXED_BYTES: usize = 128;
+
 /// One pending publish.
 #[derive(Debug, Clone)]
 pub struct Scheduled {
@@ -23,29 +27,67 @@ pub struct Scheduled {
     pub at_ms: u64,
 }
 
+impl Scheduled {
+    /// The bytes it is charged against `--max-schedule-bytes`.
+    pub fn cost(&self) -> usize {
+        let id = self.msg_id.as_ref().map_or(0, |m| m.len());
+        SCHEDULE_FIXED_BYTES + self.subject.len() + self.data.len() + id
+    }
+}
+
 /// Why a schedule request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScheduleError {
     /// Too many pending on this core.
     Full,
+    /// The pending publishes of this core would hold too many bytes (`--max-schedule-bytes`).
+    TooManyBytes,
     /// No such pending schedule (unknown, fired or cancelled).
     NotFound,
 }
 
-/// Pending scheduled publishes of one core.
-#[derive(Default)]
+/// Pending scheduled publishes of one core, bounded by count and by bytes.
 pub struct Schedules {
     by_time: BTreeMap<(u64, u64), Scheduled>,
     by_id: hashbrown::HashMap<u64, u64>,
     next: u64,
+    /// What the pending publishes are charged ([`Scheduled::cost`]).
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl Default for Schedules {
+    fn default() -> Self {
+        Schedules::with_max_bytes(usize::MAX)
+    }
 }
 
 impl Schedules {
+    /// No pending publishes; at most `max_bytes` of them (as [`Scheduled::cost`] counts).
+    pub fn with_max_bytes(max_bytes: usize) -> Schedules {
+        Schedules {
+            by_time: BTreeMap::new(),
+            by_id: hashbrown::HashMap::new(),
+            next: 0,
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
+    /// Bytes the pending publishes are charged.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Adds a publish due at `at_ms`; returns its number (the id's core-local part).
     pub fn add(&mut self, s: Scheduled) -> Result<u64, ScheduleError> {
         if self.by_time.len() >= MAX_PENDING_PER_CORE {
             return Err(ScheduleError::Full);
         }
+        if self.bytes.saturating_add(s.cost()) > self.max_bytes {
+            return Err(ScheduleError::TooManyBytes);
+        }
+        self.bytes += s.cost();
         self.next += 1;
         let n = self.next;
         self.by_id.insert(n, s.at_ms);
@@ -61,6 +103,7 @@ impl Schedules {
             _ => self.next + 1,
         };
         self.next = self.next.max(n);
+        self.bytes += s.cost();
         self.by_id.insert(n, s.at_ms);
         self.by_time.insert((s.at_ms, n), s);
         n
@@ -75,7 +118,12 @@ impl Schedules {
     /// Cancels `n`.
     pub fn remove(&mut self, n: u64) -> Result<Scheduled, ScheduleError> {
         let at = self.by_id.remove(&n).ok_or(ScheduleError::NotFound)?;
-        self.by_time.remove(&(at, n)).ok_or(ScheduleError::NotFound)
+        let s = self
+            .by_time
+            .remove(&(at, n))
+            .ok_or(ScheduleError::NotFound)?;
+        self.bytes -= s.cost();
+        Ok(s)
     }
 
     /// Removes and returns everything due at or before `now_ms`, in due order, with numbers.
@@ -85,6 +133,7 @@ impl Schedules {
         due.into_iter()
             .map(|((_, n), s)| {
                 self.by_id.remove(&n);
+                self.bytes -= s.cost();
                 (n, s)
             })
             .collect()
@@ -156,6 +205,24 @@ mod tests {
         assert_eq!(due, vec!["a".into(), "b".into()] as Vec<Box<str>>);
         assert!(q.get(a).is_none() && q.get(b).is_none());
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn pending_publishes_are_bounded_by_their_bytes() {
+        let one = s("a", 10).cost();
+        let mut q = Schedules::with_max_bytes(2 * one);
+        let n = q.add(s("a", 10)).unwrap();
+        q.add(s("b", 20)).unwrap();
+        assert_eq!(q.bytes(), 2 * one);
+        assert_eq!(q.add(s("c", 30)).unwrap_err(), ScheduleError::TooManyBytes);
+        q.remove(n).unwrap();
+        q.add(s("c", 30)).unwrap();
+        q.take_due(100);
+        assert_eq!(
+            q.bytes(),
+            0,
+            "fired and cancelled ones give their bytes back"
+        );
     }
 
     #[test]

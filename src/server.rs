@@ -116,6 +116,7 @@ impl Server {
             bus,
             metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
             connections: AtomicUsize::new(0),
+            body_bytes: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
             driver: if uring { "io_uring" } else { "epoll" },
             verifier,

@@ -9,6 +9,16 @@
 
 use hashbrown::HashMap;
 
+/// Values kept with exact capacity up to this many per node: most patterns have one or a few
+/// subscribers, and a `Vec`'s first growth reserves four slots; past it, normal doubling.
+const VALUES_EXACT_MAX: usize = 4;
+
+/// Literal children kept in a list, scanned in order, up to this many per level: most levels
+/// of a subject space have one or a few children, and a hash map's smallest table (four
+/// buckets plus a control group, ~200 bytes here) costs four times a one-entry list. Past it,
+/// a hash map. Eight string compares per level is what a cache miss of the match walk pays.
+const LITERAL_LIST_MAX: usize = 8;
+
 /// One trie node: values of patterns that end here, and the level below.
 struct Node<V> {
     values: Vec<V>,
@@ -28,11 +38,93 @@ impl<V> Node<V> {
     fn is_empty(&self) -> bool {
         self.values.is_empty() && self.next.as_ref().is_none_or(|l| l.is_empty())
     }
+
+    fn push(&mut self, value: V) {
+        if self.values.len() < VALUES_EXACT_MAX {
+            self.values.reserve_exact(1);
+        }
+        self.values.push(value);
+    }
+}
+
+/// The literal children of one level: a short list while small, a hash map past
+/// [`LITERAL_LIST_MAX`].
+enum Literals<V> {
+    List(Vec<(Box<str>, Node<V>)>),
+    /// Boxed: keeps every level, most of which are lists, at the size of a list.
+    Map(Box<HashMap<Box<str>, Node<V>>>),
+}
+
+impl<V> Literals<V> {
+    fn is_empty(&self) -> bool {
+        match self {
+            Literals::List(l) => l.is_empty(),
+            Literals::Map(m) => m.is_empty(),
+        }
+    }
+
+    fn get(&self, tok: &str) -> Option<&Node<V>> {
+        match self {
+            Literals::List(l) => l.iter().find(|(t, _)| &**t == tok).map(|(_, n)| n),
+            Literals::Map(m) => m.get(tok),
+        }
+    }
+
+    fn get_mut(&mut self, tok: &str) -> Option<&mut Node<V>> {
+        match self {
+            Literals::List(l) => l.iter_mut().find(|(t, _)| &**t == tok).map(|(_, n)| n),
+            Literals::Map(m) => m.get_mut(tok),
+        }
+    }
+
+    /// The child under `tok`, created if missing.
+    fn entry(&mut self, tok: &str) -> &mut Node<V> {
+        if let Literals::List(l) = self {
+            if !l.iter().any(|(t, _)| &**t == tok) && l.len() == LITERAL_LIST_MAX {
+                *self = Literals::Map(Box::new(std::mem::take(l).into_iter().collect()));
+            }
+        }
+        match self {
+            Literals::List(l) => {
+                let i = match l.iter().position(|(t, _)| &**t == tok) {
+                    Some(i) => i,
+                    None => {
+                        l.reserve_exact(1);
+                        l.push((tok.into(), Node::default()));
+                        l.len() - 1
+                    }
+                };
+                &mut l[i].1
+            }
+            Literals::Map(m) => m.entry_ref(tok).or_default(),
+        }
+    }
+
+    fn remove(&mut self, tok: &str) {
+        match self {
+            Literals::List(l) => {
+                if let Some(i) = l.iter().position(|(t, _)| &**t == tok) {
+                    l.swap_remove(i);
+                    l.shrink_to_fit();
+                }
+            }
+            Literals::Map(m) => {
+                m.remove(tok);
+            }
+        }
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&str, &Node<V>)) {
+        match self {
+            Literals::List(l) => l.iter().for_each(|(t, n)| f(t, n)),
+            Literals::Map(m) => m.iter().for_each(|(t, n)| f(t, n)),
+        }
+    }
 }
 
 /// One level of the trie: literal tokens, plus the `*` (pwc) and `>` (fwc) slots.
 struct Level<V> {
-    literal: HashMap<Box<str>, Node<V>>,
+    literal: Literals<V>,
     pwc: Option<Box<Node<V>>>,
     fwc: Option<Box<Node<V>>>,
 }
@@ -40,7 +132,7 @@ struct Level<V> {
 impl<V> Default for Level<V> {
     fn default() -> Self {
         Level {
-            literal: HashMap::new(),
+            literal: Literals::List(Vec::new()),
             pwc: None,
             fwc: None,
         }
@@ -93,10 +185,10 @@ impl<V: PartialEq> SubjectTrie<V> {
             let node: &mut Node<V> = match tok {
                 "*" => level.pwc.get_or_insert_with(Default::default),
                 ">" => level.fwc.get_or_insert_with(Default::default),
-                t => level.literal.entry_ref(t).or_default(),
+                t => level.literal.entry(t),
             };
             if tokens.peek().is_none() {
-                node.values.push(value);
+                node.push(value);
                 self.len += 1;
                 return;
             }
@@ -176,7 +268,7 @@ impl<V: PartialEq> SubjectTrie<V> {
         if let Some(pwc) = &level.pwc {
             Self::match_node(pwc, rest, f);
         }
-        if let Some(node) = level.literal.get(*tok) {
+        if let Some(node) = level.literal.get(tok) {
             Self::match_node(node, rest, f);
         }
     }
@@ -196,9 +288,9 @@ impl<V: PartialEq> SubjectTrie<V> {
     }
 
     fn walk(level: &Level<V>, prefix: &mut String, f: &mut dyn FnMut(&str, &V)) {
-        for (tok, node) in &level.literal {
-            Self::visit(tok, node, prefix, f);
-        }
+        level
+            .literal
+            .for_each(|tok, node| Self::visit(tok, node, prefix, f));
         if let Some(n) = &level.pwc {
             Self::visit("*", n, prefix, f);
         }
@@ -304,6 +396,22 @@ mod tests {
         assert!(t.remove("a.*.c", &3));
         assert!(t.is_empty());
         assert!(t.root.is_empty(), "empty levels are pruned");
+    }
+
+    #[test]
+    fn a_level_past_its_list_size_becomes_a_map_and_still_matches() {
+        let mut t = SubjectTrie::new();
+        let n = LITERAL_LIST_MAX as u32 * 3;
+        for i in 0..n {
+            t.insert(&format!("a.t{i}"), i);
+        }
+        for i in 0..n {
+            assert_eq!(matched(&t, &format!("a.t{i}")), vec![i]);
+        }
+        for i in 0..n {
+            assert!(t.remove(&format!("a.t{i}"), &i));
+        }
+        assert!(t.root.is_empty());
     }
 
     #[test]

@@ -11,12 +11,12 @@ use super::msg::{Reply, Request};
 use super::scheduler::{ScheduleOp, ScheduleReply};
 use super::sequencer::ReplayKind;
 use super::sessions::{self, parse_session, session_id, ResumeError, SessionState, TakeError};
-use super::subscription::{SubError, Subscription};
+use super::subscription::{self, SubError, Subscription};
 use super::{Client, ConnKind, Core, CoreMsg, Waiter};
 use crate::auth::Grant;
 use crate::bus::owner_of;
 use crate::frame::Frame;
-use crate::metrics::{self, CloseReason};
+use crate::metrics::{self, Budget, CloseReason};
 use crate::outbound::SessionLog;
 use crate::proto::{ErrorCode, PubResult};
 use std::rc::Rc;
@@ -126,10 +126,10 @@ impl Core {
                 s.conflate.set(conflate);
                 s
             }
-            None if c.subscription_count() >= self.cfg().max_subs_per_conn => {
-                return Err(SubError::TooMany)
+            None => {
+                self.admit_sub(c, pattern)?;
+                self.add_sub(c, pattern, conflate)
             }
-            None => self.add_sub(c, pattern, conflate),
         };
         c.send_ok(self.metrics(), id);
         let kind = match (since, snapshot) {
@@ -176,16 +176,39 @@ impl Core {
         Ok(())
     }
 
+    /// The per-connection budgets a new subscription must fit: its count and its bytes
+    /// (counted in the refusal metrics when it does not).
+    fn admit_sub(&self, c: &Client, pattern: &str) -> Result<(), SubError> {
+        let cfg = self.cfg();
+        let refusal = if c.subscription_count() >= cfg.max_subs_per_conn {
+            (SubError::TooMany, Budget::Subscriptions)
+        } else if c.sub_bytes.get() + subscription::cost(pattern) > cfg.max_sub_bytes_per_conn {
+            (SubError::TooManyBytes, Budget::SubscriptionBytes)
+        } else {
+            return Ok(());
+        };
+        self.metrics().refused(refusal.1);
+        Err(refusal.0)
+    }
+
     /// Adds a new subscription of `c` (the one place that does).
     fn add_sub(&self, c: &Rc<Client>, pattern: &str, conflate: bool) -> Rc<Subscription> {
         let sub = self.fanout.borrow_mut().subscribe(c, pattern, conflate);
-        metrics::add(&self.metrics().subscriptions, 1);
+        let cost = subscription::cost(pattern);
+        c.sub_bytes.set(c.sub_bytes.get() + cost);
+        let m = self.metrics();
+        metrics::add(&m.subscriptions, 1);
+        metrics::add(&m.subscription_bytes, cost as u64);
         sub
     }
 
     fn remove_sub(&self, c: &Rc<Client>, sub: &Rc<Subscription>) {
         if self.fanout.borrow_mut().remove(c, sub) {
-            metrics::sub(&self.metrics().subscriptions, 1);
+            let cost = subscription::cost(&sub.pattern);
+            c.sub_bytes.set(c.sub_bytes.get().saturating_sub(cost));
+            let m = self.metrics();
+            metrics::sub(&m.subscriptions, 1);
+            metrics::sub(&m.subscription_bytes, cost as u64);
         }
     }
 

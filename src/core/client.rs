@@ -88,6 +88,8 @@ pub struct Client {
     closing: Cell<Option<CloseReason>>,
     /// Subscriptions by pattern.
     pub(super) subs: RefCell<HashMap<Box<str>, Rc<Subscription>>>,
+    /// What `subs` is charged against `--max-sub-bytes-per-conn` (`subscription::cost`).
+    pub(super) sub_bytes: Cell<usize>,
     /// Highest seq queued per subject; only tracked once the connection used `since`,
     /// `snapshot` or resume, so replays and live messages never duplicate or reorder.
     pub(super) hwm: RefCell<Option<HashMap<Box<str>, u64>>>,
@@ -145,6 +147,7 @@ impl Client {
             stamp: Cell::new(0),
             closing: Cell::new(None),
             subs: RefCell::new(HashMap::new()),
+            sub_bytes: Cell::new(0),
             hwm: RefCell::new(None),
             queue_limit: init.queue_limit,
             log: RefCell::new(SessionLog::new(init.session_retain, 1)),

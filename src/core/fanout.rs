@@ -24,6 +24,13 @@ use std::sync::Arc;
 /// subscription changes or when it reaches this size; 8192 covers a few thousand instruments.
 pub const MATCH_CACHE_ENTRIES: usize = 8192;
 
+/// Bytes the match cache of one core may hold (keys, entry slices, table slots; see
+/// [`MatchCache::entry_bytes`]). An entry costs 16 B per matching subscription, so a subject
+/// that 10,000 local subscriptions match costs 160 KB: by entries alone the cache could reach
+/// 1.3 GB. 16 MiB holds a thousand subjects of a thousand matching subscriptions each; a
+/// result larger than the whole budget is not cached at all.
+pub const MATCH_CACHE_BYTES: usize = 16 << 20;
+
 /// A trie entry: which connection, through which subscription.
 #[derive(Clone)]
 pub struct SubEntry {
@@ -39,21 +46,31 @@ impl PartialEq for SubEntry {
     }
 }
 
-/// Subject -> the subscriptions matching it, bounded: dropped whole when full (a hot set of a
-/// few thousand instruments refills it at once; anything smarter costs on every hit) and on
-/// every change of the subscriptions.
+/// Subject -> the subscriptions matching it, bounded by entries and by bytes: dropped whole
+/// when full (a hot set of a few thousand instruments refills it at once; anything smarter
+/// costs on every hit) and on every change of the subscriptions.
 pub struct MatchCache {
     map: HashMap<Box<str>, Rc<[SubEntry]>>,
     capacity: usize,
+    max_bytes: usize,
+    bytes: usize,
 }
 
 impl MatchCache {
-    /// An empty cache of at most `capacity` subjects.
-    pub fn new(capacity: usize) -> MatchCache {
+    /// An empty cache of at most `capacity` subjects and `max_bytes` bytes.
+    pub fn new(capacity: usize, max_bytes: usize) -> MatchCache {
         MatchCache {
             map: HashMap::new(),
             capacity: capacity.max(1),
+            max_bytes,
+            bytes: 0,
         }
+    }
+
+    /// What caching `entries` under `subject` costs: the key, the slice with its `Rc`
+    /// counts, and the table slot (key and value pointers).
+    pub fn entry_bytes(subject: &str, entries: &[SubEntry]) -> usize {
+        subject.len() + 2 * 8 + std::mem::size_of_val(entries) + 2 * 16
     }
 
     /// The cached matches of `subject`.
@@ -62,22 +79,34 @@ impl MatchCache {
         self.map.get(subject).cloned()
     }
 
-    /// Caches the matches of `subject`, first dropping everything if the cache is full.
+    /// Caches the matches of `subject`, first dropping everything if the cache is full (by
+    /// entries or bytes); a result larger than the whole byte budget is not cached.
     pub fn insert(&mut self, subject: &str, entries: Rc<[SubEntry]>) {
-        if self.map.len() >= self.capacity {
-            self.map.clear();
+        let cost = Self::entry_bytes(subject, &entries);
+        if cost > self.max_bytes {
+            return;
         }
+        if self.map.len() >= self.capacity || self.bytes + cost > self.max_bytes {
+            self.invalidate();
+        }
+        self.bytes += cost;
         self.map.insert(subject.into(), entries);
     }
 
     /// Forgets every result (the subscriptions changed).
     pub fn invalidate(&mut self) {
         self.map.clear();
+        self.bytes = 0;
     }
 
     /// Subjects cached.
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Bytes cached (as [`MatchCache::entry_bytes`] counts them).
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// True when nothing is cached.
@@ -100,7 +129,7 @@ impl Default for Fanout {
     fn default() -> Self {
         Fanout {
             trie: SubjectTrie::new(),
-            cache: MatchCache::new(MATCH_CACHE_ENTRIES),
+            cache: MatchCache::new(MATCH_CACHE_ENTRIES, MATCH_CACHE_BYTES),
             stamp: 0,
             delivered: [0; MAX_CORES],
         }
@@ -173,6 +202,7 @@ impl Fanout {
     pub fn deliver(&mut self, frame: Arc<Frame>, from: usize, m: &CoreMetrics) -> u64 {
         self.delivered[from] = frame.xseq();
         let entries = self.matches(frame.subject());
+        crate::metrics::set(&m.match_cache_bytes, self.cache.bytes() as u64);
         if entries.is_empty() {
             return 0;
         }
@@ -284,7 +314,7 @@ mod tests {
 
     #[test]
     fn the_match_cache_is_bounded_and_dropped_when_full() {
-        let mut c = MatchCache::new(2);
+        let mut c = MatchCache::new(2, usize::MAX);
         let none: Rc<[SubEntry]> = Vec::new().into();
         c.insert("a", none.clone());
         c.insert("b", none.clone());
@@ -294,6 +324,37 @@ mod tests {
         assert!(c.get("a").is_none() && c.get("c").is_some());
         c.invalidate();
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn the_match_cache_is_bounded_by_bytes_too() {
+        let (a, b) = (client(1), client(2));
+        let sub = Rc::new(Subscription::new(">", false));
+        let two: Rc<[SubEntry]> = vec![
+            SubEntry {
+                client: a,
+                sub: sub.clone(),
+            },
+            SubEntry { client: b, sub },
+        ]
+        .into();
+        let cost = MatchCache::entry_bytes("s.1", &two);
+        let mut c = MatchCache::new(1_000, 2 * cost);
+        c.insert("s.1", two.clone());
+        c.insert("s.2", two.clone());
+        assert_eq!((c.len(), c.bytes()), (2, 2 * cost));
+        c.insert("s.3", two.clone());
+        assert_eq!(
+            (c.len(), c.bytes()),
+            (1, cost),
+            "over its bytes: dropped whole"
+        );
+        let mut tiny = MatchCache::new(1_000, cost - 1);
+        tiny.insert("s.1", two);
+        assert!(
+            tiny.is_empty(),
+            "a result over the whole budget is not cached"
+        );
     }
 
     #[test]

@@ -147,8 +147,15 @@ impl Core {
         };
         let store = node.store.clone();
         let mut recovered = store.recover(id, node.cores(), cfg.history, cfg.dedup_window);
-        let scheduler = Scheduler::new(id, store.clone(), &mut recovered);
-        let sequencer = Sequencer::new(id, limits, store, node.has_store(), recovered.subjects);
+        let schedule_share = cfg.max_schedule_bytes / node.cores();
+        let scheduler = Scheduler::new(id, store.clone(), &mut recovered, schedule_share);
+        let budgets = sequencer::Budgets {
+            max_history_bytes: cfg.max_history_bytes / node.cores(),
+            max_subjects: cfg.max_subjects.div_ceil(node.cores()),
+            subject_ttl: (cfg.subject_ttl > 0).then(|| Duration::from_secs(cfg.subject_ttl)),
+        };
+        let sequencer = Sequencer::new(id, limits, store, node.has_store(), recovered.subjects)
+            .with_budgets(budgets);
         Rc::new(Core {
             id,
             rx,
@@ -234,6 +241,7 @@ impl Core {
         loop {
             monoio::time::sleep(SWEEP_TICK).await;
             self.sweep();
+            self.sweep_subjects();
         }
     }
 
@@ -244,6 +252,7 @@ impl Core {
         let wake = self.scheduler.borrow().wake();
         while !self.shutting_down.get() {
             let due = self.scheduler.borrow_mut().take_due(crate::os::now_ms());
+            self.count_schedule_bytes();
             for (id, s) in due {
                 let msg_id = s.msg_id.as_deref();
                 match &self.node.cluster {
@@ -374,6 +383,7 @@ impl Core {
             }
             Request::Schedule(op) => {
                 let r = self.scheduler.borrow_mut().apply(op);
+                self.count_schedule_bytes();
                 self.answer(to, Reply::Schedule(r));
             }
         }

@@ -23,6 +23,9 @@ pub struct Node {
     pub metrics: Box<[CoreMetrics]>,
     /// Open connections on the whole node (admission control at accept; not on the message path).
     pub connections: AtomicUsize,
+    /// Request-body bytes being buffered on the whole node (`--max-body-buffer-bytes`; taken
+    /// from a request's head, before its body is read; not on the message path).
+    pub body_bytes: AtomicUsize,
     /// Set once shutdown has begun.
     pub shutting_down: AtomicBool,
     /// The I/O driver the cores run on (`io_uring` or `epoll`).
@@ -69,6 +72,11 @@ impl Node {
     /// Node-wide `/metrics` series (store, cluster bridge).
     pub fn node_series(&self) -> Vec<NodeSeries> {
         let mut v = self.store.series();
+        v.push(NodeSeries::gauge(
+            "ringcast_http_body_bytes",
+            "Request-body bytes being buffered (--max-body-buffer-bytes).",
+            self.body_bytes.load(Ordering::Relaxed) as u64,
+        ));
         if let Some(b) = &self.cluster {
             v.extend(b.status().series());
         }

@@ -66,8 +66,15 @@ impl Scheduler {
     /// Core `core`'s scheduler, with the schedules the store recovered for it. A schedule
     /// recovered under another core's number (the core count changed) is renumbered, and
     /// stored again under its new id.
-    pub fn new(core: usize, store: Arc<dyn HistoryStore>, recovered: &mut Recovered) -> Scheduler {
-        let mut pending = Schedules::default();
+    /// `max_bytes`: this core's share of `--max-schedule-bytes` (what is recovered is kept
+    /// even past it; new ones wait for room).
+    pub fn new(
+        core: usize,
+        store: Arc<dyn HistoryStore>,
+        recovered: &mut Recovered,
+        max_bytes: usize,
+    ) -> Scheduler {
+        let mut pending = Schedules::with_max_bytes(max_bytes);
         for (old, sch) in std::mem::take(&mut recovered.schedules) {
             let n = parse_id(&old).filter(|(c, _)| *c == core).map(|(_, n)| n);
             let kept = pending.restore(n, sch.clone());
@@ -156,6 +163,11 @@ impl Scheduler {
             .collect()
     }
 
+    /// Bytes the pending publishes are charged (`--max-schedule-bytes`).
+    pub fn bytes(&self) -> usize {
+        self.pending.bytes()
+    }
+
     /// When the next pending publish is due (ms since the Unix epoch).
     pub fn next_due(&self) -> Option<u64> {
         self.pending.next_due()
@@ -168,7 +180,12 @@ mod tests {
     use crate::store::MemoryStore;
 
     fn scheduler() -> Scheduler {
-        Scheduler::new(3, Arc::new(MemoryStore), &mut Recovered::default())
+        Scheduler::new(
+            3,
+            Arc::new(MemoryStore),
+            &mut Recovered::default(),
+            usize::MAX,
+        )
     }
 
     fn at(subject: &str, at_ms: u64) -> Scheduled {

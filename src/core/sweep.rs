@@ -4,7 +4,9 @@
 //! connections whose replays are all in, sends SSE heartbeats, pings silent WebSockets and
 //! closes those that stay silent (half-open peers), enforces auth deadlines and token expiry,
 //! and shuts down sockets whose close did not flush within [`CLOSE_GRACE_MS`] (a peer that
-//! stopped reading). Runs on the core's thread, from its sweeper task.
+//! stopped reading). It also expires idle subjects' history and refreshes the subject and
+//! schedule gauges (`sweep_subjects`, `count_schedule_bytes`). Runs on the core's thread, from
+//! its sweeper task.
 
 use super::{sessions, Client, ConnKind, Core, CLOSE_GRACE_MS};
 use crate::metrics::{self, CloseReason, CoreMetrics};
@@ -98,6 +100,27 @@ impl Core {
             crate::ws::encode_frame(&mut f, crate::ws::OP_PING, b"");
             c.send_raw(m, f.into());
         }
+    }
+}
+
+/// The subjects' and schedules' budgets (see `sequencer::budget`): their periodic part.
+impl Core {
+    /// Expires idle subjects' history (`--subject-ttl`) and updates the subject gauges.
+    pub(super) fn sweep_subjects(&self) {
+        let mut seq = self.sequencer.borrow_mut();
+        seq.expire_idle(std::time::Instant::now());
+        let g = seq.gauges();
+        let m = self.metrics();
+        crate::metrics::set(&m.subjects, g.subjects);
+        crate::metrics::set(&m.subjects_dormant, g.dormant);
+        crate::metrics::set(&m.history_bytes, g.history_bytes);
+        crate::metrics::set(&m.history_evicted, g.evicted);
+        crate::metrics::set(&m.subjects_expired, g.expired);
+    }
+
+    pub(super) fn count_schedule_bytes(&self) {
+        let bytes = self.scheduler.borrow().bytes() as u64;
+        crate::metrics::set(&self.metrics().schedule_bytes, bytes);
     }
 }
 

@@ -188,8 +188,21 @@ impl Headers {
     }
 }
 
-/// Parses one request from the start of `buf`. Returns the request and bytes consumed.
-pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(Request, usize)>, HttpError> {
+/// A request's head, parsed before its body is read, so that the transport can decide whether
+/// the body may be read at all (its token, the node's body budget) before buffering it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// The request, its body still empty.
+    pub request: Request,
+    /// Bytes of the head (request line, headers, blank line).
+    pub len: usize,
+    /// Bytes of the body that follows (`Content-Length`, at most the limit).
+    pub body_len: usize,
+}
+
+/// Parses one request head from the start of `buf` (`Ok(None)`: incomplete). A body over the
+/// limit is refused here, before any of it is read.
+pub fn parse_head(buf: &[u8], limits: Limits) -> Result<Option<Head>, HttpError> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut raw);
     let head_len = match req.parse(buf) {
@@ -226,18 +239,32 @@ pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(Request, usiz
     if body_len > limits.max_body_bytes {
         return Err(HttpError::BodyTooLarge);
     }
-    if buf.len() - head_len < body_len {
-        return Ok(None);
-    }
-    let body = buf[head_len..head_len + body_len].to_vec();
     let request = Request {
         method,
         path: path.to_owned(),
         query: query.to_owned(),
         headers: h,
-        body,
+        body: Vec::new(),
     };
-    Ok(Some((request, head_len + body_len)))
+    Ok(Some(Head {
+        request,
+        len: head_len,
+        body_len,
+    }))
+}
+
+/// Parses one request from the start of `buf`. Returns the request and bytes consumed.
+pub fn parse_request(buf: &[u8], limits: Limits) -> Result<Option<(Request, usize)>, HttpError> {
+    let Some(head) = parse_head(buf, limits)? else {
+        return Ok(None);
+    };
+    let end = head.len + head.body_len;
+    if buf.len() < end {
+        return Ok(None);
+    }
+    let mut request = head.request;
+    request.body = buf[head.len..end].to_vec();
+    Ok(Some((request, end)))
 }
 
 /// What a request asks for: the port's route table, in one place. Pure: the transport

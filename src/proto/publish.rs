@@ -104,6 +104,8 @@ pub enum PubError {
     ClusterConflict,
     /// Cluster mode: JetStream refused the message.
     ClusterRejected,
+    /// The publish would create a subject past this node's `--max-subjects`.
+    TooManySubjects,
 }
 
 impl PubError {
@@ -115,6 +117,7 @@ impl PubError {
             PubError::ClusterUnavailable => "cluster unavailable (NATS unreachable)",
             PubError::ClusterConflict => "too many concurrent publishers on this subject",
             PubError::ClusterRejected => "rejected by the cluster log",
+            PubError::TooManySubjects => "subject limit reached (--max-subjects); no new subjects",
         }
     }
 }

@@ -6,8 +6,8 @@
 //! connection's core thread; the verifier it calls is shared read-only by every core.
 
 use crate::auth::{self, Grant, Refusal};
-use crate::core::{Core, RateBucket};
-use crate::http::{self, Request};
+use crate::core::{subscription, Core, RateBucket};
+use crate::http::{self, Headers, Request, Route};
 use crate::metrics;
 use crate::proto::ErrorCode;
 use std::borrow::Cow;
@@ -72,11 +72,38 @@ pub fn check_origin(core: &Core, req: &Request) -> Result<(), Vec<u8>> {
 }
 
 /// The token of an HTTP request: `Authorization: Bearer`, else `?token=`.
-pub fn request_token(req: &Request) -> Option<Cow<'_, str>> {
-    auth::bearer(req.headers.authorization.as_deref())
+pub fn request_token<'a>(headers: &'a Headers, query: &'a str) -> Option<Cow<'a, str>> {
+    auth::bearer(headers.authorization.as_deref())
         .map(Cow::Borrowed)
-        .or_else(|| http::query_get(&req.query, "token"))
+        .or_else(|| http::query_get(query, "token"))
 }
+
+/// The grant of a request's token, from its head alone (`Ok(None)` when auth is off), or why
+/// it has none (for a 401).
+pub fn head_grant(core: &Core, headers: &Headers, query: &str) -> Granted {
+    let Some(verifier) = core.node.verifier.as_ref() else {
+        return Ok(None);
+    };
+    let Some(token) = request_token(headers, query) else {
+        return Err("missing token (Authorization: Bearer)".into());
+    };
+    verifier.verify(&token).map(Some).map_err(|e| e.0)
+}
+
+/// True when `route` is served only with a valid token (auth on): its token is checked from
+/// the request's head, before its body is read.
+pub fn needs_token(core: &Core, route: Route<'_>) -> bool {
+    core.node.verifier.is_some()
+        && match route {
+            Route::Publish | Route::ListSchedules | Route::CancelSchedule(_) => true,
+            Route::History(_) | Route::Sse => true,
+            Route::Metrics => core.cfg().metrics_require_auth,
+            _ => false,
+        }
+}
+
+/// A request's grant (`Ok(None)`: auth is off), or why it has none.
+pub type Granted = Result<Option<Arc<Grant>>, String>;
 
 /// For HTTP endpoints: the grant of the request's token (`Ok(None)` when auth is off), or the
 /// 401 response.
@@ -85,20 +112,41 @@ pub fn http_grant(
     req: &Request,
     keep_alive: bool,
 ) -> Result<Option<Arc<Grant>>, Vec<u8>> {
-    let Some(verifier) = core.node.verifier.as_ref() else {
-        return Ok(None);
-    };
-    let Some(token) = request_token(req) else {
-        return Err(http::error(
-            ErrorCode::Unauthorized,
-            "missing token (Authorization: Bearer)",
-            keep_alive,
-        ));
-    };
-    verifier
-        .verify(&token)
-        .map(Some)
-        .map_err(|e| http::error(ErrorCode::Unauthorized, &e.0, keep_alive))
+    head_grant(core, &req.headers, &req.query)
+        .map_err(|why| http::error(ErrorCode::Unauthorized, &why, keep_alive))
+}
+
+/// A request body's share of `--max-body-buffer-bytes`, taken from its head before the body
+/// is read and given back when the request has been answered (dropped).
+pub struct BodyPermit {
+    core: Rc<Core>,
+    bytes: usize,
+}
+
+impl BodyPermit {
+    /// Takes `bytes` from the node's body budget, or says why not (counted in the refusal
+    /// metrics).
+    pub fn take(core: &Rc<Core>, bytes: usize) -> Result<BodyPermit, &'static str> {
+        let node = &core.node;
+        let held = node.body_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let permit = BodyPermit {
+            core: core.clone(),
+            bytes,
+        };
+        if held > node.cfg.max_body_buffer_bytes {
+            drop(permit);
+            core.metrics().refused(metrics::Budget::BodyBytes);
+            return Err("too many request bodies in flight; retry (--max-body-buffer-bytes)");
+        }
+        Ok(permit)
+    }
+}
+
+impl Drop for BodyPermit {
+    fn drop(&mut self) {
+        let bodies = &self.core.node.body_bytes;
+        bodies.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 /// The 403 response for a refused operation.
@@ -127,7 +175,7 @@ pub fn websocket(core: &Core, req: &Request, echo: bool) -> Result<WsMode, Vec<u
     let Some(verifier) = core.node.verifier.as_ref().filter(|_| !echo) else {
         return Ok(mode(None, false));
     };
-    match request_token(req) {
+    match request_token(&req.headers, &req.query) {
         None => Ok(mode(None, true)),
         Some(token) => match verifier.verify(&token) {
             Ok(g) => Ok(mode(Some(g), false)),
@@ -177,7 +225,14 @@ pub fn sse(core: &Core, req: &Request) -> Result<SsePlan, Vec<u8>> {
         return Err(bad("give at least one 'subject' parameter"));
     }
     if patterns.len() > core.cfg().max_subs_per_conn {
+        core.metrics().refused(metrics::Budget::Subscriptions);
         return Err(bad("too many subjects"));
+    }
+    let bytes: usize = patterns.iter().map(|p| subscription::cost(p)).sum();
+    if bytes > core.cfg().max_sub_bytes_per_conn {
+        core.metrics().refused(metrics::Budget::SubscriptionBytes);
+        let why = "subjects over their byte budget (--max-sub-bytes-per-conn)";
+        return Err(http::error(ErrorCode::TooLarge, why, false));
     }
     let resume = last_event_id.and_then(|id| {
         let (session, k) = id.rsplit_once('.')?;

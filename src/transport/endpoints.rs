@@ -5,12 +5,14 @@
 //! socket. Runs on the connection's core thread; what another core owns is asked of it
 //! through the core (and awaited).
 
-use super::admission::{forbidden, http_grant};
+use super::admission::{forbidden, Granted};
 use crate::auth::Grant;
 use crate::core::scheduler::{CancelError, ScheduleOp, ScheduleReply};
 use crate::core::Core;
 use crate::http::{self, Method, Request, Route};
+use crate::metrics::Budget;
 use crate::proto::{self, ErrorCode, PubAck};
+use crate::schedule::ScheduleError;
 use std::sync::Arc;
 
 /// The browser client, an ES module served at `/ringcast.js` (source: `src/web/ringcast.js`).
@@ -22,11 +24,18 @@ const DEMO_PAGE: &str = include_str!("../web/index.html");
 /// Default and maximum `limit` of `/history`.
 pub const HISTORY_LIMIT_MAX: usize = 10_000;
 
-/// The response to a plain HTTP request on `route` (upgrades and SSE are not plain). The
-/// answer to `HEAD` is the one `GET` would get (a refusal included) without its body: the
-/// head still gives the body's `Content-Length`, and the connection stays in step.
-pub async fn respond(core: &Core, req: &Request, route: Route<'_>, keep_alive: bool) -> Vec<u8> {
-    let mut resp = route_response(core, req, route, keep_alive).await;
+/// The response to a plain HTTP request on `route` (upgrades and SSE are not plain), whose
+/// token, checked from its head before its body was read, gave `granted`. The answer to
+/// `HEAD` is the one `GET` would get (a refusal included) without its body: the head still
+/// gives the body's `Content-Length`, and the connection stays in step.
+pub async fn respond(
+    core: &Core,
+    req: &Request,
+    route: Route<'_>,
+    keep_alive: bool,
+    granted: Granted,
+) -> Vec<u8> {
+    let mut resp = route_response(core, req, route, keep_alive, granted).await;
     if req.method == Method::Head {
         http::strip_body(&mut resp);
     }
@@ -34,8 +43,19 @@ pub async fn respond(core: &Core, req: &Request, route: Route<'_>, keep_alive: b
 }
 
 /// The full response (head and body) to a request on `route`.
-async fn route_response(core: &Core, req: &Request, route: Route<'_>, keep_alive: bool) -> Vec<u8> {
+async fn route_response(
+    core: &Core,
+    req: &Request,
+    route: Route<'_>,
+    keep_alive: bool,
+    granted: Granted,
+) -> Vec<u8> {
     let ka = keep_alive;
+    let grant = || {
+        granted
+            .clone()
+            .map_err(|why| http::error(ErrorCode::Unauthorized, &why, ka))
+    };
     match route {
         Route::DemoPage => static_page("text/html; charset=utf-8", DEMO_PAGE, &[], ka),
         Route::ClientJs => {
@@ -46,20 +66,20 @@ async fn route_response(core: &Core, req: &Request, route: Route<'_>, keep_alive
             Ok(()) => http::response(200, "text/plain", &[], b"ok", ka),
             Err(why) => http::response(503, "text/plain", &[], why.as_bytes(), ka),
         },
-        Route::Metrics => metrics(core, req, ka),
-        Route::Publish => match http_grant(core, req, ka) {
+        Route::Metrics => metrics(core, granted.is_ok(), ka),
+        Route::Publish => match grant() {
             Ok(grant) => publish(core, grant.as_deref(), &req.body, ka).await,
             Err(resp) => resp,
         },
-        Route::ListSchedules => match http_grant(core, req, ka) {
+        Route::ListSchedules => match grant() {
             Ok(grant) => list_schedules(core, grant.as_deref(), &req.query, ka).await,
             Err(resp) => resp,
         },
-        Route::CancelSchedule(id) => match http_grant(core, req, ka) {
+        Route::CancelSchedule(id) => match grant() {
             Ok(grant) => cancel_schedule(core, grant, id, ka).await,
             Err(resp) => resp,
         },
-        Route::History(subject) => match http_grant(core, req, ka) {
+        Route::History(subject) => match grant() {
             Ok(grant) => history(core, grant.as_deref(), subject, &req.query, ka).await,
             Err(resp) => resp,
         },
@@ -85,8 +105,8 @@ fn static_page(
     http::response(200, content_type, headers, body.as_bytes(), keep_alive)
 }
 
-fn metrics(core: &Core, req: &Request, keep_alive: bool) -> Vec<u8> {
-    if core.cfg().metrics_require_auth && http_grant(core, req, keep_alive).is_err() {
+fn metrics(core: &Core, authorized: bool, keep_alive: bool) -> Vec<u8> {
+    if core.cfg().metrics_require_auth && !authorized {
         let why = "metrics need a valid token";
         return http::error(ErrorCode::Unauthorized, why, keep_alive);
     }
@@ -108,7 +128,17 @@ async fn publish(core: &Core, grant: Option<&Grant>, body: &[u8], keep_alive: bo
         let why = "data larger than --max-frame-bytes";
         return http::error(ErrorCode::TooLarge, why, keep_alive);
     }
-    if let Some(at_ms) = at.filter(|at| *at > crate::os::now_ms()) {
+    let now_ms = crate::os::now_ms();
+    if let Some(at_ms) = at.filter(|at| *at > now_ms) {
+        let horizon_ms = core.cfg().max_schedule_horizon.saturating_mul(1000);
+        if horizon_ms > 0 && at_ms - now_ms > horizon_ms {
+            core.metrics().refused(Budget::ScheduleHorizon);
+            let why = format!(
+                "'at' is more than --max-schedule-horizon ({} s) ahead",
+                core.cfg().max_schedule_horizon
+            );
+            return http::error(ErrorCode::BadRequest, &why, keep_alive);
+        }
         return schedule(core, &p, at_ms, keep_alive).await;
     }
     let msg_id = p.msg_id.as_deref();
@@ -148,8 +178,14 @@ async fn schedule(core: &Core, p: &proto::Publish<'_>, at_ms: u64, keep_alive: b
             out.extend_from_slice(format!(",\"at\":{at_ms}}}").as_bytes());
             http::json(202, &out, keep_alive)
         }
-        _ => {
-            let why = "too many pending scheduled publishes";
+        other => {
+            core.metrics().refused(Budget::ScheduleBytes);
+            let why = match other {
+                ScheduleReply::Added(Err(ScheduleError::TooManyBytes)) => {
+                    "pending scheduled publishes over their byte budget (--max-schedule-bytes)"
+                }
+                _ => "too many pending scheduled publishes",
+            };
             http::error(ErrorCode::Overloaded, why, keep_alive)
         }
     }

@@ -31,7 +31,7 @@ use crate::http::{self, Request, Route};
 use crate::metrics::{self, CloseReason};
 use crate::outbound::WriteBatch;
 use crate::proto::{self, ErrorCode};
-use admission::Admitted;
+use admission::{Admitted, BodyPermit, Granted};
 use hashbrown::HashMap;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf};
@@ -197,14 +197,20 @@ impl Transport {
         }
         let mut inbuf: Vec<u8> = Vec::new();
         loop {
-            let req = match read_request_in_time(&core, &mut stream, &mut inbuf).await {
-                Ok(req) => req,
+            let incoming = match read_request_in_time(&core, &mut stream, &mut inbuf).await {
+                Ok(r) => r,
                 Err(None) => return,
                 Err(Some(resp)) => {
                     let _ = stream.write_all(resp).await;
-                    return;
+                    return linger_close(stream).await;
                 }
             };
+            // Held until the request is answered: its body's share of the node's budget.
+            let Incoming {
+                req,
+                granted,
+                permit: _permit,
+            } = incoming;
             metrics::add(&core.metrics().http_requests, 1);
             let keep_alive = !req.headers.close && !core.is_shutting_down();
             let route = Route::of(req.method, &req.path, core.cfg().echo_endpoint);
@@ -217,7 +223,8 @@ impl Transport {
                 _ => {
                     // Boxed: endpoint futures are large and rare; the task of every connection
                     // would otherwise be sized for them.
-                    let resp = Box::pin(endpoints::respond(&core, &req, route, keep_alive)).await;
+                    let answer = endpoints::respond(&core, &req, route, keep_alive, granted);
+                    let resp = Box::pin(answer).await;
                     let (res, _) = stream.write_all(resp).await;
                     if res.is_err() || !keep_alive {
                         return;
@@ -281,24 +288,33 @@ impl Transport {
     }
 }
 
+/// A request read in full, with what its head decided before its body was read: the grant of
+/// its token (for routes that need one, see [`admission::needs_token`]) and its body's share
+/// of `--max-body-buffer-bytes`.
+struct Incoming {
+    req: Request,
+    granted: Granted,
+    permit: Option<BodyPermit>,
+}
+
 /// Reads the next request within the handshake timeout. `Err(None)`: the connection is over
-/// (closed, or late: its socket is shut); `Err(Some(response))`: a bad request, to answer and
-/// close.
+/// (closed, or late: its socket is shut); `Err(Some(response))`: a request to refuse, to
+/// answer and close.
 async fn read_request_in_time(
-    core: &Core,
+    core: &Rc<Core>,
     stream: &mut TcpStream,
     inbuf: &mut Vec<u8>,
-) -> Result<Request, Option<Vec<u8>>> {
-    let limits = core.cfg().http_limits();
+) -> Result<Incoming, Option<Vec<u8>>> {
     // Boxed for the same reason as the endpoints: the timer entry and read operation are only
     // needed while a request is being read.
     let read = Box::pin(monoio::time::timeout(
         core.cfg().handshake_timeout(),
-        read_request(stream, inbuf, limits),
+        read_request(core, stream, inbuf),
     ));
     match read.await {
         Ok(Ok(req)) => Ok(req),
         Ok(Err(ReadError::Closed)) => Err(None),
+        Ok(Err(ReadError::Refused(resp))) => Err(Some(resp)),
         Err(_) => {
             core.metrics().closed(CloseReason::Timeout);
             // The abandoned read may still be in flight (io_uring) and keeps the socket open
@@ -326,32 +342,134 @@ async fn read_request_in_time(
 enum ReadError {
     Closed,
     Http(http::HttpError),
+    /// Refused from its head, before its body was read (the response to send).
+    Refused(Vec<u8>),
 }
 
+/// Reads a request: its head, then (once its token and the node's body budget allow it) its
+/// body. A request whose route needs a token and whose token is missing or bad gets its 401
+/// before a byte of its body is read; so does a body the budget has no room for (503).
 async fn read_request(
+    core: &Rc<Core>,
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> Result<Incoming, ReadError> {
+    let head = read_head(stream, buf, core.cfg().http_limits()).await?;
+    let route = Route::of(
+        head.request.method,
+        &head.request.path,
+        core.cfg().echo_endpoint,
+    );
+    let granted = if admission::needs_token(core, route) {
+        admission::head_grant(core, &head.request.headers, &head.request.query)
+    } else {
+        Ok(None)
+    };
+    if head.body_len == 0 {
+        buf.drain(..head.len);
+        let (req, permit) = (head.request, None);
+        return Ok(Incoming {
+            req,
+            granted,
+            permit,
+        });
+    }
+    if let Err(why) = &granted {
+        core.metrics().closed(CloseReason::Unauthorized);
+        let resp = http::error(ErrorCode::Unauthorized, why, false);
+        return Err(ReadError::Refused(resp));
+    }
+    let permit = BodyPermit::take(core, head.body_len)
+        .map_err(|why| ReadError::Refused(http::error(ErrorCode::Overloaded, why, false)))?;
+    let body = read_body(stream, buf, &head).await?;
+    let mut req = head.request;
+    req.body = body;
+    Ok(Incoming {
+        req,
+        granted,
+        permit: Some(permit),
+    })
+}
+
+/// Reads until `buf` starts with a complete request head.
+async fn read_head(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     limits: http::Limits,
-) -> Result<Request, ReadError> {
+) -> Result<http::Head, ReadError> {
     loop {
         if !buf.is_empty() {
-            match http::parse_request(buf, limits) {
-                Ok(Some((req, used))) => {
-                    buf.drain(..used);
-                    return Ok(req);
-                }
+            match http::parse_head(buf, limits) {
+                Ok(Some(head)) => return Ok(head),
                 Ok(None) => {}
                 Err(e) => return Err(ReadError::Http(e)),
             }
         }
         buf.reserve(HTTP_READ_CHUNK);
-        let len = buf.len();
-        let (res, slice) = stream.read(std::mem::take(buf).slice_mut(len..)).await;
-        *buf = slice.into_inner();
-        match res {
-            Ok(0) | Err(_) => return Err(ReadError::Closed),
-            Ok(_) => {}
+        read_more(stream, buf).await?;
+    }
+}
+
+/// Reads the body of `head` (at the start of `buf`) and returns it; what follows it
+/// (pipelined requests) stays in `buf`. Space for exactly the body is reserved, once.
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head: &http::Head,
+) -> Result<Vec<u8>, ReadError> {
+    let end = head.len + head.body_len;
+    buf.reserve_exact(end.saturating_sub(buf.len()));
+    while buf.len() < end {
+        read_more(stream, buf).await?;
+    }
+    let rest = buf.split_off(end);
+    let mut body = std::mem::replace(buf, rest);
+    body.drain(..head.len);
+    Ok(body)
+}
+
+/// One read into the spare capacity of `buf` (which must have some).
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+    let len = buf.len();
+    let (res, slice) = stream.read(std::mem::take(buf).slice_mut(len..)).await;
+    *buf = slice.into_inner();
+    match res {
+        Ok(0) | Err(_) => Err(ReadError::Closed),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Bytes a refused connection may still send us before it is closed: what is read (and
+/// dropped) after the refusal, so that the close does not reset the connection (and lose the
+/// refusal) while the client still sends a body we did not want. 64 KiB: a little more than
+/// a socket's default receive buffer holds.
+const LINGER_BYTES: usize = 64 << 10;
+
+/// How long a refused connection is read (and dropped) before it is closed.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Ends a connection after a refusal: our side is shut down (the client reads the response,
+/// then EOF), and at most [`LINGER_BYTES`] of what the client still sends are read for at most
+/// [`LINGER`], so the close does not reset the connection before the response was read.
+async fn linger_close(mut stream: TcpStream) {
+    let _ = stream.shutdown().await;
+    let drain = async {
+        let mut seen = 0;
+        let mut buf = Vec::with_capacity(4096);
+        while seen < LINGER_BYTES {
+            buf.clear();
+            let (res, b) = stream.read(buf).await;
+            buf = b;
+            match res {
+                Ok(n) if n > 0 => seen += n,
+                _ => return,
+            }
         }
+    };
+    if monoio::time::timeout(LINGER, drain).await.is_err() {
+        // As for a late request: the abandoned read completes once the socket is shut.
+        // SAFETY: `stream` owns this fd until the end of this function.
+        unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
     }
 }
 

@@ -38,11 +38,12 @@ pub fn apply(core: &Rc<Core>, c: &Rc<Client>, text: &[u8]) {
             if let Some(Err(r)) = grant.as_ref().map(|g| g.check_subscribe(&subject)) {
                 return refused(r, "subscribe");
             }
-            if let Err(SubError::TooMany) =
-                core.subscribe(c, id, &subject, since, snapshot, conflate)
-            {
-                let why = "too many subscriptions on this connection";
-                c.send_err(m, id, ErrorCode::BadRequest, why);
+            if let Err(e) = core.subscribe(c, id, &subject, since, snapshot, conflate) {
+                let code = match e {
+                    SubError::TooMany => ErrorCode::BadRequest,
+                    SubError::TooManyBytes => ErrorCode::TooLarge,
+                };
+                c.send_err(m, id, code, e.message());
             }
         }
         ClientOp::Unsub { subject } => {

@@ -353,6 +353,11 @@ impl Ws {
         Err((status, String::from_utf8_lossy(&body).into_owned()))
     }
 
+    /// Heap bytes this client holds (its read buffer and session id).
+    pub fn heap_bytes(&self) -> usize {
+        self.buf.capacity() + self.session.capacity()
+    }
+
     /// Reads the `hello` op and remembers the session.
     pub fn hello(mut self) -> Ws {
         let hello = self.recv_json();

@@ -20,10 +20,13 @@ use crate::proto::{PubAck, PubError, PubResult};
 use crate::store::{Durability, HistoryStore, RecoveredSubject};
 use hashbrown::HashMap;
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub mod budget;
 pub mod history;
+pub use budget::{Budgets, SubjectGauges};
 pub use history::{fetched_range, Backfill, Finished, ReadPlan, BACKFILL_TRIES};
 
 /// What a replay request asks the owner for.
@@ -59,8 +62,11 @@ struct Unsynced<T> {
 /// The subjects one core owns.
 pub struct Sequencer<T> {
     core: usize,
-    owned: HashMap<Box<str>, SubjectState>,
+    /// Keyed by `Rc<str>`: the ledger's retention order names subjects by the same key.
+    owned: HashMap<Rc<str>, SubjectState>,
     limits: SubjectLimits,
+    /// What the rings hold against this core's budgets (see [`budget`]).
+    ledger: budget::Ledger,
     store: Arc<dyn HistoryStore>,
     /// True when history outlives the rings (a durable store, or the cluster's stream).
     backed: bool,
@@ -84,18 +90,21 @@ impl<T> Sequencer<T> {
     ) -> Sequencer<T> {
         let owned = recovered
             .into_iter()
-            .map(|r| (r.subject.clone(), SubjectState::restore(r, &limits)))
+            .map(|r| (Rc::from(&*r.subject), SubjectState::restore(r, &limits)))
             .collect();
-        Sequencer {
+        let mut s = Sequencer {
             core,
             owned,
             limits,
+            ledger: budget::Ledger::default(),
             store,
             backed,
             xseq: 0,
             unsynced: VecDeque::new(),
             ticket: 0,
-        }
+        };
+        s.account_restored();
+        s
     }
 
     /// Subjects owned.
@@ -135,7 +144,17 @@ impl<T> Sequencer<T> {
             now: Instant::now(),
             xseq: self.xseq + 1,
         };
+        if fired.is_none() && !self.has_room_for(subject) {
+            // A fired schedule still goes through: it has no one to retry it.
+            m.refused(crate::metrics::Budget::Subjects);
+            return Some(Ready {
+                frame: None,
+                to,
+                result: Err(PubError::TooManySubjects),
+            });
+        }
         let state = self.owned.entry_ref(subject).or_default();
+        self.ledger.woke(state);
         match state.accept(subject, data, msg_id, at, &self.limits) {
             Accepted::Duplicate { seq, ts } => {
                 metrics::add(&m.duplicates, 1);
@@ -220,7 +239,11 @@ impl<T> Sequencer<T> {
             xseq: self.xseq + 1,
         };
         let state = self.owned.entry_ref(&*msg.subject).or_default();
-        let frame = state.accept_replicated(msg, at, &self.limits)?;
+        self.ledger.woke(state);
+        let before = budget::Held::of(state);
+        let frame = state.accept_replicated(msg, at, &self.limits);
+        self.ledger.account(before, state);
+        let frame = frame?;
         self.xseq = frame.xseq();
         metrics::add(&m.published, 1);
         self.retain(&frame);
@@ -249,14 +272,6 @@ impl<T> Sequencer<T> {
             });
         }
         ready
-    }
-
-    /// Adds a frame to its subject's ring as it becomes visible (at once, or once durable:
-    /// either way in seq order, so the ring stays contiguous).
-    fn retain(&mut self, frame: &Arc<Frame>) {
-        if let Some(state) = self.owned.get_mut(frame.subject()) {
-            state.retain(frame.clone(), &self.limits);
-        }
     }
 
     /// Messages accepted and waiting for their fsync.
