@@ -30,7 +30,8 @@
 //!  http            bytes -> HTTP request; the route table (Route::of); responses (pure)
 //!  ws              bytes -> WebSocket frames -> messages (pure)
 //!  frame           Frame: one message encoded once (WebSocket bytes + rkyv envelope), by Arc
-//!  outbound        OutboundQueue/WriteBatch: bounded queue, writev batch; outbound/log: SessionLog
+//!  outbound        OutboundQueue/WriteBatch: bounded queue, writev batch; outbound/log:
+//!                  SessionLog; outbound/run: Run, a subject's frames end to end, per core
 //!  owner           SubjectState: seq, history ring and dedup window of one subject
 //!  trie            SubjectTrie: one level per token, `*` and `>` slots
 //!  subject         subject/pattern syntax, matching, coverage

@@ -15,7 +15,9 @@ use super::rate::InboundLimit;
 use super::signal::LocalNotify;
 use super::subscription::Subscription;
 use crate::metrics::{self, CloseReason, CoreMetrics};
-use crate::outbound::{Framing, LocalFrame, Out, OutboundQueue, Pushed, SessionLog, WriteBatch};
+use crate::outbound::{
+    Framing, LocalFrame, Out, OutboundQueue, Pushed, Run, SessionLog, WriteBatch,
+};
 use crate::proto::{self, ErrorCode};
 use hashbrown::HashMap;
 use std::cell::{Cell, RefCell};
@@ -467,14 +469,29 @@ impl Client {
     /// or whose socket is closing, still records everything routed to it, so that nothing
     /// between the decision to close and a resume is lost. Behind a replay, the message waits
     /// in the backlog, where the slow-consumer limit applies to the live bytes.
-    #[inline]
+    #[cfg(test)]
     pub(super) fn push_msg(&self, m: &CoreMetrics, frame: &LocalFrame, conflate: bool) -> bool {
+        self.push_msg_at(m, frame, conflate, None)
+    }
+
+    /// [`Client::push_msg`] of a frame that is also frame `at.1` of the shared run `at.0`:
+    /// a WebSocket connection that takes it without conflation queues a stretch of the run
+    /// (one iovec for consecutive frames) instead of the frame alone.
+    #[inline]
+    pub(super) fn push_msg_at(
+        &self,
+        m: &CoreMetrics,
+        frame: &LocalFrame,
+        conflate: bool,
+        at: Option<&(Rc<Run>, u16)>,
+    ) -> bool {
         if !self.admits(frame) {
             return false;
         }
         if self.closing.get().is_none() {
             let overflow = if self.backlog.borrow().is_empty() {
-                self.queue(m, frame, conflate)
+                let at = at.filter(|_| !conflate && self.kind == ConnKind::WebSocket);
+                self.queue(m, frame, conflate, at)
             } else {
                 let behind = self
                     .backlog
@@ -499,13 +516,21 @@ impl Client {
 
     /// Puts a live message on the queue; true when the queue is over its limit.
     #[inline]
-    fn queue(&self, m: &CoreMetrics, frame: &LocalFrame, conflate: bool) -> bool {
+    fn queue(
+        &self,
+        m: &CoreMetrics,
+        frame: &LocalFrame,
+        conflate: bool,
+        at: Option<&(Rc<Run>, u16)>,
+    ) -> bool {
         let k = self.next_k.get();
         let was_empty = self.out.borrow().is_empty();
-        let pushed = self
-            .out
-            .borrow_mut()
-            .push_msg(frame, k, conflate, self.queue_limit);
+        let mut out = self.out.borrow_mut();
+        let pushed = match at {
+            Some(at) => out.push_run(at, k, self.queue_limit),
+            None => out.push_msg(frame, k, conflate, self.queue_limit),
+        };
+        drop(out);
         match pushed {
             Pushed::Queued => {
                 // Logged for resume when it is taken for writing (see `fill`), not here: that

@@ -7,14 +7,17 @@
 //! by the owning core's thread.
 //!
 //! Delivery queues one `Rc` reference to the shared frame per matching connection: never a
-//! copy, never a re-encoding.
+//! copy, never a re-encoding. Small frames are also appended, once per core, to their
+//! subject's current [`Run`]; a WebSocket connection that takes consecutive frames of it
+//! without conflation then holds one growing stretch of the run instead of one item per frame,
+//! and is written it with one iovec (the runs per subject are bounded like the match cache).
 
 use super::client::Client;
 use super::subscription::Subscription;
 use crate::bus::MAX_CORES;
 use crate::frame::Frame;
 use crate::metrics::CoreMetrics;
-use crate::outbound::LocalFrame;
+use crate::outbound::{next_capacity, LocalFrame, Run, RUN_FRAME_MAX, RUN_MIN_BYTES};
 use crate::trie::SubjectTrie;
 use hashbrown::HashMap;
 use std::rc::Rc;
@@ -123,7 +126,19 @@ pub struct Fanout {
     stamp: u64,
     /// Per owner core: the broadcast position (`Frame::xseq`) of the last frame delivered.
     delivered: [u64; MAX_CORES],
+    /// Per subject, the run its next frames are appended to (bounded like the match cache:
+    /// dropped whole when full; a dropped run lives on in the queues and logs that use it).
+    runs: HashMap<Box<str>, OpenRun>,
 }
+
+/// A subject's current run and when it was started (µs), to size the next one.
+struct OpenRun {
+    run: Rc<Run>,
+    born_us: u64,
+}
+
+/// A run filled within this long is a busy subject's: the next one is twice as big.
+const RUN_FAST_US: u64 = 50_000;
 
 impl Default for Fanout {
     fn default() -> Self {
@@ -132,6 +147,7 @@ impl Default for Fanout {
             cache: MatchCache::new(MATCH_CACHE_ENTRIES, MATCH_CACHE_BYTES),
             stamp: 0,
             delivered: [0; MAX_CORES],
+            runs: HashMap::new(),
         }
     }
 }
@@ -209,6 +225,7 @@ impl Fanout {
         self.stamp += 1;
         let stamp = self.stamp;
         let local: LocalFrame = Rc::new(frame);
+        let at = (local.wire_len() <= RUN_FRAME_MAX).then(|| self.append_to_run(&local));
         let bit = 1u64 << from;
         let mut n = 0;
         for e in entries.iter() {
@@ -219,11 +236,42 @@ impl Fanout {
             if e.client.holds(local.subject()) {
                 continue;
             }
-            if e.client.push_msg(m, &local, e.sub.conflate.get()) {
+            if e.client
+                .push_msg_at(m, &local, e.sub.conflate.get(), at.as_ref())
+            {
                 n += 1;
             }
         }
         n
+    }
+
+    /// Appends `frame` to its subject's run (starting a new one when it is full); the run and
+    /// the frame's index in it.
+    fn append_to_run(&mut self, frame: &LocalFrame) -> (Rc<Run>, u16) {
+        if let Some(open) = self.runs.get(frame.subject()) {
+            if let Some(i) = open.run.push(frame) {
+                return (open.run.clone(), i);
+            }
+        }
+        let now = crate::os::now_us();
+        let cap = match self.runs.get(frame.subject()) {
+            Some(open) => next_capacity(
+                open.run.capacity(),
+                now.saturating_sub(open.born_us) < RUN_FAST_US,
+            ),
+            None => RUN_MIN_BYTES,
+        };
+        let run = Run::new(cap.max(frame.wire_len()));
+        let i = run.push(frame).expect("a new run holds one frame");
+        if self.runs.len() >= MATCH_CACHE_ENTRIES {
+            self.runs.clear();
+        }
+        let open = OpenRun {
+            run: run.clone(),
+            born_us: now,
+        };
+        self.runs.insert(frame.subject().into(), open);
+        (run, i)
     }
 }
 
@@ -253,6 +301,32 @@ mod tests {
         let mut b = WriteBatch::default();
         c.fill(&mut b);
         b.messages()
+    }
+
+    #[test]
+    fn consecutive_frames_go_out_as_one_segment_of_a_shared_run_except_conflated() {
+        let mut f = Fanout::default();
+        let m = CoreMetrics::default();
+        let (a, b, c) = (client(1), client(2), client(3));
+        f.subscribe(&a, "t", false);
+        f.subscribe(&b, "t", false);
+        f.subscribe(&c, "t", true);
+        for seq in 1..=5 {
+            assert_eq!(f.deliver(frame("t", seq, seq), 0, &m), 3);
+        }
+        let (mut wa, mut wb, mut wc) = Default::default();
+        a.fill(&mut wa);
+        b.fill(&mut wb);
+        c.fill(&mut wc);
+        let segs = |w: &WriteBatch| (w.messages(), w.segments());
+        assert_eq!(segs(&wa), (5, 1), "five frames, one iovec");
+        assert_eq!(segs(&wb), (5, 1));
+        assert_eq!(
+            segs(&wc),
+            (5, 5),
+            "conflate keeps frames apart (it may replace them)"
+        );
+        assert_eq!(f.runs.len(), 1, "one run per subject");
     }
 
     #[test]

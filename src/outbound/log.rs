@@ -108,9 +108,12 @@ impl SessionLog {
         let (mut first, mut msgs, mut bytes) = (None, 0, 0);
         for o in items.iter() {
             bytes += SLOT_BYTES + o.weight();
-            if let Out::Msg(_, k) = o {
-                first.get_or_insert(*k);
-                msgs += 1;
+            match o {
+                Out::Msg(_, k) | Out::Run(_, _, _, k) => {
+                    first.get_or_insert(*k);
+                    msgs += o.messages();
+                }
+                Out::Raw(_) => {}
             }
         }
         let Some(first_k) = first else { return };
@@ -146,11 +149,11 @@ impl SessionLog {
         let mut out = Vec::new();
         for c in &self.chunks {
             for item in c.items.iter() {
-                if let Out::Msg(f, k) = item {
-                    if *k > received {
-                        out.push(f.clone());
+                item.each_message(|f, k| {
+                    if k > received {
+                        out.push(f);
                     }
-                }
+                });
             }
         }
         Some(out)

@@ -2,15 +2,19 @@
 //! write of it.
 //!
 //! The queue holds references to shared frames (`Rc<Arc<Frame>>`: the `Arc` crossed cores once,
-//! the `Rc` is this core's non-atomic handle) and small owned control replies. It is bounded in
+//! the `Rc` is this core's non-atomic handle), stretches of shared [`Run`]s (a subject's
+//! consecutive frames copied once per core end to end: one item and one iovec however many
+//! frames a caught-up subscriber got of them) and small owned control replies. It is bounded in
 //! bytes: past its limit a connection is a slow consumer, or, for `conflate` subscriptions,
 //! older pending messages of the same subject are replaced by the newest. A writer takes
 //! everything queued into one `WriteBatch` (an iovec array over those references) for a single
 //! `writev`. Core-local: touched only by the owning core's thread.
 
 mod log;
+mod run;
 
 pub use log::SessionLog;
+pub use run::{next_capacity, Run, RUN_FRAME_MAX, RUN_MIN_BYTES};
 
 use crate::frame::Frame;
 use std::collections::VecDeque;
@@ -34,6 +38,9 @@ pub enum Out {
     Msg(LocalFrame, u64),
     /// A control reply (`ok`, `err`, pong, close frame, SSE comment...), already framed.
     Raw(Box<[u8]>),
+    /// Frames `from..to` of a shared [`Run`], the first of them message `k` of the session and
+    /// the rest the next ones in order.
+    Run(Rc<Run>, u16, u16, u64),
 }
 
 impl Out {
@@ -44,6 +51,30 @@ impl Out {
         match self {
             Out::Msg(f, _) => f.wire_len(),
             Out::Raw(b) => b.len(),
+            Out::Run(r, from, to, _) => r.bytes(*from, *to).len(),
+        }
+    }
+
+    /// Message frames carried.
+    #[inline]
+    pub(crate) fn messages(&self) -> usize {
+        match self {
+            Out::Msg(..) => 1,
+            Out::Raw(_) => 0,
+            Out::Run(_, from, to, _) => usize::from(to - from),
+        }
+    }
+
+    /// Hands each message carried, with its index `k`, to `f` in order.
+    pub(crate) fn each_message(&self, mut f: impl FnMut(LocalFrame, u64)) {
+        match self {
+            Out::Msg(frame, k) => f(frame.clone(), *k),
+            Out::Raw(_) => {}
+            Out::Run(r, from, to, k) => {
+                for i in *from..*to {
+                    f(r.frame(i), k + u64::from(i - from));
+                }
+            }
         }
     }
 }
@@ -90,6 +121,27 @@ impl OutboundQueue {
         self.items.is_empty()
     }
 
+    /// Queues frame `at` of a shared run as message `k` under the byte `limit`: the queue's
+    /// last item grows by it when that item ends just before it in the same run (one iovec
+    /// for the stretch), else a new item starts.
+    #[inline]
+    pub fn push_run(&mut self, at: &(Rc<Run>, u16), k: u64, limit: usize) -> Pushed {
+        let (run, i) = at;
+        let len = run.bytes(*i, i + 1).len();
+        if self.bytes + len > limit {
+            return Pushed::Overflow;
+        }
+        self.bytes += len;
+        if let Some(Out::Run(r, from, to, k0)) = self.items.back_mut() {
+            if *to == *i && Rc::ptr_eq(r, run) && *k0 + u64::from(*to - *from) == k {
+                *to += 1;
+                return Pushed::Queued;
+            }
+        }
+        self.items.push_back(Out::Run(run.clone(), *i, i + 1, k));
+        Pushed::Queued
+    }
+
     /// Queues message `k` under the byte `limit`, conflating by subject when asked.
     pub fn push_msg(&mut self, frame: &LocalFrame, k: u64, conflate: bool, limit: usize) -> Pushed {
         let len = frame.wire_len();
@@ -104,7 +156,7 @@ impl OutboundQueue {
                 if let Some(slot) = slot {
                     let old_k = match slot {
                         Out::Msg(_, k) => *k,
-                        Out::Raw(_) => unreachable!(),
+                        Out::Raw(_) | Out::Run(..) => unreachable!("found a Msg"),
                     };
                     let old = std::mem::replace(slot, Out::Msg(frame.clone(), old_k));
                     self.bytes = self.bytes - old.weight() + len;
@@ -138,8 +190,8 @@ impl OutboundQueue {
         let items = std::mem::take(&mut self.items);
         for item in items {
             match item {
-                Out::Msg(frame, k) => f(frame, k),
-                raw => self.items.push_back(raw),
+                Out::Raw(_) => self.items.push_back(item),
+                msgs => msgs.each_message(&mut f),
             }
         }
         self.bytes = self.items.iter().map(Out::weight).sum();
@@ -147,11 +199,7 @@ impl OutboundQueue {
 
     /// Drops everything queued; returns how many message frames were discarded.
     pub fn clear(&mut self) -> usize {
-        let msgs = self
-            .items
-            .iter()
-            .filter(|o| matches!(o, Out::Msg(..)))
-            .count();
+        let msgs = self.items.iter().map(Out::messages).sum();
         self.items.clear();
         self.items.shrink_to(0);
         self.bytes = 0;
@@ -169,6 +217,7 @@ impl OutboundQueue {
                     let b = match &item {
                         Out::Msg(f, _) => f.ws_bytes(),
                         Out::Raw(b) => b,
+                        Out::Run(r, from, to, _) => r.bytes(*from, *to),
                     };
                     push_iov(&mut batch.iov, &mut batch.total, b);
                     batch.items.push(item);
@@ -189,40 +238,56 @@ impl OutboundQueue {
         let mut iovs = 0;
         loop {
             let need = match self.items.front() {
-                Some(Out::Msg(..)) => SSE_IOVS_PER_MSG,
                 Some(Out::Raw(_)) => 1,
+                Some(item) => SSE_IOVS_PER_MSG * item.messages(),
                 None => break,
             };
-            if iovs + need > MAX_IOVECS {
+            if iovs + need > MAX_IOVECS && !batch.items.is_empty() {
                 break;
             }
             iovs += need;
             let item = self.pop().expect("front exists");
-            if let Out::Msg(_, k) = &item {
+            item.each_message(|_, k| {
                 batch.scratch.extend_from_slice(b"id: ");
                 batch.scratch.extend_from_slice(session.as_bytes());
                 batch.scratch.push(b'.');
                 let mut digits = itoa::Buffer::new();
-                batch
-                    .scratch
-                    .extend_from_slice(digits.format(*k).as_bytes());
+                batch.scratch.extend_from_slice(digits.format(k).as_bytes());
                 batch.scratch.push(b'\n');
                 batch.id_ends.push(batch.scratch.len());
-            }
+            });
             batch.items.push(item);
         }
         let (mut line, mut start) = (0, 0);
-        for item in &batch.items {
+        let WriteBatch {
+            items,
+            iov,
+            total,
+            scratch,
+            id_ends,
+            ..
+        } = batch;
+        for item in items.iter() {
+            if let Out::Raw(b) = item {
+                push_iov(iov, total, b);
+                continue;
+            }
+            let mut sse_msg = |json: &[u8]| {
+                let end = id_ends[line];
+                let id = &scratch[start..end];
+                (line, start) = (line + 1, end);
+                for part in [id, SSE_EVENT, json, SSE_END] {
+                    push_iov(iov, total, part);
+                }
+            };
             match item {
-                Out::Raw(b) => push_iov(&mut batch.iov, &mut batch.total, b),
-                Out::Msg(f, _) => {
-                    let end = batch.id_ends[line];
-                    let id = &batch.scratch[start..end];
-                    (line, start) = (line + 1, end);
-                    for part in [id, SSE_EVENT, f.json(), SSE_END] {
-                        push_iov(&mut batch.iov, &mut batch.total, part);
+                Out::Msg(f, _) => sse_msg(f.json()),
+                Out::Run(r, from, to, _) => {
+                    for i in *from..*to {
+                        sse_msg(r.json(i));
                     }
                 }
+                Out::Raw(_) => unreachable!("handled above"),
             }
         }
     }
@@ -290,10 +355,15 @@ impl WriteBatch {
         self.total
     }
 
+    /// iovec segments of the write (what the kernel's send path pays for per write).
+    pub fn segments(&self) -> usize {
+        self.iov.len() - self.start
+    }
+
     /// Message frames carried.
     pub fn messages(&self) -> usize {
         let items = self.shared.as_deref().unwrap_or(&self.items);
-        items.iter().filter(|o| matches!(o, Out::Msg(..))).count()
+        items.iter().map(Out::messages).sum()
     }
 
     /// Records that the kernel took `n` bytes; the batch then describes the rest.
@@ -372,7 +442,7 @@ mod tests {
             .iter()
             .map(|o| match o {
                 Out::Msg(f, _) => (f.subject().to_string(), f.seq()),
-                Out::Raw(_) => unreachable!(),
+                _ => unreachable!("conflated messages are frames"),
             })
             .collect();
         assert_eq!(seqs, vec![("a".to_string(), 3), ("b".to_string(), 1)]);
@@ -433,6 +503,109 @@ mod tests {
         q.fill(&mut b, Framing::Sse("0123456789abcdef01"));
         assert_eq!(b.messages(), 400 - taken);
         assert!(q.is_empty());
+    }
+
+    fn run_of(frames: &[LocalFrame]) -> (Rc<Run>, Vec<(Rc<Run>, u16)>) {
+        let run = Run::new(1 << 15);
+        let at = frames
+            .iter()
+            .map(|f| (run.clone(), run.push(f).unwrap()))
+            .collect();
+        (run, at)
+    }
+
+    #[test]
+    fn consecutive_frames_of_a_run_are_one_item_and_one_iovec() {
+        assert_eq!(
+            std::mem::size_of::<Out>(),
+            24,
+            "a queue slot stays three words"
+        );
+        let frames: Vec<_> = (1..=5).map(|i| frame("a", i)).collect();
+        let (_run, at) = run_of(&frames);
+        let mut q = OutboundQueue::default();
+        for (i, a) in at.iter().enumerate().take(3) {
+            assert_eq!(q.push_run(a, 10 + i as u64, usize::MAX), Pushed::Queued);
+        }
+        // Frame 4 skipped (say, not admitted): frame 5 starts a new stretch.
+        q.push_run(&at[4], 13, usize::MAX);
+        assert_eq!(q.items.len(), 2);
+        let want: usize = [0, 1, 2, 4].iter().map(|i| frames[*i].wire_len()).sum();
+        assert_eq!(q.bytes(), want);
+        let mut b = WriteBatch::default();
+        q.fill(&mut b, Framing::WebSocket);
+        assert_eq!(b.iov.len(), 2);
+        assert_eq!(b.messages(), 4);
+        let expect = [0, 1, 2, 4].map(|i| frames[i].ws_bytes()).concat();
+        assert_eq!(wire(&b), expect);
+    }
+
+    #[test]
+    fn a_stretch_grows_only_with_the_next_frame_and_the_next_index() {
+        let frames: Vec<_> = (1..=3).map(|i| frame("a", i)).collect();
+        let (_run, at) = run_of(&frames);
+        let mut q = OutboundQueue::default();
+        q.push_run(&at[0], 1, usize::MAX);
+        q.push_run(&at[1], 5, usize::MAX);
+        assert_eq!(q.items.len(), 2, "k does not follow on: a new item");
+        q.push_raw(b"pong".to_vec().into(), usize::MAX);
+        q.push_run(&at[2], 6, usize::MAX);
+        assert_eq!(q.items.len(), 4, "a reply in between: a new item");
+    }
+
+    #[test]
+    fn spilling_and_clearing_count_every_message_of_a_stretch() {
+        let frames: Vec<_> = (1..=4).map(|i| frame("a", i)).collect();
+        let (_run, at) = run_of(&frames);
+        let mut q = OutboundQueue::default();
+        for (i, a) in at.iter().enumerate() {
+            q.push_run(a, 7 + i as u64, usize::MAX);
+        }
+        q.push_raw(b"pong".to_vec().into(), usize::MAX);
+        let mut got = Vec::new();
+        q.drain_messages(|f, k| got.push((f.seq(), k)));
+        assert_eq!(got, vec![(1, 7), (2, 8), (3, 9), (4, 10)]);
+        assert_eq!(q.bytes(), 4, "the reply stays");
+        for (i, a) in at.iter().enumerate() {
+            q.push_run(a, 7 + i as u64, usize::MAX);
+        }
+        assert_eq!(q.clear(), 4);
+    }
+
+    #[test]
+    fn a_stretch_is_framed_per_message_for_sse() {
+        let frames: Vec<_> = (1..=2).map(|i| frame("a", i)).collect();
+        let (_run, at) = run_of(&frames);
+        let mut q = OutboundQueue::default();
+        q.push_run(&at[0], 3, usize::MAX);
+        q.push_run(&at[1], 4, usize::MAX);
+        let mut b = WriteBatch::default();
+        q.fill(&mut b, Framing::Sse("s"));
+        let mut want = Vec::new();
+        for (f, k) in frames.iter().zip([3, 4]) {
+            want.extend_from_slice(format!("id: s.{k}\n").as_bytes());
+            want.extend_from_slice(SSE_EVENT);
+            want.extend_from_slice(f.json());
+            want.extend_from_slice(SSE_END);
+        }
+        assert_eq!(wire(&b), want);
+    }
+
+    #[test]
+    fn the_session_log_replays_every_message_of_a_stretch() {
+        let frames: Vec<_> = (1..=4).map(|i| frame("a", i)).collect();
+        let (_run, at) = run_of(&frames);
+        let mut q = OutboundQueue::default();
+        for (i, a) in at.iter().enumerate() {
+            q.push_run(a, 1 + i as u64, usize::MAX);
+        }
+        let mut b = WriteBatch::default();
+        q.fill(&mut b, Framing::WebSocket);
+        let mut log = SessionLog::new(100, 1);
+        log.add(b.share());
+        assert_eq!((log.len(), log.next_k()), (4, 5));
+        let seqs: Vec<_> = log.after(2).unwrap().iter().map(|f| f.seq()).collect();
+        assert_eq!(seqs, vec![3, 4]);
     }
 
     #[test]
