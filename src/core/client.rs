@@ -16,7 +16,7 @@ use super::signal::LocalNotify;
 use super::subscription::Subscription;
 use crate::metrics::{self, CloseReason, CoreMetrics};
 use crate::outbound::{
-    Framing, LocalFrame, Out, OutboundQueue, Pushed, Run, SessionLog, WriteBatch,
+    Framing, LocalFrame, Out, OutboundQueue, Pushed, RunSlot, SessionLog, WriteBatch,
 };
 use crate::proto::{self, ErrorCode};
 use hashbrown::HashMap;
@@ -483,7 +483,7 @@ impl Client {
         m: &CoreMetrics,
         frame: &LocalFrame,
         conflate: bool,
-        at: Option<&(Rc<Run>, u16)>,
+        at: Option<&RunSlot>,
     ) -> bool {
         if !self.admits(frame) {
             return false;
@@ -521,7 +521,7 @@ impl Client {
         m: &CoreMetrics,
         frame: &LocalFrame,
         conflate: bool,
-        at: Option<&(Rc<Run>, u16)>,
+        at: Option<&RunSlot>,
     ) -> bool {
         let k = self.next_k.get();
         let was_empty = self.out.borrow().is_empty();

@@ -17,7 +17,7 @@ use super::subscription::Subscription;
 use crate::bus::MAX_CORES;
 use crate::frame::Frame;
 use crate::metrics::CoreMetrics;
-use crate::outbound::{next_capacity, LocalFrame, Run, RUN_FRAME_MAX, RUN_MIN_BYTES};
+use crate::outbound::{next_capacity, LocalFrame, Run, RunSlot, RUN_FRAME_MAX, RUN_MIN_BYTES};
 use crate::trie::SubjectTrie;
 use hashbrown::HashMap;
 use std::rc::Rc;
@@ -247,7 +247,7 @@ impl Fanout {
 
     /// Appends `frame` to its subject's run (starting a new one when it is full); the run and
     /// the frame's index in it.
-    fn append_to_run(&mut self, frame: &LocalFrame) -> (Rc<Run>, u16) {
+    fn append_to_run(&mut self, frame: &LocalFrame) -> RunSlot {
         if let Some(open) = self.runs.get(frame.subject()) {
             if let Some(i) = open.run.push(frame) {
                 return (open.run.clone(), i);

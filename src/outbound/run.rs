@@ -30,6 +30,9 @@ pub(super) const RUN_MAX_BYTES: usize = 32 << 10;
 /// Indexes of frames within a run are `u16`: a run holds at most this many.
 const RUN_MAX_FRAMES: usize = u16::MAX as usize;
 
+/// A frame's place in a run: the run, and its index there.
+pub type RunSlot = (Rc<Run>, u16);
+
 /// One subject's consecutive frames on one core, and their bytes end to end.
 pub struct Run {
     /// `cap` bytes, of which the first `len` are written and never change again.
