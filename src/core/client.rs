@@ -474,7 +474,7 @@ impl Client {
         self.push_msg_at(m, frame, conflate, None)
     }
 
-    /// [`Client::push_msg`] of a frame that is also frame `at.1` of the shared run `at.0`:
+    /// [`Client::push_msg`] of a frame that also has its place `at` in a shared run:
     /// a WebSocket connection that takes it without conflation queues a stretch of the run
     /// (one iovec for consecutive frames) instead of the frame alone.
     #[inline]

@@ -250,7 +250,7 @@ impl Fanout {
     fn append_to_run(&mut self, frame: &LocalFrame) -> RunSlot {
         if let Some(open) = self.runs.get(frame.subject()) {
             if let Some(i) = open.run.push(frame) {
-                return (open.run.clone(), i);
+                return RunSlot::new(open.run.clone(), i);
             }
         }
         let now = crate::os::now_us();
@@ -271,7 +271,7 @@ impl Fanout {
             born_us: now,
         };
         self.runs.insert(frame.subject().into(), open);
-        (run, i)
+        RunSlot::new(run, i)
     }
 }
 

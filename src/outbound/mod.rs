@@ -126,8 +126,7 @@ impl OutboundQueue {
     /// for the stretch), else a new item starts.
     #[inline]
     pub fn push_run(&mut self, at: &RunSlot, k: u64, limit: usize) -> Pushed {
-        let (run, i) = at;
-        let len = run.bytes(*i, i + 1).len();
+        let (run, i, len) = (&at.run, &at.index, at.len);
         if self.bytes + len > limit {
             return Pushed::Overflow;
         }

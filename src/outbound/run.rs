@@ -30,8 +30,24 @@ pub(super) const RUN_MAX_BYTES: usize = 32 << 10;
 /// Indexes of frames within a run are `u16`: a run holds at most this many.
 const RUN_MAX_FRAMES: usize = u16::MAX as usize;
 
-/// A frame's place in a run: the run, and its index there.
-pub type RunSlot = (Rc<Run>, u16);
+/// A frame's place in a run: the run, its index there, and its length (so that queueing it
+/// on a thousand connections does not look it up a thousand times).
+pub struct RunSlot {
+    /// The run.
+    pub run: Rc<Run>,
+    /// The frame's index in it.
+    pub index: u16,
+    /// The frame's bytes.
+    pub len: usize,
+}
+
+impl RunSlot {
+    /// The place of frame `index` of `run`.
+    pub fn new(run: Rc<Run>, index: u16) -> RunSlot {
+        let len = run.bytes(index, index + 1).len();
+        RunSlot { run, index, len }
+    }
+}
 
 /// One subject's consecutive frames on one core, and their bytes end to end.
 pub struct Run {

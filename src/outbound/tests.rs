@@ -106,7 +106,7 @@ fn run_of(frames: &[LocalFrame]) -> (Rc<Run>, Vec<RunSlot>) {
     let run = Run::new(1 << 15);
     let at = frames
         .iter()
-        .map(|f| (run.clone(), run.push(f).unwrap()))
+        .map(|f| RunSlot::new(run.clone(), run.push(f).unwrap()))
         .collect();
     (run, at)
 }
