@@ -99,13 +99,14 @@ impl Core {
         }
     }
 
-    /// Drops the session detached longest (over a budget); false when there is none.
-    pub(super) fn evict_oldest_detached(&self) -> bool {
-        let oldest = self.sessions.borrow_mut().oldest_detached();
-        let Some(old) = oldest else { return false };
+    /// Drops the session detached longest (over a budget): the bytes it held
+    /// ([`sessions::retained_bytes`]), or `None` when no session is detached.
+    pub(super) fn evict_oldest_detached(&self) -> Option<usize> {
+        let old = self.sessions.borrow_mut().oldest_detached()?;
+        let bytes = sessions::retained_bytes(&old);
         metrics::add(&self.metrics().sessions_evicted, 1);
         self.unregister(&old);
-        true
+        Some(bytes)
     }
 
     // ---- subscriptions ----------------------------------------------------------------------

@@ -469,16 +469,12 @@ impl Client {
     /// or whose socket is closing, still records everything routed to it, so that nothing
     /// between the decision to close and a resume is lost. Behind a replay, the message waits
     /// in the backlog, where the slow-consumer limit applies to the live bytes.
-    #[cfg(test)]
-    pub(super) fn push_msg(&self, m: &CoreMetrics, frame: &LocalFrame, conflate: bool) -> bool {
-        self.push_msg_at(m, frame, conflate, None)
-    }
-
-    /// [`Client::push_msg`] of a frame that also has its place `at` in a shared run:
-    /// a WebSocket connection that takes it without conflation queues a stretch of the run
-    /// (one iovec for consecutive frames) instead of the frame alone.
+    ///
+    /// `at` is the frame's place in its subject's shared run, when it has one: a WebSocket
+    /// connection that takes it without conflation queues a stretch of the run (one iovec for
+    /// consecutive frames) instead of the frame alone.
     #[inline]
-    pub(super) fn push_msg_at(
+    pub(super) fn push_msg(
         &self,
         m: &CoreMetrics,
         frame: &LocalFrame,
@@ -524,8 +520,8 @@ impl Client {
         at: Option<&RunSlot>,
     ) -> bool {
         let k = self.next_k.get();
-        let was_empty = self.out.borrow().is_empty();
         let mut out = self.out.borrow_mut();
+        let was_empty = out.is_empty();
         let pushed = match at {
             Some(at) => out.push_run(at, k, self.queue_limit),
             None => out.push_msg(frame, k, conflate, self.queue_limit),

@@ -27,7 +27,7 @@ fn a_client_lists_itself_once_for_the_flusher() {
     let m = CoreMetrics::default();
     c.send_ok(&m, None);
     c.send_ok(&m, None);
-    assert!(c.push_msg(&m, &frame("a", 1), false));
+    assert!(c.push_msg(&m, &frame("a", 1), false, None));
     assert!(flush.ready.is_set());
     let listed = flush.drain();
     assert_eq!(listed.len(), 1);
@@ -46,10 +46,10 @@ fn a_message_at_or_below_the_high_water_mark_is_not_queued_again() {
     let (c, _) = client(ConnKind::WebSocket, 1 << 20);
     let m = CoreMetrics::default();
     c.track_hwm();
-    assert!(c.push_msg(&m, &frame("a", 2), false));
-    assert!(!c.push_msg(&m, &frame("a", 2), false));
-    assert!(!c.push_msg(&m, &frame("a", 1), false));
-    assert!(c.push_msg(&m, &frame("b", 1), false));
+    assert!(c.push_msg(&m, &frame("a", 2), false, None));
+    assert!(!c.push_msg(&m, &frame("a", 2), false, None));
+    assert!(!c.push_msg(&m, &frame("a", 1), false, None));
+    assert!(c.push_msg(&m, &frame("b", 1), false, None));
     assert_eq!(c.next_k.get(), 3);
 }
 
@@ -58,10 +58,10 @@ fn overflow_closes_a_slow_consumer_and_logs_what_it_was_not_sent() {
     let f = frame("a", 1);
     let (c, _) = client(ConnKind::WebSocket, f.wire_len() * 2);
     let m = CoreMetrics::default();
-    assert!(c.push_msg(&m, &frame("a", 1), false));
-    assert!(c.push_msg(&m, &frame("a", 2), false));
+    assert!(c.push_msg(&m, &frame("a", 1), false, None));
+    assert!(c.push_msg(&m, &frame("a", 2), false, None));
     assert!(
-        c.push_msg(&m, &frame("a", 3), false),
+        c.push_msg(&m, &frame("a", 3), false, None),
         "logged for the resume"
     );
     assert_eq!(c.closing(), Some(CloseReason::SlowConsumer));
@@ -86,9 +86,9 @@ fn overflow_closes_a_slow_consumer_and_logs_what_it_was_not_sent() {
 fn a_closing_connection_logs_what_it_is_routed_for_a_resume() {
     let (c, _) = client(ConnKind::WebSocket, 1 << 20);
     let m = CoreMetrics::default();
-    assert!(c.push_msg(&m, &frame("a", 1), false));
+    assert!(c.push_msg(&m, &frame("a", 1), false, None));
     c.close(&m, CloseReason::ClientClosed, 1000, "");
-    assert!(c.push_msg(&m, &frame("a", 2), false));
+    assert!(c.push_msg(&m, &frame("a", 2), false, None));
     let logged: Vec<u64> = c
         .log
         .borrow()
@@ -106,7 +106,7 @@ fn a_detached_session_logs_instead_of_queueing() {
     let m = CoreMetrics::default();
     c.mark_gone(&m);
     c.detached_at.set(Some(5));
-    assert!(c.push_msg(&m, &frame("a", 1), false));
+    assert!(c.push_msg(&m, &frame("a", 1), false, None));
     assert!(!c.has_output());
     assert!(flush.drain().is_empty());
     assert_eq!(c.log.borrow().after(0).map(|v| v.len()), Some(1));

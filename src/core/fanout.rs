@@ -186,6 +186,11 @@ impl Fanout {
         removed
     }
 
+    /// Bytes the match cache holds (its gauge is published by the sweep).
+    pub fn cache_bytes(&self) -> usize {
+        self.cache.bytes()
+    }
+
     /// Subscriptions in the trie.
     pub fn len(&self) -> usize {
         self.trie.len()
@@ -218,7 +223,6 @@ impl Fanout {
     pub fn deliver(&mut self, frame: Arc<Frame>, from: usize, m: &CoreMetrics) -> u64 {
         self.delivered[from] = frame.xseq();
         let entries = self.matches(frame.subject());
-        crate::metrics::set(&m.match_cache_bytes, self.cache.bytes() as u64);
         if entries.is_empty() {
             return 0;
         }
@@ -237,7 +241,7 @@ impl Fanout {
                 continue;
             }
             if e.client
-                .push_msg_at(m, &local, e.sub.conflate.get(), at.as_ref())
+                .push_msg(m, &local, e.sub.conflate.get(), at.as_ref())
             {
                 n += 1;
             }
@@ -248,19 +252,15 @@ impl Fanout {
     /// Appends `frame` to its subject's run (starting a new one when it is full); the run and
     /// the frame's index in it.
     fn append_to_run(&mut self, frame: &LocalFrame) -> RunSlot {
-        if let Some(open) = self.runs.get(frame.subject()) {
-            if let Some(i) = open.run.push(frame) {
-                return RunSlot::new(open.run.clone(), i);
-            }
+        let open = self.runs.get(frame.subject());
+        if let Some(i) = open.and_then(|o| o.run.push(frame)) {
+            return RunSlot::new(open.expect("pushed").run.clone(), i);
         }
         let now = crate::os::now_us();
-        let cap = match self.runs.get(frame.subject()) {
-            Some(open) => next_capacity(
-                open.run.capacity(),
-                now.saturating_sub(open.born_us) < RUN_FAST_US,
-            ),
-            None => RUN_MIN_BYTES,
-        };
+        let cap = open.map_or(RUN_MIN_BYTES, |o| {
+            let fast = now.saturating_sub(o.born_us) < RUN_FAST_US;
+            next_capacity(o.run.capacity(), fast)
+        });
         let run = Run::new(cap.max(frame.wire_len()));
         let i = run.push(frame).expect("a new run holds one frame");
         if self.runs.len() >= MATCH_CACHE_ENTRIES {

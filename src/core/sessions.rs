@@ -355,13 +355,13 @@ mod tests {
         let f = |seq| Rc::new(Arc::new(Frame::encode("a", seq, 0, b"1", None)));
         c.detach(0);
         for seq in 1..=4 {
-            assert!(c.push_msg(&CoreMetrics::default(), &f(seq), false));
+            assert!(c.push_msg(&CoreMetrics::default(), &f(seq), false, None));
             assert!(!lapsed(&c), "retains 4: message {seq} kept");
         }
         // The log keeps at least 4 (whole chunks of them): message 1 goes within a chunk's
         // worth of messages, and with it any resume.
         for seq in 5..=100 {
-            assert!(c.push_msg(&CoreMetrics::default(), &f(seq), false));
+            assert!(c.push_msg(&CoreMetrics::default(), &f(seq), false, None));
         }
         assert!(lapsed(&c), "message 1 is gone and was never received");
         assert!(retained_bytes(&c) >= 4 * f(1).wire_len());
@@ -374,7 +374,7 @@ mod tests {
         let c = client(&s, ConnKind::WebSocket);
         let f = |seq| Rc::new(Arc::new(Frame::encode("a", seq, 0, b"1", None)));
         for seq in 1..=3 {
-            assert!(c.push_msg(&m, &f(seq), false));
+            assert!(c.push_msg(&m, &f(seq), false, None));
         }
         c.fill(&mut WriteBatch::default());
         let st = hand_over(&c, 1, vec![7, 9]).unwrap();

@@ -12,7 +12,6 @@ use super::{sessions, Client, ConnKind, Core, CLOSE_GRACE_MS};
 use crate::metrics::{self, CloseReason, CoreMetrics};
 use crate::proto::ErrorCode;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 
 impl Core {
     /// Periodic housekeeping: advances the core clock, expires retained sessions, pings silent
@@ -42,19 +41,23 @@ impl Core {
     }
 
     /// Drops the longest-detached sessions while this core's detached sessions hold more than
-    /// its share of `--max-detached-bytes`; publishes the detached gauges.
+    /// its share of `--max-detached-bytes`; publishes the detached and match-cache gauges.
     fn bound_detached_bytes(&self, mut bytes: usize) {
         let share = self.cfg().max_detached_bytes.div_ceil(self.cores());
         while bytes > share {
-            let oldest = self.sessions.borrow_mut().oldest_detached();
-            let Some(old) = oldest else { break };
-            bytes -= sessions::retained_bytes(&old).min(bytes);
-            self.evict_oldest_detached();
+            let Some(freed) = self.evict_oldest_detached() else {
+                break;
+            };
+            bytes = bytes.saturating_sub(freed);
         }
         let m = self.metrics();
         let count = self.sessions.borrow().detached_count();
-        m.sessions_detached.store(count as u64, Relaxed);
-        m.detached_bytes.store(bytes as u64, Relaxed);
+        metrics::set(&m.sessions_detached, count as u64);
+        metrics::set(&m.detached_bytes, bytes as u64);
+        metrics::set(
+            &m.match_cache_bytes,
+            self.fanout.borrow().cache_bytes() as u64,
+        );
     }
 
     fn sweep_client(&self, c: &Rc<Client>, t: &SweepTick) {
