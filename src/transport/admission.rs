@@ -105,17 +105,6 @@ pub fn needs_token(core: &Core, route: Route<'_>) -> bool {
 /// A request's grant (`Ok(None)`: auth is off), or why it has none.
 pub type Granted = Result<Option<Arc<Grant>>, String>;
 
-/// For HTTP endpoints: the grant of the request's token (`Ok(None)` when auth is off), or the
-/// 401 response.
-pub fn http_grant(
-    core: &Core,
-    req: &Request,
-    keep_alive: bool,
-) -> Result<Option<Arc<Grant>>, Vec<u8>> {
-    head_grant(core, &req.headers, &req.query)
-        .map_err(|why| http::error(ErrorCode::Unauthorized, &why, keep_alive))
-}
-
 /// A request body's share of `--max-body-buffer-bytes`, taken from its head before the body
 /// is read and given back when the request has been answered (dropped).
 pub struct BodyPermit {
@@ -196,10 +185,11 @@ pub struct SsePlan {
     pub resume: Option<(String, u64)>,
 }
 
-/// Origin, token, subjects and permissions of `GET /sse`; the error is the HTTP response.
-pub fn sse(core: &Core, req: &Request) -> Result<SsePlan, Vec<u8>> {
+/// Origin, subjects and permissions of `GET /sse`, whose token (checked from the head, see
+/// [`needs_token`]) gave `granted`; the error is the HTTP response.
+pub fn sse(core: &Core, req: &Request, granted: Granted) -> Result<SsePlan, Vec<u8>> {
     check_origin(core, req)?;
-    let grant = http_grant(core, req, false)?;
+    let grant = granted.map_err(|why| http::error(ErrorCode::Unauthorized, &why, false))?;
     let bad = |m: &str| http::error(ErrorCode::BadRequest, m, false);
     let mut patterns: Vec<String> = Vec::new();
     let mut snapshot = false;

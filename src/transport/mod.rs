@@ -228,7 +228,7 @@ impl Transport {
             let keep_alive = !req.headers.close && !core.is_shutting_down();
             let route = Route::of(req.method, &req.path, core.cfg().echo_endpoint);
             let refused = match route {
-                Route::Sse => self.start_sse(stream, req, admitted),
+                Route::Sse => self.start_sse(stream, req, granted, admitted),
                 Route::WebSocket | Route::Echo => {
                     let echo = route == Route::Echo;
                     self.start_websocket(stream, req, inbuf, echo, admitted)
@@ -261,9 +261,10 @@ impl Transport {
         self: Rc<Self>,
         stream: TcpStream,
         req: Request,
+        granted: Granted,
         admitted: Admitted,
     ) -> Option<(TcpStream, Vec<u8>)> {
-        match admission::sse(&self.core, &req) {
+        match admission::sse(&self.core, &req, granted) {
             Ok(plan) => {
                 drop(req);
                 monoio::spawn(sse::run(self, stream, plan, admitted));
