@@ -2,6 +2,7 @@
 //! nobody else resumes it, kicks it off or reads what it was sent; what a resume replays is
 //! filtered by the resumer's *current* grant; an `auth` refresh cannot turn a connection into
 //! someone else's; and a resume by the owner takes a still-attached session over at once.
+//! (And, the door to all of it, an SSE stream needs a valid token.)
 
 mod common;
 
@@ -205,6 +206,21 @@ fn another_user_cannot_resume_an_sse_session(d: DriverChoice) {
     assert_eq!(v["data"], 77, "a fresh stream, nothing of Alice's: {v}");
 }
 
+fn an_sse_stream_needs_a_valid_token(d: DriverChoice) {
+    let node = node(d);
+    assert_eq!(
+        Sse::connect(node.addr, "/sse?subject=prices.a", &[]).status,
+        401
+    );
+    let forged = format!("{}x", alice());
+    let path = format!("/sse?subject=prices.a&token={forged}");
+    assert_eq!(Sse::connect(node.addr, &path, &[]).status, 401);
+    let path = format!("/sse?subject=prices.a&token={}", alice());
+    let mut ok = Sse::connect(node.addr, &path, &[]);
+    assert_eq!(ok.status, 200);
+    ok.next_named("hello");
+}
+
 fn an_sse_resume_takes_over_a_live_stream_at_once(d: DriverChoice) {
     let node = node(d);
     let t = alice();
@@ -250,6 +266,7 @@ on_both_drivers!(
     a_resume_replays_only_what_the_current_token_allows,
     an_auth_refresh_cannot_change_the_user,
     another_user_cannot_resume_an_sse_session,
+    an_sse_stream_needs_a_valid_token,
     an_sse_resume_takes_over_a_live_stream_at_once,
     a_websocket_resume_takes_over_a_live_session_at_once,
 );
