@@ -470,9 +470,9 @@ impl Client {
     /// between the decision to close and a resume is lost. Behind a replay, the message waits
     /// in the backlog, where the slow-consumer limit applies to the live bytes.
     ///
-    /// `at` is the frame's place in its subject's shared run, when it has one: a WebSocket
-    /// connection that takes it without conflation queues a stretch of the run (one iovec for
-    /// consecutive frames) instead of the frame alone.
+    /// `at` is the frame's place in its subject's shared run, when it has one: a connection
+    /// that takes it without conflation queues a stretch of the run (one item for consecutive
+    /// frames; one iovec on WebSocket) instead of the frame alone.
     #[inline]
     pub(super) fn push_msg(
         &self,
@@ -486,7 +486,7 @@ impl Client {
         }
         if self.closing.get().is_none() {
             let overflow = if self.backlog.borrow().is_empty() {
-                let at = at.filter(|_| !conflate && self.kind == ConnKind::WebSocket);
+                let at = at.filter(|_| !conflate);
                 self.queue(m, frame, conflate, at)
             } else {
                 let behind = self

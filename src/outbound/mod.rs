@@ -236,16 +236,23 @@ impl OutboundQueue {
     fn fill_sse(&mut self, batch: &mut WriteBatch, session: &str) {
         let mut iovs = 0;
         loop {
+            let room = MAX_IOVECS - iovs;
             let need = match self.items.front() {
                 Some(Out::Raw(_)) => 1,
                 Some(item) => SSE_IOVS_PER_MSG * item.messages(),
                 None => break,
             };
-            if iovs + need > MAX_IOVECS && !batch.items.is_empty() {
+            // A stretch of a run longer than the room left is split: its first messages go
+            // now, the rest stays at the front of the queue.
+            let fits = room / SSE_IOVS_PER_MSG;
+            if need > room && (fits == 0 || !self.split_front(fits)) {
                 break;
             }
-            iovs += need;
             let item = self.pop().expect("front exists");
+            iovs += match &item {
+                Out::Raw(_) => 1,
+                msgs => SSE_IOVS_PER_MSG * msgs.messages(),
+            };
             item.each_message(|_, k| {
                 batch.scratch.extend_from_slice(b"id: ");
                 batch.scratch.extend_from_slice(session.as_bytes());
@@ -289,6 +296,23 @@ impl OutboundQueue {
                 Out::Raw(_) => unreachable!("handled above"),
             }
         }
+    }
+
+    /// Splits the front item, a stretch of a run, after its first `n` messages (the rest
+    /// stays next in the queue); false when the front item is not a stretch longer than `n`.
+    fn split_front(&mut self, n: usize) -> bool {
+        let Some(Out::Run(run, from, to, k)) = self.items.front_mut() else {
+            return false;
+        };
+        let n = n as u16;
+        if *to - *from <= n {
+            return false;
+        }
+        let head = Out::Run(run.clone(), *from, *from + n, *k);
+        *k += u64::from(n);
+        *from += n;
+        self.items.push_front(head);
+        true
     }
 
     fn pop(&mut self) -> Option<Out> {

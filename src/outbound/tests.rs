@@ -189,6 +189,32 @@ fn a_stretch_is_framed_per_message_for_sse() {
 }
 
 #[test]
+fn an_sse_stretch_longer_than_a_write_is_split_across_writes_in_order() {
+    let frames: Vec<_> = (1..=600).map(|i| frame("a", i)).collect();
+    let (_run, at) = run_of(&frames);
+    let mut q = OutboundQueue::default();
+    for (i, a) in at.iter().enumerate() {
+        q.push_run(a, 1 + i as u64, usize::MAX);
+    }
+    assert_eq!(q.items.len(), 1, "one stretch");
+    let (mut got, mut b) = (Vec::new(), WriteBatch::default());
+    while !q.is_empty() {
+        q.fill(&mut b, Framing::Sse("s"));
+        assert!(b.segments() <= MAX_IOVECS, "{} iovecs", b.segments());
+        got.extend(wire(&b));
+    }
+    assert_eq!(q.bytes(), 0);
+    let mut want = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        want.extend_from_slice(format!("id: s.{}\n", i + 1).as_bytes());
+        want.extend_from_slice(SSE_EVENT);
+        want.extend_from_slice(f.json());
+        want.extend_from_slice(SSE_END);
+    }
+    assert_eq!(got, want);
+}
+
+#[test]
 fn the_session_log_replays_every_message_of_a_stretch() {
     let frames: Vec<_> = (1..=4).map(|i| frame("a", i)).collect();
     let (_run, at) = run_of(&frames);
