@@ -8,9 +8,9 @@
 //!
 //! Delivery queues one `Rc` reference to the shared frame per matching connection: never a
 //! copy, never a re-encoding. Small frames are also appended, once per core, to their
-//! subject's current [`Run`]; a WebSocket connection that takes consecutive frames of it
-//! without conflation then holds one growing stretch of the run instead of one item per frame,
-//! and is written it with one iovec (the runs per subject are bounded like the match cache).
+//! subject's current [`Run`]; a connection that takes consecutive frames of it without
+//! conflation then holds one growing stretch of the run instead of one item per frame, and a
+//! WebSocket is written it with one iovec (the runs per subject are bounded like the match cache).
 
 use super::client::Client;
 use super::subscription::Subscription;
