@@ -70,8 +70,6 @@ pub fn parse_session(id: &str) -> Option<(usize, u64)> {
 /// What a per-subject high-water mark costs besides its subject's bytes: the map slot, the
 /// boxed subject's header and its allocation rounding.
 const HWM_ENTRY_BYTES: usize = 48;
-/// What a subscription costs a retained session besides its pattern's bytes.
-const SUB_BYTES: usize = 160;
 
 /// The clients of one core, by session key, and the detached ones in the order they lost their
 /// sockets (the oldest is evicted first when a budget is exceeded).
@@ -206,15 +204,15 @@ pub fn lapsed(c: &Client) -> bool {
 }
 
 /// Bytes a retained session keeps alive, as an upper bound: its log ([`SessionLog::bytes`]:
-/// frames counted in full even when shared), its per-subject seq marks and its subscriptions.
+/// frames counted in full even when shared), its per-subject seq marks and its subscriptions
+/// (as charged against `--max-sub-bytes-per-conn`, `subscription::cost`).
 ///
 /// [`SessionLog::bytes`]: crate::outbound::SessionLog::bytes
 pub fn retained_bytes(c: &Client) -> usize {
     let hwm = c.hwm.borrow().as_ref().map_or(0, |h| {
         h.keys().map(|s| s.len() + HWM_ENTRY_BYTES).sum::<usize>()
     });
-    let subs: usize = c.subs.borrow().keys().map(|p| p.len() + SUB_BYTES).sum();
-    c.log.borrow().bytes() + hwm + subs
+    c.log.borrow().bytes() + hwm + c.sub_bytes.get()
 }
 
 /// Stops tracking per-subject seqs on an attached connection that has no replay or catch-up
