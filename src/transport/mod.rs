@@ -22,11 +22,12 @@
 
 pub mod admission;
 pub mod endpoints;
+mod flush;
 pub mod ops;
 pub mod sse;
 pub mod websocket;
 
-use crate::core::{Client, Core, FlushList, RateBucket};
+use crate::core::{Client, Core, RateBucket};
 use crate::http::{self, Request, Route};
 use crate::metrics::{self, CloseReason};
 use crate::outbound::WriteBatch;
@@ -92,70 +93,6 @@ impl Transport {
     fn release(&self, c: &Rc<Client>) {
         self.core.detach_or_unregister(c);
         self.parked.borrow_mut().remove(&c.key);
-    }
-
-    /// Drains the core's flush list forever: a writer task for every listed client whose
-    /// write half is parked (a client whose writer runs is picked up by that writer).
-    pub async fn run_flusher(self: Rc<Self>) {
-        let list: Rc<FlushList> = self.core.flush_list().clone();
-        loop {
-            list.ready.wait().await;
-            for c in list.drain() {
-                let wh = self.parked.borrow_mut().remove(&c.key);
-                if let Some(wh) = wh {
-                    monoio::spawn(self.clone().write_loop(c, wh));
-                }
-            }
-        }
-    }
-
-    /// Writes everything queued, one coalesced `writev` at a time. When the queue is empty it
-    /// parks the write half and ends (or, once closing, shuts the socket's write side down).
-    async fn write_loop(self: Rc<Self>, c: Rc<Client>, mut wh: WriteHalf) {
-        let m = self.core.metrics();
-        let mut direct = true;
-        loop {
-            if !c.has_output() {
-                if c.closing().is_some() {
-                    let _ = wh.shutdown().await;
-                } else {
-                    self.parked.borrow_mut().insert(c.key, wh);
-                }
-                return;
-            }
-            let mut batch = self.take_batch();
-            c.fill(&mut batch);
-            let bytes = batch.remaining();
-            // A write to a socket with room: one direct non-blocking send, without an io_uring
-            // round trip and task wake-up; what it leaves goes through the ring. Once the
-            // socket was found full, this turn's further writes go straight to the ring (a
-            // saturated reader would only make the direct try fail again).
-            if direct {
-                // An error (socket full, or broken: the ring reports that below, and the
-                // connection closes) leaves the batch as it is.
-                if let Ok(n) = send_now(write_fd(&wh), &batch) {
-                    batch.advance(n);
-                }
-                direct = batch.remaining() == 0;
-            }
-            while batch.remaining() > 0 {
-                let (res, b) = wh.writev(batch).await;
-                batch = b;
-                match res {
-                    Ok(n) if n > 0 => batch.advance(n),
-                    _ => {
-                        self.put_batch(batch);
-                        let code = crate::ws::close::INTERNAL;
-                        c.close(m, CloseReason::IoError, code, "write failed");
-                        c.force_shutdown();
-                        return;
-                    }
-                }
-            }
-            self.put_batch(batch);
-            metrics::add(&m.writes, 1);
-            metrics::add(&m.bytes_out, bytes as u64);
-        }
     }
 
     // ---- buffer pools -----------------------------------------------------------------------
@@ -511,35 +448,6 @@ fn limit_unsent(fd: i32, bytes: u32) {
 fn read_fd(rh: &OwnedReadHalf<TcpStream>) -> i32 {
     // SAFETY: the read half keeps the socket open for as long as the caller holds it.
     unsafe { &*rh.0.get() }.as_raw_fd()
-}
-
-fn write_fd(wh: &WriteHalf) -> i32 {
-    // SAFETY: the write half keeps the socket open for as long as the caller holds it.
-    unsafe { &*wh.0.get() }.as_raw_fd()
-}
-
-/// One non-blocking `sendmsg` of what `batch` still holds; the bytes the kernel took.
-fn send_now(fd: i32, batch: &WriteBatch) -> std::io::Result<usize> {
-    use monoio::buf::IoVecBuf;
-    if batch.remaining() == 0 {
-        return Ok(0);
-    }
-    // SAFETY: an all-zero msghdr is valid (no name, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = batch.read_iovec_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = batch.read_iovec_len() as _;
-    loop {
-        // SAFETY: the iovecs point into memory `batch` keeps alive and unchanged (see
-        // `WriteBatch`); the kernel only reads them.
-        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
 }
 
 /// One non-blocking `recv` into the spare capacity of `buf`; 0 means EOF.
