@@ -44,7 +44,7 @@ pub mod sweep;
 pub use client::{Client, ConnKind, FlushList};
 pub use msg::{CoreBus, CoreMsg, Reply, Request};
 pub use node::Node;
-pub use rate::{InboundLimit, RateBucket, RateVerdict};
+pub use rate::{InboundLimit, PublishLimit, RateBucket, RateVerdict};
 pub use sessions::{ResumeError, SessionState, TakeError};
 pub use subscription::{SubError, Subscription};
 
