@@ -544,9 +544,9 @@ mod tests {
         assert!(text.contains("ringcast_closes_total{core=\"0\",reason=\"slow_consumer\"} 1"));
         assert!(text.contains("ringcast_bus_depth{core=\"0\"} 3"));
         assert!(text.contains("ringcast_budget_refusals_total{core=\"1\",budget=\"subjects\"} 1"));
-        assert!(text.contains(
-            "ringcast_publishes_refused_total{core=\"0\",reason=\"rate_limited\"} 1"
-        ));
+        assert!(
+            text.contains("ringcast_publishes_refused_total{core=\"0\",reason=\"rate_limited\"} 1")
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
             v.parse::<u64>().unwrap();
