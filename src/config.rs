@@ -159,9 +159,21 @@ pub struct Config {
     pub max_sub_bytes_per_conn: usize,
 
     /// Inbound WebSocket messages per second per connection (token bucket, one second of
-    /// burst). Over it: `err rate_limited`; persistent abuse: close 4029.
+    /// burst), `pub` ops excepted (they count against `--max-publish-per-sec`); a `pubs`
+    /// batch counts one. Over it: `err rate_limited`; persistent abuse: close 4029.
     #[arg(long, env = "RINGCAST_MAX_MSGS_PER_SEC", default_value_t = 10_000)]
     pub max_msgs_per_sec: u32,
+
+    /// Publishes per second per connection (WebSocket, or keep-alive HTTP connection) for
+    /// tokens without a `max_publish_rate` claim and connections without a token (token
+    /// bucket, one second of burst; 0: unlimited). Every message counts one: a `pub`, each
+    /// message of a `pubs` batch, each item of an array `POST /publish`. Over it: `err
+    /// rate_limited` / HTTP 429 with `retry_after_ms`. 100,000: a busy market-data feed (a
+    /// few thousand instruments ticking several times a second) fits on one connection ten
+    /// times over, while one connection still cannot take more than a fraction of what a
+    /// core sequences.
+    #[arg(long, env = "RINGCAST_MAX_PUBLISH_PER_SEC", default_value_t = 100_000)]
+    pub max_publish_per_sec: u32,
 
     /// Rate-limited messages in a row after which the connection is closed with 4029.
     #[arg(long, env = "RINGCAST_RATE_ABUSE_LIMIT", default_value_t = 1_000)]

@@ -13,7 +13,8 @@
 //!    admission     connection limits, Origin, token -> Grant
 //!    endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule
 //!    websocket     an upgraded WebSocket (hello, reader); sse: a Server-Sent Events stream
-//!    ops           one protocol op (sub, unsub, pub, ping, auth, resume) applied to the core
+//!    ops           one protocol op (sub, unsub, pub, pubs, ping, auth, resume) applied to the core
+//!    publish       admission of publishes: the connection's publish limit, then permission
 //!  core/           one core's shard, a room per concern (see its module doc):
 //!    mod           Core: the bus loop and the one request/answer path between cores
 //!    api           what the transport asks of its core; session hand-over between cores
@@ -23,10 +24,12 @@
 //!    sessions      Sessions: the registry by session id; retention and hand-over state
 //!    scheduler     Scheduler: scheduled publishes of owned subjects
 //!    pending       Pending: requests in flight (slab of waiters by token); Slot
+//!    acks          publish answers: one `pub`'s; Batch, a `pubs` / array body's collector
 //!    msg           CoreMsg: what crosses cores (Deliver, Request/Reply, notices)
 //!    node          Node: what all cores share (config, bus, metrics, store, cluster)
 //!  bus             the cross-core mechanism: crossbeam channels + doorbells; owner_of
-//!  proto/          bytes -> ClientOp; publish validation (Publish, PubAck); control replies
+//!  proto/          bytes -> ClientOp; publish validation (Publish, PubAck), batches of them;
+//!                  control replies
 //!  http            bytes -> HTTP request; the route table (Route::of); responses (pure)
 //!  ws              bytes -> WebSocket frames -> messages (pure)
 //!  frame           Frame: one message encoded once (WebSocket bytes + rkyv envelope), by Arc

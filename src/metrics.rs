@@ -121,6 +121,34 @@ impl Budget {
     }
 }
 
+/// Why a publish was refused before reaching its sequencer. Feeds the
+/// `ringcast_publishes_refused_total{reason}` metric (one count per message: a `pub`, one
+/// message of a batch, one `POST /publish` item).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishRefusal {
+    /// Over the connection's publish limit (`--max-publish-per-sec`, `max_publish_rate`).
+    RateLimited,
+    /// The token does not grant publishing on the subject.
+    Forbidden,
+}
+
+impl PublishRefusal {
+    /// All reasons, in metric order.
+    pub const ALL: [PublishRefusal; 2] = [PublishRefusal::RateLimited, PublishRefusal::Forbidden];
+
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            PublishRefusal::RateLimited => "rate_limited",
+            PublishRefusal::Forbidden => "forbidden",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).expect("listed")
+    }
+}
+
 /// Counters of one core. Written only by that core's thread.
 #[derive(Default)]
 #[repr(align(128))]
@@ -175,6 +203,7 @@ pub struct CoreMetrics {
     pub match_cache_bytes: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     refusals: [AtomicU64; Budget::ALL.len()],
+    publish_refusals: [AtomicU64; PublishRefusal::ALL.len()],
 }
 
 /// Adds `n` to a counter that only the calling thread writes (no locked instruction).
@@ -214,6 +243,16 @@ impl CoreMetrics {
     /// Requests refused by a budget.
     pub fn refusals(&self, budget: Budget) -> u64 {
         self.refusals[budget.index()].load(Relaxed)
+    }
+
+    /// Counts one publish refused for `reason`.
+    pub fn refused_publish(&self, reason: PublishRefusal) {
+        add(&self.publish_refusals[reason.index()], 1);
+    }
+
+    /// Publishes refused for a reason.
+    pub fn publish_refusals(&self, reason: PublishRefusal) -> u64 {
+        self.publish_refusals[reason.index()].load(Relaxed)
     }
 }
 
@@ -433,6 +472,7 @@ pub fn render(cores: &[CoreMetrics], bus_depth: &[usize], node: &[NodeSeries]) -
         let _ = writeln!(out, "{} {}", n.name, n.value);
     }
     render_refusals(&mut out, cores);
+    render_publish_refusals(&mut out, cores);
     head(
         &mut out,
         "ringcast_closes_total",
@@ -466,6 +506,20 @@ fn render_refusals(out: &mut String, cores: &[CoreMetrics]) {
     }
 }
 
+/// `ringcast_publishes_refused_total{core,reason}`.
+fn render_publish_refusals(out: &mut String, cores: &[CoreMetrics]) {
+    use std::fmt::Write;
+    let name = "ringcast_publishes_refused_total";
+    let help = "Publishes refused before sequencing, by reason (one per message).";
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (i, m) in cores.iter().enumerate() {
+        for r in PublishRefusal::ALL {
+            let (label, n) = (r.label(), m.publish_refusals(r));
+            let _ = writeln!(out, "{name}{{core=\"{i}\",reason=\"{label}\"}} {n}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +530,7 @@ mod tests {
         add(&cores[1].delivered, 5);
         cores[0].closed(CloseReason::SlowConsumer);
         cores[1].refused(Budget::Subjects);
+        cores[0].refused_publish(PublishRefusal::RateLimited);
         let node = [NodeSeries {
             name: "ringcast_store_healthy",
             kind: "gauge",
@@ -489,6 +544,9 @@ mod tests {
         assert!(text.contains("ringcast_closes_total{core=\"0\",reason=\"slow_consumer\"} 1"));
         assert!(text.contains("ringcast_bus_depth{core=\"0\"} 3"));
         assert!(text.contains("ringcast_budget_refusals_total{core=\"1\",budget=\"subjects\"} 1"));
+        assert!(
+            text.contains("ringcast_publishes_refused_total{core=\"0\",reason=\"rate_limited\"} 1")
+        );
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, v) = line.rsplit_once(' ').unwrap();
             v.parse::<u64>().unwrap();

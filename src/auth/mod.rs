@@ -228,6 +228,9 @@ pub struct Grant {
     pub publish: Option<Acl>,
     /// Subscribe ACL (`None`: no `subscribe` permission).
     pub subscribe: Option<Acl>,
+    /// The token's `max_publish_rate`: publishes per second per connection (0: unlimited;
+    /// `None`: the node's `--max-publish-per-sec`).
+    pub max_publish_rate: Option<u32>,
 }
 
 impl Grant {
@@ -265,6 +268,7 @@ impl Grant {
             exp,
             publish,
             subscribe,
+            max_publish_rate: c.max_publish_rate,
         })
     }
 
@@ -286,6 +290,12 @@ impl Grant {
             .as_ref()
             .ok_or(Refusal::NoPermission)?
             .check_pattern(pattern)
+    }
+
+    /// The publish rate of this holder's connections: its token's `max_publish_rate`, else
+    /// `default` (the node's `--max-publish-per-sec`); 0 is unlimited.
+    pub fn publish_rate(&self, default: u32) -> u32 {
+        self.max_publish_rate.unwrap_or(default)
     }
 
     /// May `subject` be published?
@@ -403,6 +413,22 @@ mod tests {
         let claims = json!({"exp":exp(),"sub":"u","iss":["idp","other"]});
         let g = v.verify(&token(claims)).unwrap();
         assert_eq!(g.identity(), (Some("u"), None));
+    }
+
+    #[test]
+    fn max_publish_rate_overrides_the_node_default_and_must_be_a_count() {
+        use serde_json::json;
+        let v = verifier(None);
+        let g = v
+            .verify(&token(json!({"exp":exp(),"max_publish_rate":5})))
+            .unwrap();
+        assert_eq!(g.publish_rate(100_000), 5);
+        let g = v.verify(&token(json!({"exp":exp()}))).unwrap();
+        assert_eq!(g.publish_rate(100_000), 100_000, "absent: the node default");
+        for bad in [json!(-1), json!(2.5), json!("5")] {
+            let claims = json!({"exp":exp(),"max_publish_rate":bad});
+            assert!(v.verify(&token(claims)).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub(super) struct Claims {
     /// The publish permissions (replaces the flat lists for publishing).
     #[serde(default, rename = "pub")]
     pub(super) publish: Option<AllowDeny>,
+    /// Publishes per second this holder's connections may make, each (0: unlimited; absent:
+    /// the node's `--max-publish-per-sec`).
+    #[serde(default)]
+    pub(super) max_publish_rate: Option<u32>,
 }
 
 impl Claims {

@@ -3,7 +3,7 @@
 //!
 //! Owns what the core needs to deliver to a connection and to resume its session: the bounded
 //! outbound queue, the session log of sent messages, per-subject high-water marks, its
-//! [`Access`] (grant) and [`InboundLimit`], keep-alive state. The socket itself is the transport's (see
+//! [`Access`] (grant), [`InboundLimit`] and [`PublishLimit`], keep-alive state. The socket itself is the transport's (see
 //! [`crate::transport`]); the core never names it. When a client gets something to send (or a
 //! close to finish) it puts itself on its core's [`FlushList`] once, and the transport's
 //! flusher starts a writer for it. Core-local: touched only by the owning core's thread
@@ -11,7 +11,7 @@
 
 use super::access::Access;
 use super::backlog::{Backlog, Behind, Owed};
-use super::rate::InboundLimit;
+use super::rate::{InboundLimit, PublishLimit};
 use super::signal::LocalNotify;
 use super::subscription::Subscription;
 use crate::metrics::{self, CloseReason, CoreMetrics};
@@ -122,6 +122,8 @@ pub struct Client {
     pub access: Access,
     /// The inbound rate limit of its messages.
     pub inbound: InboundLimit,
+    /// The limit of its publishes (`--max-publish-per-sec`, or its token's).
+    pub publishes: PublishLimit,
 }
 
 /// What a new client starts with.
@@ -163,6 +165,7 @@ impl Client {
             held: RefCell::new(Vec::new()),
             access: Access::default(),
             inbound: InboundLimit::default(),
+            publishes: PublishLimit::default(),
         })
     }
 

@@ -11,6 +11,7 @@
 //!  sequencer  Sequencer    subjects this core owns: seq, history ring, dedup, fsync queue
 //!  scheduler  Scheduler    scheduled publishes of the subjects this core owns
 //!  pending    Pending      requests in flight to other cores, the store or the cluster
+//!  acks       Batch        publish answers: one `pub`'s, and a batch's collector (in order)
 //!  msg        CoreMsg      what crosses cores: Deliver, Request/Reply, notices
 //!  node       Node         what all cores share (config, bus, metrics, store, cluster)
 //! ```
@@ -26,6 +27,7 @@
 //! [`FlushList`], which the transport drains.
 
 pub mod access;
+pub mod acks;
 pub mod api;
 pub mod backlog;
 pub mod client;
@@ -44,7 +46,7 @@ pub mod sweep;
 pub use client::{Client, ConnKind, FlushList};
 pub use msg::{CoreBus, CoreMsg, Reply, Request};
 pub use node::Node;
-pub use rate::{InboundLimit, RateBucket, RateVerdict};
+pub use rate::{InboundLimit, PublishLimit, RateBucket, RateVerdict};
 pub use sessions::{ResumeError, SessionState, TakeError};
 pub use subscription::{SubError, Subscription};
 
@@ -54,7 +56,6 @@ use crate::config::Config;
 use crate::frame::Frame;
 use crate::metrics::{self, CloseReason, CoreMetrics};
 use crate::owner::SubjectLimits;
-use crate::proto::{self, ErrorCode, PubResult};
 use crate::store::{ReadReq, StoredRange};
 use crossbeam_channel::Receiver;
 use fanout::Fanout;
@@ -90,6 +91,11 @@ enum Waiter {
     },
     /// An `async` caller on this core (an HTTP endpoint, a resume, the demo feed).
     Await(Rc<Slot<Reply>>),
+    /// Message `index` of a batch (`pubs`, or an array `POST /publish`).
+    Batch {
+        batch: Rc<acks::Batch>,
+        index: usize,
+    },
     /// A subscription's replay from one owner (`since`: the subject is held meanwhile).
     Replay {
         client: Rc<Client>,
@@ -416,7 +422,10 @@ impl Core {
         match (w, reply) {
             (Waiter::Await(slot), reply) => slot.fill(reply),
             (Waiter::Ack { client, id }, Reply::Published(result)) => {
-                reply_pub(m, &client, id.as_deref(), result)
+                acks::reply_pub(m, &client, id.as_deref(), result)
+            }
+            (Waiter::Batch { batch, index }, Reply::Published(result)) => {
+                batch.fill(m, index, result)
             }
             (Waiter::Replay { client, sub, since }, Reply::Replayed { owner, replay }) => {
                 sub.arrived(owner);
@@ -580,16 +589,5 @@ impl Core {
             }
         }
         self.shutdown.notify();
-    }
-}
-
-fn reply_pub(m: &CoreMetrics, client: &Client, id: Option<&str>, result: PubResult) {
-    match result {
-        Ok(ack) => {
-            let mut b = Vec::with_capacity(80);
-            proto::ok_pub(&mut b, id, ack.seq, ack.ts, ack.duplicate);
-            client.send_json(m, &b);
-        }
-        Err(e) => client.send_err(m, id, ErrorCode::Overloaded, e.message()),
     }
 }

@@ -8,10 +8,12 @@
 //! to the wrong waiter) is ignored. Core-local: touched only by the owning core's thread.
 //!
 //! What bounds it: every waiter belongs to a live request of a connection on this core (a
-//! publish awaiting its ack, a replay, a catch-up, an HTTP call) or to an owner-side read of
-//! the store; connections are bounded by `--max-connections` and their requests by the
-//! inbound rate limit, and every answer comes back (the bus never drops a message while both
-//! cores run; the store and the bridge answer every read, with an error if need be).
+//! publish awaiting its ack, each message of a batch, a replay, a catch-up, an HTTP call) or
+//! to an owner-side read of the store; connections are bounded by `--max-connections` and
+//! their requests by the inbound rate limits (`--max-msgs-per-sec`, and for publishes
+//! `--max-publish-per-sec` or the token's rate), and every answer comes back (the bus never
+//! drops a message while both cores run; the store and the bridge answer every read, with an
+//! error if need be).
 
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;

@@ -1,6 +1,8 @@
-//! Rate limits as token buckets: [`RateBucket`] (a connection's inbound messages, a core's
-//! share of accepted connections) and [`InboundLimit`], a connection's limiter, which tells
-//! a burst ([`RateVerdict::Limited`]) from abuse ([`RateVerdict::Abuse`]).
+//! Rate limits as token buckets: [`RateBucket`] (a connection's inbound messages and its
+//! publishes, a core's share of accepted connections), [`InboundLimit`], a connection's
+//! message limiter, which tells a burst ([`RateVerdict::Limited`]) from abuse
+//! ([`RateVerdict::Abuse`]), and [`PublishLimit`], a connection's publish limiter, which says
+//! when a refused publish may be retried.
 //!
 //! Plain values kept in `Cell`s by their owner (core-local); integer arithmetic only, so a
 //! refill is exact whatever the clock granularity.
@@ -29,6 +31,18 @@ impl RateBucket {
         let ok = tokens >= 1000;
         self.milli_tokens = if ok { tokens - 1000 } else { tokens };
         ok
+    }
+
+    /// Milliseconds from the last [`RateBucket::take`] until the bucket holds a whole token
+    /// at `rate` (at least 1; 0 when it holds one already). A `rate` of 0 never refills:
+    /// `u64::MAX`.
+    pub fn wait_ms(&self, rate: u64) -> u64 {
+        let missing = 1000u64.saturating_sub(self.milli_tokens);
+        match (missing, rate) {
+            (0, _) => 0,
+            (_, 0) => u64::MAX,
+            (m, r) => m.div_ceil(r),
+        }
     }
 }
 
@@ -61,15 +75,54 @@ impl InboundLimit {
         let ok = bucket.take(now_ms, rate as u64);
         self.bucket.set(bucket);
         if ok {
-            self.refused_in_a_row.set(0);
-            return RateVerdict::Ok;
+            self.passed();
+            RateVerdict::Ok
+        } else {
+            self.refused(abuse_limit)
         }
+    }
+
+    /// A message another limit let through (a `pub` within the publish limit): the run of
+    /// refusals is over.
+    pub fn passed(&self) {
+        self.refused_in_a_row.set(0);
+    }
+
+    /// A message refused (by this limit, or a `pub` by the publish limit): `Limited`, or
+    /// `Abuse` once `abuse_limit` were refused in a row.
+    pub fn refused(&self, abuse_limit: u32) -> RateVerdict {
         let streak = self.refused_in_a_row.get() + 1;
         self.refused_in_a_row.set(streak);
         if streak >= abuse_limit {
             RateVerdict::Abuse
         } else {
             RateVerdict::Limited
+        }
+    }
+}
+
+/// One connection's publish limit (`--max-publish-per-sec`, or its token's
+/// `max_publish_rate`): every message published counts one, a `pub` or one message of a
+/// batch; one second of burst.
+#[derive(Debug, Default)]
+pub struct PublishLimit {
+    bucket: Cell<RateBucket>,
+}
+
+impl PublishLimit {
+    /// Takes one publish at `now_ms` (`rate` per second; 0: unlimited). `Err(ms)`: refused,
+    /// and the limit has room again in `ms` milliseconds (at least 1).
+    pub fn take(&self, now_ms: u64, rate: u32) -> Result<(), u64> {
+        if rate == 0 {
+            return Ok(());
+        }
+        let mut bucket = self.bucket.get();
+        let ok = bucket.take(now_ms, rate as u64);
+        self.bucket.set(bucket);
+        if ok {
+            Ok(())
+        } else {
+            Err(bucket.wait_ms(rate as u64).max(1))
         }
     }
 }
@@ -111,5 +164,33 @@ mod tests {
         let after_an_hour = 3_600_000;
         let taken = (0..5).filter(|_| b.take(after_an_hour, 2)).count();
         assert_eq!(taken, 2);
+    }
+
+    #[test]
+    fn a_refused_publish_says_when_the_next_token_is_due() {
+        let l = PublishLimit::default();
+        for _ in 0..5 {
+            assert_eq!(l.take(1, 5), Ok(()));
+        }
+        assert_eq!(l.take(1, 5), Err(200), "one token per 200 ms at 5/s");
+        assert_eq!(l.take(101, 5), Err(100), "half of it refilled");
+        assert_eq!(l.take(201, 5), Ok(()));
+    }
+
+    #[test]
+    fn a_zero_publish_rate_is_unlimited() {
+        let l = PublishLimit::default();
+        assert!((0..100_000).all(|_| l.take(1, 0).is_ok()));
+    }
+
+    #[test]
+    fn a_message_passed_by_another_limit_ends_the_run_of_refusals() {
+        let l = InboundLimit::default();
+        assert_eq!(l.refused(3), RateVerdict::Limited);
+        assert_eq!(l.refused(3), RateVerdict::Limited);
+        l.passed();
+        assert_eq!(l.refused(3), RateVerdict::Limited);
+        assert_eq!(l.refused(3), RateVerdict::Limited);
+        assert_eq!(l.refused(3), RateVerdict::Abuse);
     }
 }

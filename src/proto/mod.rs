@@ -5,15 +5,18 @@
 //!
 //! - this file: [`ErrorCode`], [`ClientOp`] and [`parse_op`] (one WebSocket text frame);
 //! - [`publish`]: the one validation of a publish (WebSocket `pub` and `POST /publish`) and its
-//!   outcome ([`PubAck`], [`PubError`]);
+//!   outcome ([`PubAck`], [`PubError`], and as the client sees it [`Ack`], [`Refused`]);
+//! - [`batch`]: the messages of a `pubs` op or of an array body, each validated on its own;
 //! - [`reply`]: encoders of the control replies (`hello`, `ok`, `err`, `pong`, `gap`).
 //!
 //! `msg` bodies are not built here but once per message in [`crate::frame`].
 
+pub mod batch;
 pub mod publish;
 pub mod reply;
 
-pub use publish::{PubAck, PubError, PubResult, Publish, MAX_MSG_ID_BYTES};
+pub use batch::{Item, MAX_BATCH_MSGS};
+pub use publish::{Ack, PubAck, PubError, PubResult, Publish, Refused, MAX_MSG_ID_BYTES};
 pub use reply::{err, gap, hello, http_error_body, ok, ok_pub, pong};
 
 use publish::raw_present;
@@ -105,6 +108,8 @@ pub enum ClientOp<'a> {
     },
     /// `pub`: publish `data` on a concrete subject.
     Pub(Publish<'a>),
+    /// `pubs`: publish a batch, each message validated on its own (in `msgs` order).
+    Pubs(Vec<Item<'a>>),
     /// `ping`.
     Ping,
     /// `resume`: restore a disconnected session.
@@ -148,6 +153,8 @@ struct Wire<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow)]
     msg_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    msgs: Option<batch::RawItems<'a>>,
     since: Option<u64>,
     snapshot: Option<bool>,
     conflate: Option<bool>,
@@ -228,6 +235,10 @@ impl<'a> Wire<'a> {
             "pub" => ClientOp::Pub(
                 Publish::validate(self.subject, self.data, self.msg_id).map_err(|m| bad(id, m))?,
             ),
+            "pubs" => {
+                let msgs = self.msgs.ok_or_else(|| bad(id, "missing field 'msgs'"))?;
+                ClientOp::Pubs(batch::parse_items(msgs).map_err(|m| bad(id, m))?)
+            }
             "ping" => ClientOp::Ping,
             "auth" => ClientOp::Auth {
                 token: self.token.ok_or_else(|| bad(id, "missing field 'token'"))?,
@@ -324,6 +335,47 @@ mod tests {
                 received: 9
             }
         );
+    }
+
+    #[test]
+    fn pubs_gives_each_message_or_its_own_error_in_order() {
+        let ops = r#"{"op":"pubs","id":4,"msgs":[{"subject":"a","data":1},{"subject":"a.>","data":2},
+            {"subject":"b","data":[3],"msg_id":"m"}]}"#;
+        let ClientOp::Pubs(items) = op(ops) else {
+            panic!("not a pubs op")
+        };
+        let shown: Vec<_> = items
+            .iter()
+            .map(|i| i.as_ref().map(|p| (&*p.subject, p.data.get())))
+            .collect();
+        assert_eq!(shown[0], Ok(("a", "1")));
+        assert!(shown[1].as_ref().unwrap_err().contains("wildcard"));
+        assert_eq!(shown[2], Ok(("b", "[3]")));
+    }
+
+    #[test]
+    fn pubs_without_messages_is_a_bad_request_with_its_id() {
+        for frame in [
+            r#"{"op":"pubs","id":5}"#,
+            r#"{"op":"pubs","id":5,"msgs":[]}"#,
+            r#"{"op":"pubs","id":5,"msgs":{"subject":"a","data":1}}"#,
+        ] {
+            let (id, code, _) = err_of(frame);
+            assert_eq!(
+                (id.as_deref(), code),
+                (Some("5"), ErrorCode::BadRequest),
+                "{frame}"
+            );
+        }
+        assert!(err_of(r#"{"op":"pubs","id":5}"#).2.contains("'msgs'"));
+    }
+
+    #[test]
+    fn pubs_over_the_batch_limit_is_refused_whole() {
+        let msgs = vec![r#"{"subject":"a","data":1}"#; MAX_BATCH_MSGS + 1].join(",");
+        let (id, code, message) = err_of(&format!(r#"{{"op":"pubs","id":6,"msgs":[{msgs}]}}"#));
+        assert_eq!((id.as_deref(), code), (Some("6"), ErrorCode::BadRequest));
+        assert!(message.contains("at most 1000"), "{message}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! A publish: the one validation shared by WebSocket `pub` ops and `POST /publish` bodies, and
-//! the outcome the subject's sequencer gives back (`PubAck` or `PubError`).
+//! A publish: the one validation shared by WebSocket `pub` ops, `POST /publish` bodies and the
+//! messages of a batch, the outcome the subject's sequencer gives back (`PubAck` or
+//! `PubError`), and what the client is told ([`Ack`]: the ack, or a [`Refused`]).
 //!
 //! Pure and leaf-level: the transport validates with it, the owner core and the cluster bridge
 //! answer with its outcome types; any thread may use it.
 
+use super::ErrorCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -59,16 +61,17 @@ pub(crate) fn raw_present<'de, D: serde::Deserializer<'de>>(
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// One publish as a JSON object: a `POST /publish` body, or one message of a batch.
 #[derive(Deserialize)]
-struct Body<'a> {
+pub(crate) struct Body<'a> {
     #[serde(borrow)]
-    subject: Option<Cow<'a, str>>,
+    pub(crate) subject: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "raw_present")]
-    data: Option<&'a RawValue>,
+    pub(crate) data: Option<&'a RawValue>,
     #[serde(borrow)]
-    msg_id: Option<Cow<'a, str>>,
+    pub(crate) msg_id: Option<Cow<'a, str>>,
     /// Publish at this time (ms since the Unix epoch) instead of now.
-    at: Option<u64>,
+    pub(crate) at: Option<u64>,
 }
 
 /// Parses and validates a `POST /publish` body: the publish, and its `at` (ms since the Unix
@@ -124,6 +127,49 @@ impl PubError {
 
 /// The outcome of a publish.
 pub type PubResult = Result<PubAck, PubError>;
+
+/// Why one publish was refused, as its client is told: the code and message of its `err` (of
+/// its entry, in a batch's answer), and for `rate_limited` how long until it may be retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// The error code.
+    pub code: ErrorCode,
+    /// Human-readable reason.
+    pub message: Cow<'static, str>,
+    /// `rate_limited`: milliseconds until the publish limit has room again.
+    pub retry_after_ms: Option<u64>,
+}
+
+impl Refused {
+    /// A refusal with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Refused {
+        Refused {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+
+    /// Over the connection's publish limit; it has room again in `retry_after_ms`.
+    pub fn rate_limited(retry_after_ms: u64) -> Refused {
+        Refused {
+            code: ErrorCode::RateLimited,
+            message: "too many publishes; slow down".into(),
+            retry_after_ms: Some(retry_after_ms),
+        }
+    }
+}
+
+impl From<PubError> for Refused {
+    /// The sequencer could not take it now: `overloaded`, retry (with the same `msg_id`).
+    fn from(e: PubError) -> Refused {
+        Refused::new(ErrorCode::Overloaded, e.message())
+    }
+}
+
+/// The outcome of one publish as its client sees it: the sequencer's ack, or a refusal (by
+/// validation, permission, rate limit, or the sequencer).
+pub type Ack = Result<PubAck, Refused>;
 
 #[cfg(test)]
 mod tests {

@@ -1,10 +1,11 @@
-//! Encoders of the server's small control replies (`hello`, `ok`, `err`, `pong`, `gap`) and of
-//! HTTP error bodies, written straight into a caller's buffer.
+//! Encoders of the server's small control replies (`hello`, `ok`, `err`, `pong`, `gap`), of a
+//! batch's answer (`ok` with `acks`, and the array of `POST /publish`) and of HTTP error
+//! bodies, written straight into a caller's buffer.
 //!
 //! Pure functions, no state; called on the core thread that owns the connection. `msg` bodies
 //! are not built here but once per message in [`crate::frame`].
 
-use super::ErrorCode;
+use super::{Ack, ErrorCode, PubAck, Refused};
 
 fn put_id(out: &mut Vec<u8>, id: Option<&str>) {
     out.extend_from_slice(id.unwrap_or("null").as_bytes());
@@ -60,6 +61,71 @@ pub fn err(out: &mut Vec<u8>, id: Option<&str>, code: ErrorCode, message: &str) 
     out.push(b'}');
 }
 
+/// `{"op":"err","id":I,"code":C,"message":M}` (+ `"retry_after_ms":N` when it has one)
+pub fn refused(out: &mut Vec<u8>, id: Option<&str>, r: &Refused) {
+    out.extend_from_slice(br#"{"op":"err","id":"#);
+    put_id(out, id);
+    out.push(b',');
+    put_refusal_fields(out, r);
+    out.push(b'}');
+}
+
+/// `"code":C,"message":M` (+ `,"retry_after_ms":N`)
+fn put_refusal_fields(out: &mut Vec<u8>, r: &Refused) {
+    out.extend_from_slice(br#""code":""#);
+    out.extend_from_slice(r.code.as_str().as_bytes());
+    out.extend_from_slice(br#"","message":"#);
+    put_str(out, &r.message);
+    if let Some(ms) = r.retry_after_ms {
+        out.extend_from_slice(br#","retry_after_ms":"#);
+        out.extend_from_slice(itoa::Buffer::new().format(ms).as_bytes());
+    }
+}
+
+/// `"seq":N,"ts":T` (+ `,"duplicate":true`)
+fn put_ack_fields(out: &mut Vec<u8>, ack: &PubAck) {
+    out.extend_from_slice(br#""seq":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(ack.seq).as_bytes());
+    out.extend_from_slice(br#","ts":"#);
+    out.extend_from_slice(itoa::Buffer::new().format(ack.ts).as_bytes());
+    if ack.duplicate {
+        out.extend_from_slice(br#","duplicate":true"#);
+    }
+}
+
+/// `[{"seq":N,"ts":T} | {"seq":N,"ts":T,"duplicate":true} | {"error":{"code":C,"message":M}}, ..]`:
+/// one entry per message of a batch, in its order.
+pub fn acks(out: &mut Vec<u8>, acks: &[Ack]) {
+    out.push(b'[');
+    for (i, a) in acks.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match a {
+            Ok(ack) => {
+                out.push(b'{');
+                put_ack_fields(out, ack);
+                out.push(b'}');
+            }
+            Err(r) => {
+                out.extend_from_slice(br#"{"error":{"#);
+                put_refusal_fields(out, r);
+                out.extend_from_slice(b"}}");
+            }
+        }
+    }
+    out.push(b']');
+}
+
+/// `{"op":"ok","id":I,"acks":[..]}`: the answer to a `pubs` op (see [`acks`]).
+pub fn ok_pubs(out: &mut Vec<u8>, id: Option<&str>, entries: &[Ack]) {
+    out.extend_from_slice(br#"{"op":"ok","id":"#);
+    put_id(out, id);
+    out.extend_from_slice(br#","acks":"#);
+    acks(out, entries);
+    out.push(b'}');
+}
+
 /// `{"op":"gap","subject":S,"from":F,"to":T}`
 pub fn gap(out: &mut Vec<u8>, subject: &str, from: u64, to: u64) {
     out.extend_from_slice(br#"{"op":"gap","subject":"#);
@@ -78,6 +144,16 @@ pub fn http_error_body(code: ErrorCode, message: &str) -> Vec<u8> {
     out.extend_from_slice(code.as_str().as_bytes());
     out.extend_from_slice(br#"","message":"#);
     put_str(&mut out, message);
+    out.extend_from_slice(b"}}");
+    out
+}
+
+/// HTTP error body of a refused publish: `{"error":{"code":C,"message":M}}` (+
+/// `"retry_after_ms":N` inside `error` when it has one).
+pub fn http_refused_body(r: &Refused) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + r.message.len());
+    out.extend_from_slice(br#"{"error":{"#);
+    put_refusal_fields(&mut out, r);
     out.extend_from_slice(b"}}");
     out
 }
@@ -108,7 +184,42 @@ mod tests {
             br#"{"op":"ok","id":null,"seq":5,"ts":6,"duplicate":true}"#
         );
         out.clear();
+        refused(&mut out, Some("3"), &Refused::rate_limited(200));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (v["code"].as_str(), v["retry_after_ms"].as_u64()),
+            (Some("rate_limited"), Some(200))
+        );
+        out.clear();
         gap(&mut out, "a", 2, 9);
         assert_eq!(out, br#"{"op":"gap","subject":"a","from":2,"to":9}"#);
+    }
+
+    #[test]
+    fn a_batch_answer_lists_each_outcome_in_order() {
+        let ack = |seq, duplicate| {
+            Ok(PubAck {
+                seq,
+                ts: 7,
+                duplicate,
+            })
+        };
+        let entries = [
+            ack(1, false),
+            Err(Refused::new(ErrorCode::Forbidden, "no")),
+            ack(2, true),
+            Err(Refused::rate_limited(50)),
+        ];
+        let mut out = Vec::new();
+        ok_pubs(&mut out, Some("9"), &entries);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            concat!(
+                r#"{"op":"ok","id":9,"acks":[{"seq":1,"ts":7},"#,
+                r#"{"error":{"code":"forbidden","message":"no"}},"#,
+                r#"{"seq":2,"ts":7,"duplicate":true},"#,
+                r#"{"error":{"code":"rate_limited","message":"too many publishes; slow down","retry_after_ms":50}}]}"#
+            )
+        );
     }
 }

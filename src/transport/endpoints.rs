@@ -1,5 +1,6 @@
 //! The plain HTTP endpoints: the demo page and browser client, `/healthz`, `/metrics`,
-//! `POST /publish` (now or scheduled), `/history/{subject}` and `/schedule`.
+//! `POST /publish` (one message now or scheduled, or an array of them now),
+//! `/history/{subject}` and `/schedule`.
 //!
 //! Each takes the parsed request and returns the complete response bytes; none touches a
 //! socket. Runs on the connection's core thread; what another core owns is asked of it
@@ -8,10 +9,10 @@
 use super::admission::{forbidden, Granted};
 use crate::auth::Grant;
 use crate::core::scheduler::{CancelError, ScheduleOp, ScheduleReply};
-use crate::core::Core;
+use crate::core::{Core, PublishLimit};
 use crate::http::{self, Method, Request, Route};
 use crate::metrics::Budget;
-use crate::proto::{self, ErrorCode, PubAck};
+use crate::proto::{self, ErrorCode, PubAck, Refused};
 use crate::schedule::ScheduleError;
 use std::sync::Arc;
 
@@ -24,6 +25,15 @@ const DEMO_PAGE: &str = include_str!("../web/index.html");
 /// Default and maximum `limit` of `/history`.
 pub const HISTORY_LIMIT_MAX: usize = 10_000;
 
+/// What a request's answer needs of its connection.
+#[derive(Clone, Copy)]
+pub struct Conn<'a> {
+    /// The connection stays open after the answer.
+    pub keep_alive: bool,
+    /// The connection's publish limit (`POST /publish`).
+    pub publishes: &'a PublishLimit,
+}
+
 /// The response to a plain HTTP request on `route` (upgrades and SSE are not plain), whose
 /// token, checked from its head before its body was read, gave `granted`. The answer to
 /// `HEAD` is the one `GET` would get (a refusal included) without its body: the head still
@@ -32,10 +42,10 @@ pub async fn respond(
     core: &Core,
     req: &Request,
     route: Route<'_>,
-    keep_alive: bool,
+    conn: Conn<'_>,
     granted: Granted,
 ) -> Vec<u8> {
-    let mut resp = route_response(core, req, route, keep_alive, granted).await;
+    let mut resp = route_response(core, req, route, conn, granted).await;
     if req.method == Method::Head {
         http::strip_body(&mut resp);
     }
@@ -47,10 +57,10 @@ async fn route_response(
     core: &Core,
     req: &Request,
     route: Route<'_>,
-    keep_alive: bool,
+    conn: Conn<'_>,
     granted: Granted,
 ) -> Vec<u8> {
-    let ka = keep_alive;
+    let ka = conn.keep_alive;
     let grant = || {
         granted
             .clone()
@@ -68,7 +78,10 @@ async fn route_response(
         },
         Route::Metrics => metrics(core, granted.is_ok(), ka),
         Route::Publish => match grant() {
-            Ok(grant) => publish(core, grant.as_deref(), &req.body, ka).await,
+            Ok(grant) if proto::batch::is_array(&req.body) => {
+                publish_batch(core, grant.as_deref(), &req.body, conn).await
+            }
+            Ok(grant) => publish(core, grant.as_deref(), &req.body, conn).await,
             Err(resp) => resp,
         },
         Route::ListSchedules => match grant() {
@@ -116,13 +129,15 @@ fn metrics(core: &Core, authorized: bool, keep_alive: bool) -> Vec<u8> {
 }
 
 /// `POST /publish {"subject","data","msg_id"?,"at"?}`.
-async fn publish(core: &Core, grant: Option<&Grant>, body: &[u8], keep_alive: bool) -> Vec<u8> {
+async fn publish(core: &Core, grant: Option<&Grant>, body: &[u8], conn: Conn<'_>) -> Vec<u8> {
+    let keep_alive = conn.keep_alive;
     let (p, at) = match proto::publish::parse_body(body) {
         Ok(v) => v,
         Err(m) => return http::error(ErrorCode::BadRequest, &m, keep_alive),
     };
-    if let Some(Err(r)) = grant.map(|g| g.check_publish(&p.subject)) {
-        return forbidden(r, "publish", keep_alive);
+    let now = core.precise_ms();
+    if let Err(r) = super::publish::admit(core, grant, conn.publishes, now, &p.subject) {
+        return refused(&r, keep_alive);
     }
     if p.data.get().len() > core.cfg().max_frame_bytes {
         let why = "data larger than --max-frame-bytes";
@@ -146,6 +161,34 @@ async fn publish(core: &Core, grant: Option<&Grant>, body: &[u8], keep_alive: bo
         Ok(ack) => http::json(200, &ack_body(&p.subject, &ack), keep_alive),
         Err(e) => http::error(ErrorCode::Overloaded, e.message(), keep_alive),
     }
+}
+
+/// `POST /publish [{"subject","data","msg_id"?}, ..]`: 200 with one entry per message, in
+/// order (`{"seq","ts"}`, + `"duplicate":true`, or `{"error":{..}}`), each admitted and
+/// published on its own; 400 for a body that is no batch (not an array, empty, too long).
+async fn publish_batch(core: &Core, grant: Option<&Grant>, body: &[u8], conn: Conn<'_>) -> Vec<u8> {
+    let items = match proto::batch::parse_array(body) {
+        Ok(items) => items,
+        Err(m) => return http::error(ErrorCode::BadRequest, &m, conn.keep_alive),
+    };
+    let admitted = super::publish::admit_batch(core, grant, conn.publishes, items);
+    let acks = core.publish_batch_http(admitted).await;
+    let mut out = Vec::with_capacity(2 + 48 * acks.len());
+    proto::reply::acks(&mut out, &acks);
+    http::json(200, &out, conn.keep_alive)
+}
+
+/// The error response of a refused publish; `rate_limited` (429) carries `Retry-After`, in
+/// whole seconds rounded up, and `retry_after_ms` in its body.
+fn refused(r: &Refused, keep_alive: bool) -> Vec<u8> {
+    let body = proto::reply::http_refused_body(r);
+    let retry_after = r.retry_after_ms.map(|ms| ms.div_ceil(1000).to_string());
+    let headers: Vec<(&str, &str)> = retry_after
+        .iter()
+        .map(|secs| ("Retry-After", secs.as_str()))
+        .collect();
+    let status = r.code.http_status();
+    http::response(status, "application/json", &headers, &body, keep_alive)
 }
 
 /// `{"subject":S,"seq":N,"ts":T}` (+ `"duplicate":true`).

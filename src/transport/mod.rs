@@ -8,7 +8,9 @@
 //!  endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule
 //!  websocket     an upgraded WebSocket: hello, the reader (frames -> ops)
 //!  sse           a Server-Sent Events stream
-//!  ops           one protocol op applied to the core (sub, unsub, pub, ping, auth, resume)
+//!  ops           one protocol op applied to the core (sub, unsub, pub, pubs, ping, auth,
+//!                resume)
+//!  publish       admission of publishes: the connection's publish limit, then permission
 //! ```
 //!
 //! One [`Transport`] per core, on that core's thread (`Rc`/`RefCell`). It owns what only the
@@ -24,10 +26,11 @@ pub mod admission;
 pub mod endpoints;
 mod flush;
 pub mod ops;
+pub mod publish;
 pub mod sse;
 pub mod websocket;
 
-use crate::core::{Client, Core, RateBucket};
+use crate::core::{Client, Core, PublishLimit, RateBucket};
 use crate::http::{self, Request, Route};
 use crate::metrics::{self, CloseReason};
 use crate::outbound::WriteBatch;
@@ -146,6 +149,9 @@ impl Transport {
             return;
         }
         let mut inbuf: Vec<u8> = Vec::new();
+        // `POST /publish` counts against this connection's publish limit (request after
+        // request on a keep-alive connection, as on a WebSocket).
+        let publishes = PublishLimit::default();
         loop {
             let incoming = match read_request_in_time(&core, &mut stream, &mut inbuf).await {
                 Ok(r) => r,
@@ -173,7 +179,11 @@ impl Transport {
                 _ => {
                     // Boxed: endpoint futures are large and rare; the task of every connection
                     // would otherwise be sized for them.
-                    let answer = endpoints::respond(&core, &req, route, keep_alive, granted);
+                    let conn = endpoints::Conn {
+                        keep_alive,
+                        publishes: &publishes,
+                    };
+                    let answer = endpoints::respond(&core, &req, route, conn, granted);
                     let resp = Box::pin(answer).await;
                     let (res, _) = stream.write_all(resp).await;
                     if res.is_err() || !keep_alive {

@@ -1,9 +1,12 @@
 //! Applies one client operation (a WebSocket text frame of protocol v1) to the connection's
-//! core: `sub`, `unsub`, `pub`, `ping`, `auth`, `resume`.
+//! core: `sub`, `unsub`, `pub`, `pubs`, `ping`, `auth`, `resume`.
 //!
 //! The `frame -> op` step is [`crate::proto`]; this is the `op -> apply` step: rate limit,
 //! auth gate, permission checks, then the core call, and the reply (`ok`, `err`, `pong`) on
-//! the client's queue. Runs on the connection's core thread; no socket in sight.
+//! the client's queue. Every op counts one message against `--max-msgs-per-sec` (a `pubs`
+//! batch too), except an authenticated `pub`, which counts against the publish limit instead
+//! (see [`super::publish`]; so does each message of a batch). Runs on the connection's core
+//! thread; no socket in sight.
 
 use crate::auth::Refusal;
 use crate::core::{Client, Core, RateVerdict, SubError};
@@ -14,10 +17,19 @@ use std::rc::Rc;
 /// Applies one client operation.
 pub fn apply(core: &Rc<Core>, c: &Rc<Client>, text: &[u8]) {
     let m = core.metrics();
-    if !within_rate(core, c, text) {
-        return;
+    let parsed = proto::parse_op(text);
+    let publish_only =
+        matches!(&parsed, Ok(r) if matches!(r.op, ClientOp::Pub(_))) && !c.access.awaiting_auth();
+    if !publish_only {
+        let id = match &parsed {
+            Ok(r) => r.id,
+            Err(e) => e.id,
+        };
+        if !within_rate(core, c, id.map(|r| r.get())) {
+            return;
+        }
     }
-    let req = match proto::parse_op(text) {
+    let req = match parsed {
         Ok(r) => r,
         Err(e) => return c.send_err(m, e.id.map(|r| r.get()), e.code, &e.message),
     };
@@ -54,12 +66,8 @@ pub fn apply(core: &Rc<Core>, c: &Rc<Client>, text: &[u8]) {
                 c.send_err(m, id, ErrorCode::BadRequest, why);
             }
         }
-        ClientOp::Pub(p) => {
-            if let Some(Err(r)) = grant.as_ref().map(|g| g.check_publish(&p.subject)) {
-                return refused(r, "publish");
-            }
-            core.publish_ws(c, id, &p.subject, p.data_bytes(), p.msg_id.as_deref());
-        }
+        ClientOp::Pub(p) => super::publish::pub_op(core, c, id, &p),
+        ClientOp::Pubs(items) => super::publish::pubs_op(core, c, id, items),
         ClientOp::Ping => {
             let mut b = Vec::with_capacity(32);
             proto::pong(&mut b, id);
@@ -76,9 +84,9 @@ pub fn apply(core: &Rc<Core>, c: &Rc<Client>, text: &[u8]) {
     }
 }
 
-/// The inbound rate limit: false when the message is refused (answered `rate_limited`, or the
-/// connection closed 4029 after too many in a row).
-fn within_rate(core: &Core, c: &Client, text: &[u8]) -> bool {
+/// The inbound rate limit: false when the message (whose request id is `id`) is refused
+/// (answered `rate_limited`, or the connection closed 4029 after too many in a row).
+fn within_rate(core: &Core, c: &Client, id: Option<&str>) -> bool {
     let m = core.metrics();
     let cfg = core.cfg();
     match c.inbound.take(
@@ -88,11 +96,8 @@ fn within_rate(core: &Core, c: &Client, text: &[u8]) -> bool {
     ) {
         RateVerdict::Ok => true,
         RateVerdict::Limited => {
-            let id = proto::parse_op(text)
-                .ok()
-                .and_then(|r| r.id.map(|r| r.get().to_owned()));
             let why = "too many messages; slow down";
-            c.send_err(m, id.as_deref(), ErrorCode::RateLimited, why);
+            c.send_err(m, id, ErrorCode::RateLimited, why);
             false
         }
         RateVerdict::Abuse => {
