@@ -288,17 +288,18 @@ fn a_token_with_max_publish_rate_5_is_refused_from_its_6th_publish() {
 }
 
 #[test]
-fn pipelined_pubs_over_the_rate_get_rate_limited_with_retry_after_ms() {
+fn pipelined_pubs_over_the_rate_get_rate_limited_with_retry_after_ms_in_their_place() {
     let node = start(DriverChoice::Auto, with_auth);
     let mut c = ws_with(&node, &publisher(json!({"max_publish_rate":5})));
-    // 5 fit the burst; at 5/s the other 45 cannot all have fitted before the last is read.
-    let n = 50;
-    for i in 0..n {
-        c.send(&json!({"op":"pub","id":i,"subject":"p.s","data":i}).to_string());
-    }
-    let mut replies: Vec<Value> = (0..n).map(|_| c.recv_json()).collect();
-    // A refusal is answered at once, an ack when the subject's owner core has sequenced it.
-    replies.sort_by_key(|r| r["id"].as_u64());
+    // 5 fit the burst; at 5/s the other 195 could only all fit if reading them took 39 s,
+    // past any bound of this suite.
+    let replies = pipeline_pubs(&mut c, 200, 1);
+    let ids: Vec<u64> = replies.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(
+        ids,
+        (0..200).collect::<Vec<u64>>(),
+        "answered in the order sent"
+    );
     assert!(replies[..5].iter().all(|r| r["op"] == "ok"), "{replies:?}");
     let limited: Vec<&Value> = replies.iter().filter(|r| r["op"] == "err").collect();
     assert!(!limited.is_empty());
@@ -308,11 +309,13 @@ fn pipelined_pubs_over_the_rate_get_rate_limited_with_retry_after_ms() {
     }
 }
 
-/// Sends `n` `pub` ops in one burst from another thread while this one reads their replies.
-fn pipeline_pubs(c: &mut Ws, n: usize) -> Vec<Value> {
+/// Sends `n` `pub` ops on `subjects` subjects (`burst.s0`..) in one burst from another thread
+/// while this one reads their replies.
+fn pipeline_pubs(c: &mut Ws, n: usize, subjects: usize) -> Vec<Value> {
     let mut burst = Vec::new();
     for i in 0..n {
-        let op = json!({"op":"pub","id":i,"subject":format!("burst.s{}", i % 8),"data":i});
+        let subject = format!("burst.s{}", i % subjects);
+        let op = json!({"op":"pub","id":i,"subject":subject,"data":i});
         let mask = [1, 2, 3, 4];
         burst.extend(ringcast::ws::client_frame(
             0x1,
@@ -329,23 +332,51 @@ fn pipeline_pubs(c: &mut Ws, n: usize) -> Vec<Value> {
 }
 
 #[test]
-fn a_tokenless_connection_publishes_20000_pipelined_pubs_with_default_flags() {
+fn pipelined_pubs_on_subjects_of_every_core_are_acked_in_the_order_sent() {
     let node = start(DriverChoice::Auto, |_| {});
     let mut c = node.ws();
-    let replies = pipeline_pubs(&mut c, 20_000);
+    // Eight subjects spread over both cores: a subject owned by the connection's core is
+    // sequenced at once, one owned by the other core a bus round trip later; the acks still
+    // leave in the order of the pubs.
+    let replies = pipeline_pubs(&mut c, 20_000, 8);
     let refused: Vec<&Value> = replies.iter().filter(|r| r["op"] != "ok").collect();
     assert!(
         refused.is_empty(),
-        "{} refused, e.g. {}",
+        "{} refused: {:?}",
         refused.len(),
-        refused[0]
+        refused.first()
     );
-    // One ack per `pub`, in order per subject (subjects owned by other cores may interleave).
+    let ids: Vec<u64> = replies.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (0..20_000).collect::<Vec<u64>>());
     let mut last_seq = [0u64; 8];
+    for (i, r) in replies.iter().enumerate() {
+        assert_eq!(r["seq"].as_u64(), Some(last_seq[i % 8] + 1), "{r}");
+        last_seq[i % 8] += 1;
+    }
+}
+
+#[test]
+fn a_malformed_pub_in_a_pipeline_is_answered_in_its_place() {
+    let node = start(DriverChoice::Auto, |_| {});
+    let mut c = node.ws();
+    let mut burst = String::new();
+    for i in 0..300 {
+        // Every tenth has a wildcard subject; the others alternate over both cores' subjects.
+        let subject = if i % 10 == 5 {
+            "bad.*".to_string()
+        } else {
+            format!("m.s{}", i % 4)
+        };
+        burst.push_str(&json!({"op":"pub","id":i,"subject":subject,"data":i}).to_string());
+        c.send(&burst);
+        burst.clear();
+    }
+    let replies: Vec<Value> = (0..300).map(|_| c.recv_json()).collect();
+    let ids: Vec<u64> = replies.iter().map(|r| r["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (0..300).collect::<Vec<u64>>());
     for r in &replies {
-        let subject = (r["id"].as_u64().unwrap() % 8) as usize;
-        assert_eq!(r["seq"].as_u64(), Some(last_seq[subject] + 1), "{r}");
-        last_seq[subject] += 1;
+        let bad = r["id"].as_u64().unwrap() % 10 == 5;
+        assert_eq!(r["op"], if bad { "err" } else { "ok" }, "{r}");
     }
 }
 
@@ -353,7 +384,7 @@ fn a_tokenless_connection_publishes_20000_pipelined_pubs_with_default_flags() {
 fn pubs_do_not_count_against_max_msgs_per_sec_and_a_batch_counts_once() {
     let node = start(DriverChoice::Auto, |c| c.max_msgs_per_sec = 1);
     let mut c = node.ws();
-    let replies = pipeline_pubs(&mut c, 500);
+    let replies = pipeline_pubs(&mut c, 500, 8);
     assert!(replies.iter().all(|r| r["op"] == "ok"));
     let msgs: Vec<Value> = (0..500)
         .map(|i| json!({"subject":"once.s","data":i}))
@@ -389,8 +420,12 @@ fn http_publishes_over_the_rate_get_429_with_retry_after() {
     );
     let wait = r[1]["error"]["retry_after_ms"].as_u64().unwrap();
     assert!((1..=1000).contains(&wait), "{wait}");
-    // The bucket is empty: the next token is a second away.
-    let (status, head, body) = send(r#"{"subject":"q.s","data":3}"#);
+    // The bucket is empty and refills one token a second: of 40 single publishes sent back to
+    // back, some are refused (all passing would take 39 s, past any bound of this suite).
+    let refused = (0..40)
+        .map(|i| send(&format!(r#"{{"subject":"q.s","data":{i}}}"#)))
+        .find(|(status, _, _)| *status != 200);
+    let (status, head, body) = refused.expect("a publish over the limit");
     let r: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
         (status, r["error"]["code"].as_str()),

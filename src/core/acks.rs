@@ -1,6 +1,8 @@
-//! Publish acknowledgements: the answer to one WebSocket `pub` ([`reply_pub`]), and a batch's
+//! Publish acknowledgements: the answer to one WebSocket `pub` ([`reply_pub`]); a batch's
 //! collector ([`Batch`]), which gathers the outcome of each of its messages and answers once,
-//! in the batch's order, when the last one is in.
+//! in the batch's order, when the last one is in; and a connection's [`AckOrder`], which puts
+//! the replies to its `pub` and `pubs` ops on the wire in the order of the ops, whichever
+//! owner core (or the cluster's stream) answers first.
 //!
 //! Each message of a batch takes the one publish path ([`Core::publish`]: the subject's owner
 //! core, or the cluster's stream) with its own waiter, [`super::Waiter::Batch`], naming the
@@ -14,7 +16,71 @@ use super::{Client, Core, Waiter};
 use crate::metrics::CoreMetrics;
 use crate::proto::{self, Ack, ErrorCode, PubResult, Publish, Refused};
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::rc::Rc;
+
+/// A connection's publish replies, held back until every earlier one is out: a ticket per
+/// `pub` or `pubs` op, taken when the op is read; a reply waits in its ticket's slot until
+/// the slots before it are sent. Bounded by the publishes in flight, which the publish limit
+/// and the pending-request bound cap. Core-local, one per [`Client`].
+#[derive(Default)]
+pub struct AckOrder {
+    /// Ticket of the front slot.
+    front: Cell<u64>,
+    /// Replies by ticket from `front` on; `None`: still waiting for its sequencer.
+    slots: RefCell<VecDeque<Option<Box<[u8]>>>>,
+}
+
+impl AckOrder {
+    /// A ticket for the next publish reply.
+    pub fn reserve(&self) -> u64 {
+        let mut slots = self.slots.borrow_mut();
+        slots.push_back(None);
+        self.front.get() + slots.len() as u64 - 1
+    }
+
+    /// Files `reply` under `ticket`; the replies now due, in order.
+    fn complete(&self, ticket: u64, reply: Box<[u8]>) -> Vec<Box<[u8]>> {
+        let mut slots = self.slots.borrow_mut();
+        let Some(at) = ticket.checked_sub(self.front.get()) else {
+            return Vec::new();
+        };
+        if let Some(slot) = slots.get_mut(at as usize) {
+            *slot = Some(reply);
+        }
+        let mut due = Vec::new();
+        while let Some(Some(_)) = slots.front() {
+            due.push(slots.pop_front().flatten().expect("front is filled"));
+            self.front.set(self.front.get() + 1);
+        }
+        due
+    }
+
+    /// True when no publish reply is outstanding.
+    pub fn is_idle(&self) -> bool {
+        self.slots.borrow().is_empty()
+    }
+}
+
+impl Client {
+    /// Sends the JSON reply of the publish holding `ticket` once every earlier publish reply
+    /// is out.
+    pub fn send_ack(&self, m: &CoreMetrics, ticket: u64, json: &[u8]) {
+        for reply in self.acks.complete(ticket, json.into()) {
+            self.send_json(m, &reply);
+        }
+    }
+
+    /// Sends a publish reply decided at once (a refusal), behind any reply still outstanding.
+    pub fn send_publish_reply(&self, m: &CoreMetrics, json: &[u8]) {
+        if self.acks.is_idle() {
+            self.send_json(m, json);
+        } else {
+            let ticket = self.acks.reserve();
+            self.send_ack(m, ticket, json);
+        }
+    }
+}
 
 /// Where a batch's answer goes.
 enum BatchTo {
@@ -22,6 +88,7 @@ enum BatchTo {
     Ws {
         client: Rc<Client>,
         id: Option<Box<str>>,
+        ticket: u64,
     },
     /// `POST /publish` with an array body: the awaiting request.
     Await(Rc<Slot<Vec<Ack>>>),
@@ -54,10 +121,10 @@ impl Batch {
             .map(|e| e.expect("every message of a batch has its outcome"))
             .collect();
         match &self.to {
-            BatchTo::Ws { client, id } => {
+            BatchTo::Ws { client, id, ticket } => {
                 let mut b = Vec::with_capacity(16 + 48 * entries.len());
                 proto::reply::ok_pubs(&mut b, id.as_deref(), &entries);
-                client.send_json(m, &b);
+                client.send_ack(m, *ticket, &b);
             }
             BatchTo::Await(slot) => slot.fill(entries),
         }
@@ -76,6 +143,7 @@ impl Core {
         let to = BatchTo::Ws {
             client: c.clone(),
             id: id.map(Into::into),
+            ticket: c.acks.reserve(),
         };
         self.publish_batch(items, to);
     }
@@ -121,13 +189,17 @@ impl Core {
 }
 
 /// Answers one WebSocket `pub`: `ok` with its seq and ts, or `err overloaded`.
-pub(super) fn reply_pub(m: &CoreMetrics, client: &Client, id: Option<&str>, result: PubResult) {
+pub(super) fn reply_pub(
+    m: &CoreMetrics,
+    client: &Client,
+    id: Option<&str>,
+    ticket: u64,
+    result: PubResult,
+) {
+    let mut b = Vec::with_capacity(80);
     match result {
-        Ok(ack) => {
-            let mut b = Vec::with_capacity(80);
-            proto::ok_pub(&mut b, id, ack.seq, ack.ts, ack.duplicate);
-            client.send_json(m, &b);
-        }
-        Err(e) => client.send_err(m, id, ErrorCode::Overloaded, e.message()),
+        Ok(ack) => proto::ok_pub(&mut b, id, ack.seq, ack.ts, ack.duplicate),
+        Err(e) => proto::err(&mut b, id, ErrorCode::Overloaded, e.message()),
     }
+    client.send_ack(m, ticket, &b);
 }

@@ -276,6 +276,7 @@ impl Core {
         let w = Waiter::Ack {
             client: c.clone(),
             id: id.map(Into::into),
+            ticket: c.acks.reserve(),
         };
         self.publish(subject, data, msg_id, w);
     }

@@ -47,11 +47,28 @@ impl ConnKind {
 #[derive(Default)]
 pub struct FlushList {
     clients: RefCell<Vec<Rc<Client>>>,
+    /// Publish time (µs since the Unix epoch) of the oldest frame queued since the last
+    /// drain; 0: none. Tells the flusher how far behind its writes run.
+    oldest_us: Cell<u64>,
     /// Wakes the transport's flusher.
     pub ready: LocalNotify,
 }
 
 impl FlushList {
+    /// Notes that a frame published at `ts_us` was queued to a connection.
+    #[inline]
+    pub fn note_frame(&self, ts_us: u64) {
+        if self.oldest_us.get() == 0 {
+            self.oldest_us.set(ts_us);
+        }
+    }
+
+    /// The publish time of the oldest frame queued since the last call (0: none), and resets
+    /// it.
+    pub fn take_oldest(&self) -> u64 {
+        self.oldest_us.replace(0)
+    }
+
     /// Lists `c` and wakes the flusher (the client marked itself listed already).
     pub(super) fn push(&self, c: Rc<Client>) {
         self.clients.borrow_mut().push(c);
@@ -124,6 +141,8 @@ pub struct Client {
     pub inbound: InboundLimit,
     /// The limit of its publishes (`--max-publish-per-sec`, or its token's).
     pub publishes: PublishLimit,
+    /// Replies to its `pub` and `pubs` ops, sent in the order of the ops.
+    pub acks: super::acks::AckOrder,
 }
 
 /// What a new client starts with.
@@ -166,6 +185,7 @@ impl Client {
             access: Access::default(),
             inbound: InboundLimit::default(),
             publishes: PublishLimit::default(),
+            acks: Default::default(),
         })
     }
 

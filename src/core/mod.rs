@@ -88,6 +88,8 @@ enum Waiter {
     Ack {
         client: Rc<Client>,
         id: Option<Box<str>>,
+        /// Its place among the connection's publish replies ([`acks::AckOrder`]).
+        ticket: u64,
     },
     /// An `async` caller on this core (an HTTP endpoint, a resume, the demo feed).
     Await(Rc<Slot<Reply>>),
@@ -421,8 +423,8 @@ impl Core {
         let m = self.metrics();
         match (w, reply) {
             (Waiter::Await(slot), reply) => slot.fill(reply),
-            (Waiter::Ack { client, id }, Reply::Published(result)) => {
-                acks::reply_pub(m, &client, id.as_deref(), result)
+            (Waiter::Ack { client, id, ticket }, Reply::Published(result)) => {
+                acks::reply_pub(m, &client, id.as_deref(), ticket, result)
             }
             (Waiter::Batch { batch, index }, Reply::Published(result)) => {
                 batch.fill(m, index, result)
@@ -517,7 +519,11 @@ impl Core {
     /// connection.
     pub fn deliver(&self, frame: Arc<Frame>, from: usize) {
         let m = self.metrics();
+        let ts = frame.ts();
         let n = self.fanout.borrow_mut().deliver(frame, from, m);
+        if n > 0 {
+            self.flush.note_frame(ts);
+        }
         metrics::add(&m.delivered, n);
     }
 

@@ -6,9 +6,10 @@
 //! that is closing) gets a writer task, which finishes through the ring and then hands its
 //! write half back.
 //!
-//! Flushes are **paced** (`--write-pacing K`): after a pass that took `D` and whose sends
-//! were small (below [`COALESCED_BYTES`] on average), the next pass waits `K * D`. Idle, that
-//! is nothing (a pass over a few sockets takes microseconds). Loaded, the core spends at most
+//! Flushes are **paced** (`--write-pacing K`) once writes run behind (the oldest frame of a
+//! pass was published more than [`BEHIND_US`] ago): after a pass that took `D` and whose
+//! sends were small (below [`COALESCED_BYTES`] on average), the next pass waits `K * D`. A
+//! core that keeps up is never paused. Behind, the core spends at most
 //! `1 / (1 + K)` of its time in the kernel's send path and the rest reading publishes and
 //! routing frames, while each connection's frames of the interval pile up and leave in one
 //! write: frames per write grow with load instead of the core drowning in one `send` per
@@ -32,6 +33,12 @@ use std::time::{Duration, Instant};
 /// writes are already coalesced (a wide broadcast of one busy subject), and a pause would
 /// only add latency and leave the core idle.
 const COALESCED_BYTES: usize = 4096;
+
+/// Pacing engages only once writes run behind: when the oldest frame of a pass was published
+/// longer ago than this. Below it (a core keeping up, however wide its fan-out) every pass
+/// follows the last at once, for latency; above it the core is past what it can write one
+/// `send` per frame, and pausing is what lets it catch up.
+const BEHIND_US: u64 = 10_000;
 
 /// Longest pause between two passes, whatever the last one took: bounds the latency pacing
 /// adds after an exceptional pass (a snapshot to every connection at once).
@@ -59,6 +66,8 @@ impl Transport {
                 }
             }
             let start = Instant::now();
+            let oldest = list.take_oldest();
+            let behind = oldest != 0 && crate::os::now_us().saturating_sub(oldest) > BEHIND_US;
             let (mut sends, mut bytes) = (0, 0);
             for c in list.drain() {
                 if let Some(n) = self.flush(c) {
@@ -68,7 +77,7 @@ impl Transport {
             }
             let took = start.elapsed();
             next = start + took;
-            if sends > 0 && bytes / sends < COALESCED_BYTES {
+            if behind && sends > 0 && bytes / sends < COALESCED_BYTES {
                 next += took.mul_f64(pacing).min(MAX_PAUSE);
             }
         }

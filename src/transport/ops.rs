@@ -31,7 +31,13 @@ pub fn apply(core: &Rc<Core>, c: &Rc<Client>, text: &[u8]) {
     }
     let req = match parsed {
         Ok(r) => r,
-        Err(e) => return c.send_err(m, e.id.map(|r| r.get()), e.code, &e.message),
+        Err(e) => {
+            // Behind any publish reply still outstanding: a malformed `pub` in a pipeline is
+            // answered in its place.
+            let mut b = Vec::with_capacity(64 + e.message.len());
+            proto::err(&mut b, e.id.map(|r| r.get()), e.code, &e.message);
+            return c.send_publish_reply(m, &b);
+        }
     };
     let id = req.id.map(|r| r.get());
     if c.access.awaiting_auth() && !matches!(req.op, ClientOp::Auth { .. } | ClientOp::Ping) {

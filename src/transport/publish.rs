@@ -107,5 +107,5 @@ pub fn pubs_op(core: &Core, c: &Rc<Client>, id: Option<&str>, items: Vec<Item<'_
 fn send_refused(core: &Core, c: &Client, id: Option<&str>, r: &Refused) {
     let mut b = Vec::with_capacity(96 + r.message.len());
     proto::reply::refused(&mut b, id, r);
-    c.send_json(core.metrics(), &b);
+    c.send_publish_reply(core.metrics(), &b);
 }
