@@ -11,14 +11,16 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod common;
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::config::Config;
-use ringcast::core::{Client, ConnKind, Core, CoreBus, Node};
+use ringcast::core::{Client, ConnKind, Core};
 use ringcast::frame::Frame;
-use ringcast::metrics::{CloseReason, CoreMetrics};
+use ringcast::metrics::CloseReason;
 use ringcast::outbound::WriteBatch;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,21 +32,7 @@ const SUBJECT: &str = "prices.EURUSD";
 const CHUNK: u64 = 32;
 
 fn core() -> Rc<Core> {
-    let cfg = Config::default();
-    let (bus, mut rxs) = CoreBus::new(1);
-    let node = Arc::new(Node {
-        cfg: Arc::new(cfg),
-        bus,
-        metrics: vec![CoreMetrics::default()].into_boxed_slice(),
-        connections: AtomicUsize::new(0),
-        body_bytes: AtomicUsize::new(0),
-        shutting_down: AtomicBool::new(false),
-        driver: "bench",
-        verifier: None,
-        store: Arc::new(ringcast::store::MemoryStore),
-        cluster: None,
-    });
-    Core::new(0, node, rxs.pop().expect("one core"))
+    common::core(Config::default())
 }
 
 fn drain(conns: &[Rc<Client>], batch: &mut WriteBatch) -> usize {

@@ -12,14 +12,14 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod common;
+
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ringcast::config::Config;
-use ringcast::core::{Client, ConnKind, Core, CoreBus, Node};
-use ringcast::metrics::CoreMetrics;
+use ringcast::core::{Client, ConnKind, Core};
 use ringcast::outbound::WriteBatch;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 const SUBJECTS: [usize; 2] = [1, 1_000];
@@ -28,24 +28,10 @@ const SUBJECTS: [usize; 2] = [1, 1_000];
 const CHUNK: u64 = 256;
 
 fn core() -> Rc<Core> {
-    let cfg = Config {
+    common::core(Config {
         max_msgs_per_sec: 0,
         ..Config::default()
-    };
-    let (bus, mut rxs) = CoreBus::new(1);
-    let node = Arc::new(Node {
-        cfg: Arc::new(cfg),
-        bus,
-        metrics: vec![CoreMetrics::default()].into_boxed_slice(),
-        connections: AtomicUsize::new(0),
-        body_bytes: AtomicUsize::new(0),
-        shutting_down: AtomicBool::new(false),
-        driver: "bench",
-        verifier: None,
-        store: Arc::new(ringcast::store::MemoryStore),
-        cluster: None,
-    });
-    Core::new(0, node, rxs.pop().expect("one core"))
+    })
 }
 
 /// The probe's op, number `i`: `{"op":"pub","id":i,"subject":S,"data":{"n":..,"t":..,"p":".."}}`

@@ -494,28 +494,51 @@ pub fn render(cores: &[CoreMetrics], bus_depth: &[usize], node: &[NodeSeries]) -
 
 /// `ringcast_budget_refusals_total{core,budget}`.
 fn render_refusals(out: &mut String, cores: &[CoreMetrics]) {
-    use std::fmt::Write;
-    let name = "ringcast_budget_refusals_total";
     let help = "Requests refused with an error by a budget, by budget.";
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    for (i, m) in cores.iter().enumerate() {
-        for b in Budget::ALL {
-            let (label, n) = (b.label(), m.refusals(b));
-            let _ = writeln!(out, "{name}{{core=\"{i}\",budget=\"{label}\"}} {n}");
-        }
-    }
+    let counts = Budget::ALL.map(|b| (b.label(), b));
+    render_labelled(
+        out,
+        "ringcast_budget_refusals_total",
+        help,
+        "budget",
+        cores,
+        &counts,
+        |m, b| m.refusals(*b),
+    );
 }
 
 /// `ringcast_publishes_refused_total{core,reason}`.
 fn render_publish_refusals(out: &mut String, cores: &[CoreMetrics]) {
-    use std::fmt::Write;
-    let name = "ringcast_publishes_refused_total";
     let help = "Publishes refused before sequencing, by reason (one per message).";
+    let counts = PublishRefusal::ALL.map(|r| (r.label(), r));
+    render_labelled(
+        out,
+        "ringcast_publishes_refused_total",
+        help,
+        "reason",
+        cores,
+        &counts,
+        |m, r| m.publish_refusals(*r),
+    );
+}
+
+/// A per-core counter with one more label: `name{core="i",key="label"} n` for each of
+/// `labels`, read from a core by `read`.
+fn render_labelled<L>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    key: &str,
+    cores: &[CoreMetrics],
+    labels: &[(&str, L)],
+    read: impl Fn(&CoreMetrics, &L) -> u64,
+) {
+    use std::fmt::Write;
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
     for (i, m) in cores.iter().enumerate() {
-        for r in PublishRefusal::ALL {
-            let (label, n) = (r.label(), m.publish_refusals(r));
-            let _ = writeln!(out, "{name}{{core=\"{i}\",reason=\"{label}\"}} {n}");
+        for (label, l) in labels {
+            let n = read(m, l);
+            let _ = writeln!(out, "{name}{{core=\"{i}\",{key}=\"{label}\"}} {n}");
         }
     }
 }

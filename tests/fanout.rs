@@ -259,18 +259,10 @@ fn since_is_exact_even_when_a_wildcard_subscription_covers_the_subject(d: Driver
     let publisher = std::thread::spawn(move || {
         // Pipelined, as fast as the node takes them, so live messages race the replays.
         let mut p = Ws::connect(addr);
-        for i in 0..4000 {
+        publish_pipelined(&mut p, 0..4000, |i| {
             let s = &subs[i % 8];
-            p.send(&format!(
-                r#"{{"op":"pub","id":{i},"subject":"{s}","data":{i}}}"#
-            ));
-        }
-        let mut acks = 0;
-        while acks < 4000 {
-            if p.recv_json()["op"] == "ok" {
-                acks += 1;
-            }
-        }
+            format!(r#"{{"op":"pub","id":{i},"subject":"{s}","data":{i}}}"#)
+        });
     });
     let mut clients: Vec<Ws> = (0..6).map(|_| node.ws()).collect();
     for c in &mut clients {
@@ -468,18 +460,10 @@ fn conflation_replaces_pending_messages_with_the_newest(d: DriverChoice) {
     // In rounds of 100 pipelined pubs, each round's acks read before the next (acks leave in
     // order, so a round's come out together: 2,000 unread would overflow the 16 KiB queue).
     for round in 0..n / 100 {
-        for i in round * 100..(round + 1) * 100 {
+        publish_pipelined(&mut p, round * 100..(round + 1) * 100, |i| {
             let subject = if i % 2 == 0 { "q.a" } else { "q.b" };
-            p.send(&format!(
-                r#"{{"op":"pub","id":{i},"subject":"{subject}","data":{payload}}}"#
-            ));
-        }
-        let mut acks = 0;
-        while acks < 100 {
-            if p.recv_json()["op"] == "ok" {
-                acks += 1;
-            }
-        }
+            format!(r#"{{"op":"pub","id":{i},"subject":"{subject}","data":{payload}}}"#)
+        });
     }
     node.publish("q.end", "0");
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
@@ -537,6 +521,21 @@ fn unsub_stops_delivery(d: DriverChoice) {
     node.publish("a.x", "2");
     node.publish("end", "0");
     assert_eq!(c.recv_msgs(1)[0]["subject"], "end");
+}
+
+/// Sends the `pub` op `op(i)` for every `i` of `ids` back to back, then reads until each got
+/// its `ok`.
+fn publish_pipelined(p: &mut Ws, ids: std::ops::Range<usize>, op: impl Fn(usize) -> String) {
+    let n = ids.len();
+    for i in ids {
+        p.send(&op(i));
+    }
+    let mut acks = 0;
+    while acks < n {
+        if p.recv_json()["op"] == "ok" {
+            acks += 1;
+        }
+    }
 }
 
 on_both_drivers!(

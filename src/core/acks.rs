@@ -14,7 +14,7 @@
 use super::pending::Slot;
 use super::{Client, Core, Waiter};
 use crate::metrics::CoreMetrics;
-use crate::proto::{self, Ack, ErrorCode, PubResult, Publish, Refused};
+use crate::proto::{self, Ack, PubResult, Publish, Refused};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -39,21 +39,41 @@ impl AckOrder {
         self.front.get() + slots.len() as u64 - 1
     }
 
-    /// Files `reply` under `ticket`; the replies now due, in order.
-    fn complete(&self, ticket: u64, reply: Box<[u8]>) -> Vec<Box<[u8]>> {
-        let mut slots = self.slots.borrow_mut();
+    /// Sends `reply` (of the publish holding `ticket`) through `send` once every earlier reply
+    /// is out, and with it the later ones it held back. In order (the common case) it goes out
+    /// at once, uncopied; only a reply that must wait is copied into its slot.
+    fn complete(&self, ticket: u64, reply: &[u8], mut send: impl FnMut(&[u8])) {
         let Some(at) = ticket.checked_sub(self.front.get()) else {
-            return Vec::new();
+            return;
         };
-        if let Some(slot) = slots.get_mut(at as usize) {
-            *slot = Some(reply);
+        if at > 0 {
+            if let Some(slot) = self.slots.borrow_mut().get_mut(at as usize) {
+                *slot = Some(reply.into());
+            }
+            return;
         }
-        let mut due = Vec::new();
-        while let Some(Some(_)) = slots.front() {
-            due.push(slots.pop_front().flatten().expect("front is filled"));
+        self.pop_front();
+        send(reply);
+        while let Some(held) = self.pop_filled() {
+            send(&held);
+        }
+    }
+
+    /// Drops the front slot (its reply is being sent).
+    fn pop_front(&self) {
+        if self.slots.borrow_mut().pop_front().is_some() {
             self.front.set(self.front.get() + 1);
         }
-        due
+    }
+
+    /// The front slot's reply, if it has arrived.
+    fn pop_filled(&self) -> Option<Box<[u8]>> {
+        let mut slots = self.slots.borrow_mut();
+        if !matches!(slots.front(), Some(Some(_))) {
+            return None;
+        }
+        self.front.set(self.front.get() + 1);
+        slots.pop_front().flatten()
     }
 
     /// True when no publish reply is outstanding.
@@ -66,9 +86,8 @@ impl Client {
     /// Sends the JSON reply of the publish holding `ticket` once every earlier publish reply
     /// is out.
     pub fn send_ack(&self, m: &CoreMetrics, ticket: u64, json: &[u8]) {
-        for reply in self.acks.complete(ticket, json.into()) {
-            self.send_json(m, &reply);
-        }
+        self.acks
+            .complete(ticket, json, |reply| self.send_json(m, reply));
     }
 
     /// Sends a publish reply decided at once (a refusal), behind any reply still outstanding.
@@ -199,7 +218,44 @@ pub(super) fn reply_pub(
     let mut b = Vec::with_capacity(80);
     match result {
         Ok(ack) => proto::ok_pub(&mut b, id, ack.seq, ack.ts, ack.duplicate),
-        Err(e) => proto::err(&mut b, id, ErrorCode::Overloaded, e.message()),
+        Err(e) => proto::reply::refused(&mut b, id, &Refused::from(e)),
     }
     client.send_ack(m, ticket, &b);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(order: &AckOrder, ticket: u64, reply: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        order.complete(ticket, reply.as_bytes(), |r| {
+            out.push(String::from_utf8(r.to_vec()).unwrap())
+        });
+        out
+    }
+
+    #[test]
+    fn a_reply_waits_for_every_earlier_one_then_they_leave_in_ticket_order() {
+        let order = AckOrder::default();
+        let t: Vec<u64> = (0..4).map(|_| order.reserve()).collect();
+        assert_eq!(sent(&order, t[2], "c"), Vec::<String>::new());
+        assert_eq!(sent(&order, t[1], "b"), Vec::<String>::new());
+        assert_eq!(sent(&order, t[0], "a"), ["a", "b", "c"]);
+        assert!(!order.is_idle());
+        assert_eq!(sent(&order, t[3], "d"), ["d"]);
+        assert!(order.is_idle());
+    }
+
+    #[test]
+    fn tickets_keep_counting_after_the_queue_empties() {
+        let order = AckOrder::default();
+        let first = order.reserve();
+        assert_eq!(sent(&order, first, "a"), ["a"]);
+        let (x, y) = (order.reserve(), order.reserve());
+        assert_eq!((x, y), (first + 1, first + 2));
+        assert_eq!(sent(&order, y, "y"), Vec::<String>::new());
+        assert_eq!(sent(&order, x, "x"), ["x", "y"]);
+        assert!(order.is_idle());
+    }
 }

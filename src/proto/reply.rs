@@ -54,10 +54,8 @@ pub fn pong(out: &mut Vec<u8>, id: Option<&str>) {
 pub fn err(out: &mut Vec<u8>, id: Option<&str>, code: ErrorCode, message: &str) {
     out.extend_from_slice(br#"{"op":"err","id":"#);
     put_id(out, id);
-    out.extend_from_slice(br#","code":""#);
-    out.extend_from_slice(code.as_str().as_bytes());
-    out.extend_from_slice(br#"","message":"#);
-    put_str(out, message);
+    out.push(b',');
+    put_error_fields(out, code, message, None);
     out.push(b'}');
 }
 
@@ -72,11 +70,15 @@ pub fn refused(out: &mut Vec<u8>, id: Option<&str>, r: &Refused) {
 
 /// `"code":C,"message":M` (+ `,"retry_after_ms":N`)
 fn put_refusal_fields(out: &mut Vec<u8>, r: &Refused) {
+    put_error_fields(out, r.code, &r.message, r.retry_after_ms);
+}
+
+fn put_error_fields(out: &mut Vec<u8>, code: ErrorCode, message: &str, retry_ms: Option<u64>) {
     out.extend_from_slice(br#""code":""#);
-    out.extend_from_slice(r.code.as_str().as_bytes());
+    out.extend_from_slice(code.as_str().as_bytes());
     out.extend_from_slice(br#"","message":"#);
-    put_str(out, &r.message);
-    if let Some(ms) = r.retry_after_ms {
+    put_str(out, message);
+    if let Some(ms) = retry_ms {
         out.extend_from_slice(br#","retry_after_ms":"#);
         out.extend_from_slice(itoa::Buffer::new().format(ms).as_bytes());
     }
