@@ -30,6 +30,7 @@ const CHUNK: u64 = 256;
 fn core() -> Rc<Core> {
     common::core(Config {
         max_msgs_per_sec: 0,
+        max_publish_per_sec: 0,
         ..Config::default()
     })
 }
