@@ -25,7 +25,8 @@
 //!    scheduler     Scheduler: scheduled publishes of owned subjects
 //!    pending       Pending: requests in flight (slab of waiters by token); Slot
 //!    acks          publish answers: one `pub`'s; Batch, a `pubs` / array body's collector
-//!    msg           CoreMsg: what crosses cores (Deliver, Request/Reply, notices)
+//!    msg           CoreMsg: what crosses cores (Deliver, Request/Reply, notices, Batch)
+//!    outbox        Outbox: a loop turn's messages to each other core, sent as one Batch
 //!    node          Node: what all cores share (config, bus, metrics, store, cluster)
 //!  bus             the cross-core mechanism: crossbeam channels + doorbells; owner_of
 //!  proto/          bytes -> ClientOp; publish validation (Publish, PubAck), batches of them;
@@ -64,6 +65,8 @@
 //!     core O: Arc<Frame> --CoreMsg::Deliver--> every core C (FIFO per core pair: seq order)
 //!        core C: Fanout: trie match (cached) -> each matching client once -> its queue (Rc)
 //!        client -> FlushList -> transport flusher -> writer: everything queued, one writev
+//!  (every core-to-core message of a loop turn leaves through the core's Outbox: one bus
+//!   message per destination; it is flushed before any ack or answer reaches a socket)
 //!
 //!  --data-dir:  core O --append (channel)--> ringcast-store thread: group commit to fjall
 //!               (--durability sync: delivery and ack wait for CoreMsg::Durable)

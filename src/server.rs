@@ -367,6 +367,7 @@ async fn run_core(
     let core = Core::new(id, node, rx);
     let transport = Transport::new(core.clone());
     monoio::spawn(core.clone().run_bus());
+    monoio::spawn(core.clone().run_outbox());
     monoio::spawn(core.clone().run_sweeper());
     monoio::spawn(core.clone().run_schedules());
     monoio::spawn(transport.clone().run_flusher());

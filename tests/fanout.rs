@@ -165,6 +165,46 @@ fn per_subject_order_holds_under_concurrent_publishers(d: DriverChoice) {
     assert_eq!(last_seq.values().sum::<u64>(), 800);
 }
 
+/// Causal order across subjects and cores: a message published after another was
+/// acknowledged is delivered after it, to every subscriber, whichever cores own the two
+/// subjects (the owner's frames leave for the other cores before its ack leaves for the
+/// publisher, over HTTP and over WebSocket alike).
+fn a_publish_after_an_ack_is_delivered_after_the_acknowledged_one(d: DriverChoice) {
+    let node = start(d, |_| {});
+    let subject_of = |core| {
+        (0..)
+            .map(|i| format!("causal.s{i}"))
+            .find(|s| ringcast::bus::owner_of(s, 2) == core)
+            .unwrap()
+    };
+    let (a, b) = (subject_of(0), subject_of(1));
+    let mut subs: Vec<Ws> = (0..6).map(|_| node.ws()).collect();
+    for s in &mut subs {
+        s.sub(1, "causal.>");
+    }
+    let mut publisher = node.ws();
+    const N: usize = 200;
+    for i in 0..N {
+        let subject = if i % 2 == 0 { &a } else { &b };
+        if i % 4 < 2 {
+            node.publish(subject, &i.to_string());
+        } else {
+            let (ack, _) = publisher.request(&format!(
+                r#"{{"op":"pub","id":{i},"subject":"{subject}","data":{i}}}"#
+            ));
+            assert_eq!(ack["op"], "ok", "{ack}");
+        }
+    }
+    for (k, s) in subs.iter_mut().enumerate() {
+        let got: Vec<u64> = s
+            .recv_msgs(N)
+            .iter()
+            .map(|m| m["data"].as_u64().unwrap())
+            .collect();
+        assert_eq!(got, (0..N as u64).collect::<Vec<_>>(), "subscriber {k}");
+    }
+}
+
 fn overlapping_subscriptions_deliver_once(d: DriverChoice) {
     let node = start(d, |_| {});
     let mut c = node.ws();
@@ -539,6 +579,7 @@ fn publish_pipelined(p: &mut Ws, ids: std::ops::Range<usize>, op: impl Fn(usize)
 }
 
 on_both_drivers!(
+    a_publish_after_an_ack_is_delivered_after_the_acknowledged_one,
     a_slow_reader_gets_its_close_frame_behind_little_kernel_buffer,
     fanout_reaches_every_subscriber_on_both_cores,
     wildcards_match_exactly_as_specified,

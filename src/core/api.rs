@@ -411,9 +411,7 @@ impl Core {
                 self.restore(session, *state);
             } else {
                 let session = session.into();
-                self.node
-                    .bus
-                    .send(owner, CoreMsg::Restore { session, state });
+                self.send(owner, CoreMsg::Restore { session, state });
             }
             return Err(ResumeError::Expired);
         }

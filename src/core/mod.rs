@@ -12,7 +12,8 @@
 //!  scheduler  Scheduler    scheduled publishes of the subjects this core owns
 //!  pending    Pending      requests in flight to other cores, the store or the cluster
 //!  acks       Batch        publish answers: one `pub`'s, and a batch's collector (in order)
-//!  msg        CoreMsg      what crosses cores: Deliver, Request/Reply, notices
+//!  msg        CoreMsg      what crosses cores: Deliver, Request/Reply, notices, Batch
+//!  outbox     Outbox       this turn's messages to other cores, one batch per destination
 //!  node       Node         what all cores share (config, bus, metrics, store, cluster)
 //! ```
 //!
@@ -34,6 +35,7 @@ pub mod client;
 pub mod fanout;
 pub mod msg;
 pub mod node;
+pub mod outbox;
 pub mod pending;
 pub mod rate;
 pub mod scheduler;
@@ -59,6 +61,7 @@ use crate::owner::SubjectLimits;
 use crate::store::{ReadReq, StoredRange};
 use crossbeam_channel::Receiver;
 use fanout::Fanout;
+use outbox::Outbox;
 use pending::{Pending, Slot};
 use scheduler::Scheduler;
 use sequencer::{Backfill, Finished, Ready, Sequencer};
@@ -136,6 +139,7 @@ pub struct Core {
     sequencer: RefCell<Sequencer<ReplyTo>>,
     scheduler: RefCell<Scheduler>,
     pending: RefCell<Pending<Waiter>>,
+    outbox: Outbox,
     flush: Rc<FlushList>,
     /// Notified when shutdown begins (accept loop and connections watch it).
     pub shutdown: LocalNotify,
@@ -172,6 +176,7 @@ impl Core {
             sequencer: RefCell::new(sequencer),
             scheduler: RefCell::new(scheduler),
             pending: RefCell::default(),
+            outbox: Outbox::new(node.cores()),
             flush: Rc::default(),
             shutdown: LocalNotify::default(),
             shutting_down: Cell::new(false),
@@ -231,17 +236,55 @@ impl Core {
             doorbell.wait().await;
             let mut n = 0;
             while let Ok(msg) = self.rx.try_recv() {
-                self.handle(msg);
-                n += 1;
-                if n == BUS_BATCH {
+                n += self.handle(msg);
+                if n >= BUS_BATCH {
                     doorbell.ring();
                     break;
                 }
             }
-            if n == BUS_BATCH {
+            if n >= BUS_BATCH {
                 signal::yield_now().await;
             }
         }
+    }
+
+    /// Sends what this core queued for other cores, once the loop turn's ready tasks have run
+    /// (see [`outbox`]), forever.
+    pub async fn run_outbox(self: Rc<Self>) {
+        loop {
+            self.outbox.wait().await;
+            self.flush_outbox();
+        }
+    }
+
+    /// Handles what other cores already sent (at most [`BUS_BATCH`] messages) before this core
+    /// sequences a publish of its own: a frame another core broadcast before acknowledging a
+    /// publish must reach this core's subscribers before a message published after that ack
+    /// (causal order across subjects; the bus task would handle it on its next turn, after).
+    fn catch_up_with_bus(&self) {
+        if self.rx.is_empty() {
+            return;
+        }
+        let mut n = 0;
+        while let Ok(msg) = self.rx.try_recv() {
+            n += self.handle(msg);
+            if n >= BUS_BATCH {
+                break;
+            }
+        }
+    }
+
+    /// Sends what this core queued for other cores now. Called before anything this core did
+    /// becomes visible on a socket (the flusher's pass, a writer's write, an HTTP answer): an
+    /// ack must never reach a client before the frames it acknowledges reached the other
+    /// cores, or a client that publishes after it could see its next message delivered first.
+    pub fn flush_outbox(&self) {
+        self.outbox.flush(&self.node.bus);
+    }
+
+    /// Queues `msg` for another core (it leaves with the turn's batch for that core).
+    fn send(&self, core: usize, msg: CoreMsg) {
+        self.outbox.push(&self.node.bus, core, msg);
     }
 
     /// Sweeps every [`SWEEP_TICK`], forever.
@@ -279,9 +322,17 @@ impl Core {
         }
     }
 
-    /// Handles one message from another core (or from the store or the cluster bridge).
-    pub fn handle(self: &Rc<Self>, msg: CoreMsg) {
+    /// Handles one message from another core (or from the store or the cluster bridge); how
+    /// many messages that was (a batch counts its own).
+    pub fn handle(&self, msg: CoreMsg) -> usize {
         match msg {
+            CoreMsg::Batch(batch) => {
+                let n = batch.len();
+                for msg in batch {
+                    self.handle(msg);
+                }
+                return n;
+            }
             CoreMsg::Deliver { frame, from } => self.deliver(frame, from),
             CoreMsg::Request { from, token, req } => {
                 self.serve(req, ReplyTo::Core { core: from, token })
@@ -305,6 +356,7 @@ impl Core {
             CoreMsg::Restore { session, state } => self.restore(&session, *state),
             CoreMsg::Shutdown => self.begin_shutdown(),
         }
+        1
     }
 
     // ---- requests and answers ---------------------------------------------------------------
@@ -320,7 +372,7 @@ impl Core {
             token,
             req,
         };
-        self.node.bus.send(owner, msg);
+        self.send(owner, msg);
     }
 
     /// [`Core::ask`] for an `async` caller: waits for the answer.
@@ -401,9 +453,7 @@ impl Core {
     fn answer(&self, to: ReplyTo, reply: Reply) {
         match to {
             ReplyTo::Core { core, token } if core == self.id => self.resolve(token, reply),
-            ReplyTo::Core { core, token } => {
-                self.node.bus.send(core, CoreMsg::Reply { token, reply })
-            }
+            ReplyTo::Core { core, token } => self.send(core, CoreMsg::Reply { token, reply }),
             ReplyTo::Local(w) => self.complete(w, reply),
             ReplyTo::Nobody => {}
         }
@@ -466,6 +516,7 @@ impl Core {
         }
         let owner = owner_of(subject, self.cores());
         if owner == self.id {
+            self.catch_up_with_bus();
             return self.sequence(subject, data, msg_id, None, ReplyTo::Local(w));
         }
         let req = Request::Publish {
@@ -510,7 +561,7 @@ impl Core {
         for core in (0..self.cores()).filter(|c| *c != self.id) {
             let from = self.id;
             let frame = frame.clone();
-            self.node.bus.send(core, CoreMsg::Deliver { frame, from });
+            self.send(core, CoreMsg::Deliver { frame, from });
         }
         self.deliver(frame, self.id);
     }

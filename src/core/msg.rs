@@ -78,6 +78,9 @@ pub enum CoreMsg {
     },
     /// Stop accepting, close connections with 1001, finish.
     Shutdown,
+    /// Several of the above from one core, in the order sent (its [`super::outbox::Outbox`]:
+    /// one bus message per destination per loop turn).
+    Batch(Vec<CoreMsg>),
 }
 
 /// What one core asks of another.

@@ -66,6 +66,7 @@ impl Transport {
                 }
             }
             let start = Instant::now();
+            self.core.flush_outbox();
             let oldest = list.take_oldest();
             let behind = oldest != 0 && crate::os::now_us().saturating_sub(oldest) > BEHIND_US;
             let (mut sends, mut bytes) = (0, 0);
@@ -146,6 +147,7 @@ impl Transport {
                     return;
                 }
                 None => {
+                    self.core.flush_outbox();
                     let mut b = self.take_batch();
                     c.fill(&mut b);
                     b

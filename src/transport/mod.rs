@@ -185,6 +185,7 @@ impl Transport {
                     };
                     let answer = endpoints::respond(&core, &req, route, conn, granted);
                     let resp = Box::pin(answer).await;
+                    core.flush_outbox();
                     let (res, _) = stream.write_all(resp).await;
                     if res.is_err() || !keep_alive {
                         return;
