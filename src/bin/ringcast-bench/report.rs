@@ -50,6 +50,12 @@ pub struct Row {
     pub server_cpu_s: Option<f64>,
     /// server CPU seconds / wall seconds (2.0 = both cores busy).
     pub server_cpu_util: Option<f64>,
+    /// Server CPU per accepted publish, in microseconds: everything the server spent in the
+    /// step (ingest, sequencing, fan-out, writes) over `published`. With `--subscribers 0`
+    /// that is the cost of ingest alone.
+    pub server_us_per_publish: Option<f64>,
+    /// Server CPU per delivered message, in nanoseconds (`delivered` > 0).
+    pub server_ns_per_delivery: Option<f64>,
     /// Peak RSS of the server; in cluster mode the sum of each node's own peak.
     pub server_peak_rss_mib: Option<f64>,
     /// Generator CPU seconds in this step.
@@ -70,6 +76,12 @@ pub struct Row {
     pub server_rss_after_kib: Option<u64>,
     pub rss_per_conn_bytes: Option<f64>,
     pub first_error: Option<String>,
+}
+
+/// `cpu_s` spent on `n` things, in `unit`s of a second each (`None` without a CPU reading or
+/// without any thing).
+pub fn per(cpu_s: Option<f64>, n: u64, unit: f64) -> Option<f64> {
+    cpu_s.filter(|_| n > 0).map(|s| s * unit / n as f64)
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {
@@ -145,12 +157,12 @@ fn fanout_table(rows: &[Row]) -> String {
     let js = rows.iter().any(|r| r.nats_cpu_s.is_some());
     let _ = writeln!(
         s,
-        "| scenario | target | subs | pub/s | offered msg/s | delivered msg/s | p50 ms | p99 ms | p99.9 ms | max ms | pub lag p99 ms | lost | gaps | reorder | 4008 closes | other closes | srv CPU s (util) |{} gen CPU s | other CPU s | srv peak RSS MiB |",
+        "| scenario | target | subs | pub/s | offered msg/s | delivered msg/s | p50 ms | p99 ms | p99.9 ms | max ms | pub lag p99 ms | lost | gaps | reorder | 4008 closes | other closes | srv CPU s (util) | srv µs/pub | srv ns/delivery |{} gen CPU s | other CPU s | srv peak RSS MiB |",
         if js { " nats CPU s | guard conflicts |" } else { "" }
     );
     let _ = writeln!(
         s,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{}---:|---:|---:|",
         if js { "---:|---:|" } else { "" }
     );
     for r in rows {
@@ -165,7 +177,7 @@ fn fanout_table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} ({}) |{} {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} ({}) | {} | {} |{} {} | {} | {} |",
             r.scenario,
             target_label(r),
             r.subscribers,
@@ -184,6 +196,8 @@ fn fanout_table(rows: &[Row]) -> String {
             r.other_closes + r.disconnects,
             opt(r.server_cpu_s, 2),
             opt(r.server_cpu_util, 2),
+            opt(r.server_us_per_publish, 2),
+            opt(r.server_ns_per_delivery, 0),
             js_cell,
             opt(r.generator_cpu_s, 2),
             opt(r.other_cpu_s, 2),
@@ -197,7 +211,7 @@ fn fanout_table(rows: &[Row]) -> String {
 /// errors in the step.
 pub fn step_line(rate: f64, row: &Row, pub_errors: u64) -> String {
     format!(
-        "  pub {}/s: offered {}/s delivered {}/s p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms, lost {} gaps {} reorder {} 4008 {} other {} pub errors {} guard conflicts {}; CPU s server {} nats {} gen {} other {}",
+        "  pub {}/s: offered {}/s delivered {}/s p50 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms, lost {} gaps {} reorder {} 4008 {} other {} pub errors {} guard conflicts {}; CPU s server {} ({} µs/pub, {} ns/delivery) nats {} gen {} other {}",
         fmt_rate(rate),
         fmt_rate(row.offered_msgs_s),
         fmt_rate(row.delivered_msgs_s),
@@ -213,6 +227,8 @@ pub fn step_line(rate: f64, row: &Row, pub_errors: u64) -> String {
         pub_errors,
         row.cluster_conflicts.map_or("-".into(), |x| x.to_string()),
         opt(row.server_cpu_s, 2),
+        opt(row.server_us_per_publish, 2),
+        opt(row.server_ns_per_delivery, 0),
         opt(row.nats_cpu_s, 2),
         opt(row.generator_cpu_s, 2),
         opt(row.other_cpu_s, 2),
@@ -329,6 +345,22 @@ mod tests {
             cluster_conflicts: cluster.then_some(3),
             ..Row::default()
         }
+    }
+
+    #[test]
+    fn cpu_is_shown_per_publish_and_per_delivery() {
+        assert_eq!(per(Some(2.0), 1_000_000, 1e6), Some(2.0));
+        assert_eq!(per(Some(1.5), 3_000_000_000, 1e9), Some(0.5));
+        assert_eq!(per(Some(1.0), 0, 1e6), None, "nothing published");
+        assert_eq!(per(None, 10, 1e6), None, "no CPU reading");
+        let r = Row {
+            server_us_per_publish: Some(3.25),
+            server_ns_per_delivery: Some(412.0),
+            ..row(false, 1)
+        };
+        let t = table(&[r]);
+        assert!(t.contains("| srv µs/pub | srv ns/delivery |"), "{t}");
+        assert!(t.contains("| 3.25 | 412 |"), "{t}");
     }
 
     #[test]

@@ -213,6 +213,8 @@ impl<'a> Step<'a> {
             errors: (after.errors - before.stats.errors) + pub_errors,
             server_cpu_s: cpu.server,
             server_cpu_util: cpu.server.map(|s| s / wall.max(duration)),
+            server_us_per_publish: crate::report::per(cpu.server, published, 1e6),
+            server_ns_per_delivery: crate::report::per(cpu.server, delivered, 1e9),
             generator_cpu_s: cpu.generator,
             nats_cpu_s: cpu.jetstream,
             cluster_conflicts: cpu.conflicts,
