@@ -411,21 +411,17 @@ fn slow_consumer_is_closed_with_4008_while_a_fast_one_keeps_receiving(d: DriverC
     fast.sub(1, "big");
     let payload = format!("\"{}\"", "x".repeat(4000));
     let total = 3000;
-    let addr = node.addr;
-    let pub_thread = std::thread::spawn(move || {
-        // Acknowledged one by one: a steady stream the fast reader keeps up with.
-        let mut p = Ws::connect(addr);
-        for i in 0..total {
-            let (ack, _) = p.request(&format!(
-                r#"{{"op":"pub","id":{i},"subject":"big","data":{payload}}}"#
-            ));
-            assert_eq!(ack["op"], "ok");
-        }
-    });
-    let fast_thread = std::thread::spawn(move || {
-        let msgs = fast.recv_msgs(total);
-        assert_range(&msgs, 1, total as u64, "fast consumer");
-    });
+    // In lockstep with the fast reader (each message read before the next is published), so
+    // that it keeps up however the test's threads are scheduled; the slow one never reads.
+    let mut p = node.ws();
+    for i in 0..total {
+        let (ack, _) = p.request(&format!(
+            r#"{{"op":"pub","id":{i},"subject":"big","data":{payload}}}"#
+        ));
+        assert_eq!(ack["op"], "ok");
+        let msg = fast.recv_msgs(1);
+        assert_range(&msg, i as u64 + 1, i as u64 + 1, "fast consumer");
+    }
     // The slow one never read. Once the server has given up on it, it reads what the kernel
     // kept, then the close frame (at once: its socket is shut if the close cannot be flushed
     // within the grace period, whatever the publisher is still doing).
@@ -433,8 +429,6 @@ fn slow_consumer_is_closed_with_4008_while_a_fast_one_keeps_receiving(d: DriverC
         node.metric("ringcast_slow_consumer_closes_total") == 1
     });
     assert_eq!(slow.recv_close(), Some(4008));
-    fast_thread.join().unwrap();
-    pub_thread.join().unwrap();
     assert_eq!(node.metric("ringcast_slow_consumer_closes_total"), 1);
 }
 

@@ -165,7 +165,7 @@ impl Transport {
             let Incoming {
                 req,
                 granted,
-                permit: _permit,
+                permit,
             } = incoming;
             metrics::add(&core.metrics().http_requests, 1);
             let keep_alive = !req.headers.close && !core.is_shutting_down();
@@ -185,6 +185,9 @@ impl Transport {
                     };
                     let answer = endpoints::respond(&core, &req, route, conn, granted);
                     let resp = Box::pin(answer).await;
+                    // Answered: the body's bytes are given back before the client can read
+                    // the answer (and, say, look at `ringcast_http_body_bytes`).
+                    drop(permit);
                     core.flush_outbox();
                     let (res, _) = stream.write_all(resp).await;
                     if res.is_err() || !keep_alive {
