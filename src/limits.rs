@@ -63,6 +63,21 @@ fn show(v: u64) -> String {
 
 impl fmt::Display for LimitWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.limit == NOFILE {
+            // The limit that caps a default start on most machines: the command that lifts it,
+            // and the flag that lives with it, rather than a pointer to a document.
+            return write!(
+                f,
+                "{} is {}, below {} needed for {}: raise it with `sudo prlimit --pid $$ --nofile={}` in the shell that starts ringcast, or pass --max-connections {} (a service: {})",
+                self.limit,
+                show(self.current),
+                show(self.wanted),
+                self.purpose(),
+                self.wanted,
+                self.current.saturating_sub(FD_HEADROOM),
+                self.hint
+            );
+        }
         write!(
             f,
             "{} is {}, below {} needed for {}; see tuning/README.md ({})",
@@ -83,7 +98,7 @@ fn nofile_warning(soft: u64, max_connections: u64) -> Option<LimitWarning> {
         limit: NOFILE,
         current: soft,
         wanted,
-        hint: "LimitNOFILE= in ringcast.service, nofile in limits.conf",
+        hint: "LimitNOFILE= in tuning/ringcast.service",
     })
 }
 
@@ -301,9 +316,14 @@ mod tests {
         assert_eq!(
             w.to_string(),
             "open-file limit (RLIMIT_NOFILE) is 1024, below 50064 needed for 50000 \
-             connections plus 64 spare fds; see tuning/README.md \
-             (LimitNOFILE= in ringcast.service, nofile in limits.conf)"
+             connections plus 64 spare fds: raise it with `sudo prlimit --pid $$ \
+             --nofile=50064` in the shell that starts ringcast, or pass --max-connections 960 \
+             (a service: LimitNOFILE= in tuning/ringcast.service)"
         );
+        let m = memlock_warning(0, None).unwrap();
+        assert!(m.to_string().ends_with(
+            "see tuning/README.md (LimitMEMLOCK=infinity in ringcast.service, memlock in limits.conf)"
+        ));
         let m = LimitWarning {
             current: u64::MAX,
             ..memlock_warning(0, None).unwrap()

@@ -20,6 +20,11 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// burst's memory back. `MIMALLOC_PURGE_DELAY` overrides it.
 const PURGE_DELAY_MS: std::os::raw::c_long = 1000;
 
+/// The log filter when `RINGCAST_LOG` is unset: ringcast's own INFO lines, and only warnings
+/// from the embedded store (fjall and its LSM tree log every keyspace open and journal
+/// recovery at INFO). `RINGCAST_LOG=info` shows those too.
+const DEFAULT_LOG_FILTER: &str = "info,fjall=warn,lsm_tree=warn";
+
 fn main() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a plain integer option; mimalloc reads it when it next purges.
@@ -28,7 +33,7 @@ fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RINGCAST_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -41,17 +46,13 @@ fn main() {
 }
 
 fn run(cfg: Config) -> std::io::Result<()> {
+    // A limit that could not be raised is reported once, by the check's warning below.
     match ringcast::limits::raise_nofile() {
         Ok(n) => tracing::debug!(nofile = n, "open-file limit"),
-        Err(e) => tracing::warn!("could not raise the open-file limit: {e}"),
+        Err(e) => tracing::debug!("could not raise the open-file limit: {e}"),
     }
     for w in ringcast::limits::check(cfg.max_connections as u64, cfg.backlog) {
         tracing::warn!("{w}");
-    }
-    if !cfg.listen.ip().is_loopback() {
-        tracing::warn!("auth is OFF and ringcast listens on a non-loopback address: anyone who can reach {} can read and publish", cfg.listen);
-    } else {
-        tracing::warn!("auth is OFF (no JWT key configured): fine on loopback for trying it out");
     }
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let server = Server::start(cfg)?;

@@ -1,6 +1,7 @@
 //! Start-up and shutdown of a node: one named, pinned thread per core, each running its own
 //! monoio runtime (io_uring when the kernel has it, else the legacy epoll driver, logged), each
-//! with its own SO_REUSEPORT listener and its own shard of the node.
+//! with its own SO_REUSEPORT listener and its own shard of the node. An address another process
+//! already listens on is refused at start-up (SO_REUSEPORT would otherwise share it).
 //!
 //! Owns the core threads, and wires the node together: the bus between cores, the store and
 //! the cluster bridge answering through it (`CoreSink`), and on each core its [`Core`] and
@@ -39,45 +40,62 @@ pub struct Server {
     threads: Vec<JoinHandle<io::Result<()>>>,
 }
 
-fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener> {
+/// A non-blocking TCP socket for `addr` with SO_REUSEADDR (a restart is not blocked by the
+/// previous run's connections in TIME_WAIT), and SO_REUSEPORT if `reuse_port`.
+fn socket(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
+    s.set_reuse_port(reuse_port)?;
     s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+fn listen(s: Socket, backlog: u32) -> io::Result<std::net::TcpListener> {
     s.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(s.into())
 }
 
-/// One SO_REUSEPORT listener per core on the same address.
+/// One SO_REUSEPORT listener per core on the same address, refusing an address another
+/// process already serves.
 ///
-/// Port 0 is resolved first with a plain (non-reuseport) probe socket: the kernel may hand an
-/// automatically chosen port that other SO_REUSEPORT sockets of this user already hold, which
-/// would silently share their traffic with another node.
+/// SO_REUSEPORT alone would let a second ringcast (of the same user) bind the port of a running
+/// one, and the kernel would split new connections between the two nodes. So the first
+/// listener is bound and listening *without* SO_REUSEPORT: that fails if any other socket
+/// listens on the address (reuseport or not; for port 0 the kernel picks a port nobody
+/// holds). Only then is SO_REUSEPORT turned on for it (the kernel looks at it on each later
+/// bind), and the other cores' listeners join it. Of two nodes started at the same instant,
+/// only the first to listen gets past that: there is no window in which both pass the check.
 fn bind_all(
     addr: SocketAddr,
     backlog: u32,
     cores: usize,
 ) -> io::Result<Vec<std::net::TcpListener>> {
-    const PORT_PROBES: usize = 16;
-    let mut last_err = None;
-    for _ in 0..if addr.port() == 0 { PORT_PROBES } else { 1 } {
-        let mut target = addr;
-        if addr.port() == 0 {
-            target.set_port(std::net::TcpListener::bind(addr)?.local_addr()?.port());
-        }
-        match (0..cores)
-            .map(|_| bind(target, backlog))
-            .collect::<io::Result<Vec<_>>>()
-        {
-            Ok(v) => return Ok(v),
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse && addr.port() == 0 => {
-                last_err = Some(e)
-            }
-            Err(e) => return Err(e),
-        }
+    let first = socket(addr, false)?;
+    first.bind(&addr.into()).map_err(|e| in_use(e, addr))?;
+    let first = listen(first, backlog).map_err(|e| in_use(e, addr))?;
+    socket2::SockRef::from(&first).set_reuse_port(true)?;
+    let target = first.local_addr()?;
+    let mut listeners = Vec::with_capacity(cores);
+    listeners.push(first);
+    for _ in 1..cores {
+        let s = socket(target, true)?;
+        s.bind(&target.into()).map_err(|e| in_use(e, addr))?;
+        listeners.push(listen(s, backlog)?);
     }
-    Err(last_err.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+    Ok(listeners)
+}
+
+/// A clearer error for an address that is taken.
+fn in_use(e: io::Error, addr: SocketAddr) -> io::Error {
+    if e.kind() != io::ErrorKind::AddrInUse {
+        return io::Error::new(e.kind(), format!("--listen {addr}: {e}"));
+    }
+    io::Error::new(
+        e.kind(),
+        format!(
+            "--listen {addr}: the address is already in use (another ringcast, or another program, listens on it): stop that, or choose another --listen ({e})"
+        ),
+    )
 }
 
 /// The CPUs this process may run on, in order (for pinning core i to the i-th allowed CPU).
@@ -212,14 +230,23 @@ fn choose_driver(choice: DriverChoice) -> bool {
 }
 
 /// The token verifier (`None`: auth off), refusing to serve a non-loopback address without
-/// auth unless told to.
+/// auth unless told to. Logs which it is, and why no auth is allowed when it is off.
 fn verifier(cfg: &Config) -> io::Result<Option<crate::auth::Verifier>> {
     let verifier = crate::auth::Verifier::new(&cfg.auth_config()?).map_err(io::Error::other)?;
-    if verifier.is_none() && !cfg.listen.ip().is_loopback() && !cfg.insecure_no_auth {
-        return Err(io::Error::other(format!(
-            "refusing to listen on {} without auth: configure --jwt-secret or --jwt-public-key, or pass --insecure-no-auth",
-            cfg.listen
-        )));
+    let listen = cfg.listen;
+    match &verifier {
+        Some(v) => tracing::info!("auth is on: clients need a JWT ({})", v.describe()),
+        None if listen.ip().is_loopback() => tracing::info!(
+            "auth is off (no --jwt-secret or --jwt-public-key): allowed because {listen} is loopback; anyone on this machine can read and publish"
+        ),
+        None if cfg.insecure_no_auth => tracing::warn!(
+            "auth is off on {listen}, allowed by --insecure-no-auth: anyone who can reach it can read and publish"
+        ),
+        None => {
+            return Err(io::Error::other(format!(
+                "refusing to listen on {listen} without auth: configure --jwt-secret or --jwt-public-key, or pass --insecure-no-auth"
+            )))
+        }
     }
     Ok(verifier)
 }
@@ -404,6 +431,12 @@ async fn run_core(
             }
         }
     }
+    // Stop listening now, not when the last reference goes: an accept still in flight on
+    // io_uring holds the socket until the ring is torn down, asynchronously, after this thread
+    // ends; until then the address stays taken (a restart would be refused) and connections
+    // could queue where no one accepts them.
+    // SAFETY: shutdown(2) of our own listening descriptor, still open here.
+    unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
     drop(listener);
     let deadline = Instant::now() + grace;
     while core.connection_count() > 0 && Instant::now() < deadline {

@@ -4,7 +4,8 @@
 //! stream still runs), the page reconnects and resumes (or, when the node keeps no sessions,
 //! subscribes again and catches up); then the page's record
 //! (`window.__ringcast`, read over the DevTools protocol) must hold every subject's seqs exactly
-//! 1..=N, once each, in order. Over WebSocket and over SSE.
+//! 1..=N, once each, in order. Over WebSocket and over SSE. And a page given a malformed
+//! pattern says so on its badge instead of showing `connecting` for ever.
 //!
 //! Needs Debian's `chromium` at /usr/bin/chromium (`.ci/run` installs it). All waits are
 //! bounded polls; nothing here asserts on timing.
@@ -66,6 +67,40 @@ fn websocket_page_on_one_subject_resubscribes_since_when_its_session_expired() {
 #[test]
 fn sse_page_catches_up_when_its_session_expired() {
     run("sse", 0, "feed.>");
+}
+
+#[test]
+fn websocket_page_with_a_bad_pattern_says_so_instead_of_connecting() {
+    bad_pattern("ws");
+}
+
+#[test]
+fn sse_page_with_a_bad_pattern_says_so_instead_of_connecting() {
+    bad_pattern("sse");
+}
+
+/// A malformed pattern in the page's URL: the badge says `bad pattern` (not `connecting`, nor
+/// `open` on a connection that subscribes to nothing) and the error line says why.
+fn bad_pattern(transport: &str) {
+    let node = start(DriverChoice::Auto, |_| {});
+    let origin = format!("http://{}", node.addr);
+    let mut browser = Browser::launch(&format!("{origin}/?pattern=feed..a&transport={transport}"));
+    let mut page = Page::attach(&mut browser, &origin);
+    let rec = wait_for(&mut page, "the page to settle on a status", |r| {
+        !r.is_null() && r["status"] != "connecting"
+    });
+    assert_eq!(rec["status"], "bad pattern", "{}", summary(&rec));
+    let badge = page.eval("document.getElementById('status').textContent");
+    assert_eq!(badge, "bad pattern");
+    let error =
+        page.eval("(e => e.hidden ? null : e.textContent)(document.getElementById('error'))");
+    let error = error
+        .as_str()
+        .unwrap_or_else(|| panic!("no error shown: {error}"));
+    assert!(
+        error.contains("not a subject pattern: 'feed..a'"),
+        "{error}"
+    );
 }
 
 fn run(transport: &str, session_ttl: u64, pattern: &str) {

@@ -22,7 +22,7 @@ fn error_code(status_body: (u16, String, Vec<u8>)) -> (u16, String) {
 fn healthz_and_metrics_answer(d: DriverChoice) {
     let node = start(d, |_| {});
     let (status, _, body) = http(node.addr, "GET", "/healthz", &[], b"");
-    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    assert_eq!((status, body.as_slice()), (200, &b"ok\n"[..]));
     node.publish("m.x", "1");
     let (status, head, body) = http(node.addr, "GET", "/metrics", &[], b"");
     assert_eq!(status, 200);
@@ -249,7 +249,7 @@ fn head_is_answered_with_get_headers_and_no_body_on_a_kept_alive_connection(d: D
         .unwrap();
     next_response_starts_here(&mut s, &mut buf, "HEAD /");
     let (status, _, body) = common::read_response_buf(&mut s, &mut buf);
-    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    assert_eq!((status, body.as_slice()), (200, &b"ok\n"[..]));
     // A refused HEAD (405) has no body either; the connection still serves.
     s.write_all(
         b"HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\nGET /healthz HTTP/1.1\r\nHost: a\r\n\r\n",
@@ -260,7 +260,7 @@ fn head_is_answered_with_get_headers_and_no_body_on_a_kept_alive_connection(d: D
     assert_eq!(header(&head, "allow"), Some("GET"));
     next_response_starts_here(&mut s, &mut buf, "HEAD /metrics");
     let (status, _, body) = common::read_response_buf(&mut s, &mut buf);
-    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    assert_eq!((status, body.as_slice()), (200, &b"ok\n"[..]));
 }
 
 /// A publish of `{"subject":"cl","data":1}` sent with `Content-Length: <value>`.
@@ -310,7 +310,60 @@ fn a_content_length_that_is_not_only_digits_is_refused_with_400(d: DriverChoice)
     }
 }
 
+/// Every JSON or plain-text HTTP body ends in exactly one newline, counted in its
+/// Content-Length (so `curl` leaves the prompt on a line of its own).
+fn http_text_and_json_bodies_end_in_one_newline(d: DriverChoice) {
+    let node = start(d, |_| {});
+    let publish = br#"{"subject":"nl.a","data":{"x":1}}"#;
+    let batch = br#"[{"subject":"nl.a","data":2},{"subject":"nl.b","data":3}]"#;
+    let answers = [
+        ("GET", "/healthz", &b""[..]),
+        ("POST", "/publish", publish),
+        ("POST", "/publish", batch),
+        ("GET", "/history/nl.a", b""),
+        ("GET", "/schedule?subject=nl.a", b""),
+        ("GET", "/history/bad..subject", b""),
+        ("GET", "/no-such-endpoint", b""),
+        ("POST", "/healthz", b""),
+    ];
+    for (method, path, body) in answers {
+        let (status, head, body) = http(node.addr, method, path, &[], body);
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.ends_with('\n') && text.trim_end().len() == text.len() - 1,
+            "{method} {path} ({status}): {text:?}"
+        );
+        if head.contains("application/json") {
+            serde_json::from_str::<Value>(&text).expect("still one JSON value");
+        }
+    }
+}
+
+/// The newline is HTTP's only: WebSocket replies and messages are the same bytes as before.
+fn websocket_frames_carry_no_trailing_newline(d: DriverChoice) {
+    let node = start(d, |_| {});
+    let mut ws = node.ws();
+    ws.sub(1, "nl.ws");
+    ws.send(r#"{"op":"pub","id":2,"subject":"nl.ws","data":{"x":1}}"#);
+    let mut frames = Vec::new();
+    while frames.len() < 2 {
+        match ws.recv_frame() {
+            Some(common::Frame::Text(t)) => frames.push(t),
+            other => panic!("expected the ok and the msg, got {other:?}"),
+        }
+    }
+    for f in &frames {
+        assert!(f.ends_with('}'), "{f:?}");
+    }
+    assert!(
+        frames.iter().any(|f| f.starts_with(r#"{"op":"msg""#)),
+        "{frames:?}"
+    );
+}
+
 on_both_drivers!(
+    http_text_and_json_bodies_end_in_one_newline,
+    websocket_frames_carry_no_trailing_newline,
     healthz_and_metrics_answer,
     publish_then_history,
     http_errors_have_status_and_json_body,

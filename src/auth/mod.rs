@@ -101,6 +101,23 @@ impl Verifier {
         Ok(Some(Verifier { key, checks }))
     }
 
+    /// What this verifier accepts, for the start-up log: `HS256 tokens, iss "a", any aud,
+    /// 5 s leeway`.
+    pub fn describe(&self) -> String {
+        let c = &self.checks;
+        let claim = |name: &str, v: &Option<String>| match v {
+            Some(v) => format!("{name} {v:?}"),
+            None => format!("any {name}"),
+        };
+        format!(
+            "{:?} tokens, {}, {}, {} s leeway",
+            c.alg,
+            claim("iss", &c.issuer),
+            claim("aud", &c.audience),
+            c.leeway
+        )
+    }
+
     /// Verifies a token (signature, `alg`, `crit`, `exp`, `nbf`, issuer, audience: the
     /// `token` module) and compiles its grant.
     pub fn verify(&self, token: &str) -> Result<Arc<Grant>, AuthError> {

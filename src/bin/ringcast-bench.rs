@@ -82,7 +82,7 @@ impl Scenario {
 #[command(name = "ringcast-bench", version)]
 struct Args {
     /// Scenario (same as --scenario).
-    #[arg(value_enum)]
+    #[arg(value_enum, value_name = "SCENARIO")]
     scenario_pos: Option<Scenario>,
     #[arg(long, value_enum)]
     scenario: Option<Scenario>,
@@ -194,6 +194,14 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let Some(scenario) = args.scenario.or(args.scenario_pos) else {
+        // Run bare, it says what it does; given options but no scenario, it is a usage error.
+        let bare = std::env::args_os().len() <= 1;
+        let mut cmd = <Args as clap::CommandFactory>::command();
+        if bare {
+            cmd.print_help().expect("stdout");
+            std::process::exit(0);
+        }
+        eprintln!("{}", cmd.render_help());
         eprintln!("ringcast-bench: give a scenario: broadcast | pricefeed | idle | storm");
         std::process::exit(2);
     };

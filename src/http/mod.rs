@@ -392,7 +392,17 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-/// Encodes a complete response with a body.
+/// Whether a body of `content_type` gets a newline after it: a JSON or plain-text body that
+/// lacks one, so that `curl` output ends its line and line-based tools see a whole line.
+/// (WebSocket and SSE messages never pass through here: their bytes are the wire contract.)
+fn needs_newline(content_type: &str, body: &[u8]) -> bool {
+    let text =
+        content_type.starts_with("application/json") || content_type.starts_with("text/plain");
+    text && !body.is_empty() && !body.ends_with(b"\n")
+}
+
+/// Encodes a complete response with a body; a JSON or plain-text body ends in a newline (one
+/// is added when it lacks it, counted in `Content-Length`).
 pub fn response(
     status: u16,
     content_type: &str,
@@ -400,7 +410,9 @@ pub fn response(
     body: &[u8],
     keep_alive: bool,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(160 + body.len());
+    let newline = needs_newline(content_type, body);
+    let body_len = body.len() + usize::from(newline);
+    let mut out = Vec::with_capacity(160 + body_len);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
     out.push(b' ');
@@ -408,7 +420,7 @@ pub fn response(
     out.extend_from_slice(b"\r\nServer: ringcast\r\nContent-Type: ");
     out.extend_from_slice(content_type.as_bytes());
     out.extend_from_slice(b"\r\nContent-Length: ");
-    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
     out.extend_from_slice(if keep_alive {
         b"\r\nConnection: keep-alive" as &[u8]
     } else {
@@ -422,6 +434,9 @@ pub fn response(
     }
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
+    if newline {
+        out.push(b'\n');
+    }
     out
 }
 

@@ -185,7 +185,7 @@ fn content_length_and_transfer_encoding_leave_no_ambiguity() {
 fn a_stripped_response_keeps_its_head_and_length() {
     let mut r = response(
         200,
-        "text/plain",
+        "application/octet-stream",
         &[("X-A", "1")],
         b"body\r\n\r\nmore",
         true,
@@ -196,6 +196,34 @@ fn a_stripped_response_keeps_its_head_and_length() {
     let head = String::from_utf8(r).unwrap();
     assert!(head.ends_with("X-A: 1\r\n\r\n"), "{head}");
     assert!(head.contains("Content-Length: 12\r\n"), "{head}");
+}
+
+#[test]
+fn json_and_plain_text_bodies_end_in_one_newline_counted_in_their_length() {
+    let body = |r: Vec<u8>| {
+        let end = r.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8(r[..end].to_vec()).unwrap();
+        (head, r[end + 4..].to_vec())
+    };
+    let (head, b) = body(json(200, b"{}", true));
+    assert_eq!(
+        (head.contains("Content-Length: 3"), &b[..]),
+        (true, &b"{}\n"[..])
+    );
+    let (_, b) = body(response(200, "text/plain", &[], b"ok", true));
+    assert_eq!(b, b"ok\n");
+    let (_, b) = body(response(
+        200,
+        "text/plain; version=0.0.4",
+        &[],
+        b"m 1\n",
+        true,
+    ));
+    assert_eq!(b, b"m 1\n", "already ends in one");
+    let (_, b) = body(response(200, "text/html", &[], b"<p>", true));
+    assert_eq!(b, b"<p>", "other types are sent as they are");
+    let (_, b) = body(response(204, "application/json", &[], b"", true));
+    assert!(b.is_empty());
 }
 
 #[test]

@@ -2,6 +2,10 @@
 #![allow(dead_code)]
 
 pub mod nats;
+mod process;
+
+#[allow(unused_imports)] // each test crate uses some of the harness
+pub use process::{ringcast_start_up, spawn_ringcast, Spawned};
 
 use ringcast::config::{Config, DriverChoice};
 use ringcast::server::Server;
@@ -164,30 +168,6 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// Runs the `ringcast` binary with `args` (logging at info) and waits for its "listening"
-/// line: the child, its address, and that log line. The rest of its log is drained.
-pub fn spawn_ringcast<S: AsRef<std::ffi::OsStr>>(
-    args: &[S],
-) -> (std::process::Child, SocketAddr, String) {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(args)
-        .env("RINGCAST_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let (addr, line) = loop {
-        let line = lines.next().expect("ringcast logs before exiting").unwrap();
-        if line.contains("ringcast listening") {
-            let a = line.split("addr=").nth(1).unwrap();
-            break (a.split_whitespace().next().unwrap().parse().unwrap(), line);
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr, line)
 }
 
 /// The status of a body-less HTTP/1.1 request on a fresh connection.
