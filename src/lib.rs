@@ -28,6 +28,7 @@
 //!    msg           CoreMsg: what crosses cores (Deliver, Request/Reply, notices, Batch)
 //!    outbox        Outbox: a loop turn's messages to each other core, sent as one Batch
 //!    node          Node: what all cores share (config, bus, metrics, store, cluster)
+//!    settings      LiveSettings: the core's copy of the options and verifier in force
 //!  bus             the cross-core mechanism: crossbeam channels + doorbells; owner_of
 //!  proto/          bytes -> ClientOp; publish validation (Publish, PubAck), batches of them;
 //!                  control replies
@@ -40,14 +41,21 @@
 //!  trie            SubjectTrie: one level per token, `*` and `>` slots
 //!  subject         subject/pattern syntax, matching, coverage
 //!  auth            JWT verification and subject ACLs (grants compiled into tries, with the
-//!                  token's identity); auth/token: one JWT's header, signature and claim checks
+//!                  token's identity); auth/token: one JWT's header, signature and claim checks;
+//!                  auth/mint: making a token (`ringcast token`)
 //!  schedule        Schedules: publishes due later (the data structure)
 //!  store           HistoryStore: memory, or durable (fjall) written by the ringcast-store
 //!                  thread with group commit; recovery; retention. Answers through StoreSink
 //!  cluster         Bridge: cluster mode over NATS JetStream on the ringcast-nats thread
 //!                  (tokio); answers through ClusterSink
 //!  metrics         per-core counters, close reasons, Prometheus text
-//!  config          flags and RINGCAST_* env vars;  limits: start-up checks of OS limits
+//!  cli             the command line: serve, --print-config, `ringcast token` (cli/token)
+//!  config          Config: every option (flags, RINGCAST_* env vars, the --config TOML file:
+//!                  config/file); config/reference: --print-config and docs/config.md;
+//!                  config/live: what a reload applies
+//!  reload          Reloader: SIGHUP re-reads the config, hands the live options to each core
+//!                  (CoreMsg::Reload -> core/settings);  logging: the log and its filter
+//!  limits          start-up checks of OS limits
 //!  os              wall clock and kernel randomness
 //!  demo            --demo-feed: synthetic price publisher for the demo page
 //!  web/            the browser client (ringcast.js) and demo page, served at /ringcast.js and /
@@ -77,6 +85,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod core;
@@ -84,11 +93,13 @@ pub mod demo;
 pub mod frame;
 pub mod http;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod os;
 pub mod outbound;
 pub mod owner;
 pub mod proto;
+pub mod reload;
 pub mod schedule;
 pub mod server;
 pub mod store;

@@ -12,8 +12,8 @@
 use crate::bus::owner_of;
 use crate::cluster::{ClusterError, ClusterSink, Fetched, Replicated};
 use crate::config::{Config, DriverChoice};
+use crate::core::settings::Settings;
 use crate::core::{Core, CoreBus, CoreMsg, Node, Reply};
-use crate::metrics::CoreMetrics;
 use crate::proto::{PubAck, PubError};
 use crate::store::{
     Durability, DurableStore, HistoryStore, MemoryStore, Retention, StoreConfig, StoreSink,
@@ -25,7 +25,6 @@ use socket2::{Domain, Protocol, Socket, Type};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -129,18 +128,13 @@ impl Server {
         let (bus, receivers) = CoreBus::new(cores);
         let store = open_store(&cfg, cores, &bus)?;
         let cluster = start_cluster(&cfg, &bus).inspect_err(|_| store.close())?;
-        let node = Arc::new(Node {
-            cfg: Arc::new(cfg),
-            bus,
-            metrics: (0..cores).map(|_| CoreMetrics::default()).collect(),
-            connections: AtomicUsize::new(0),
-            body_bytes: AtomicUsize::new(0),
-            shutting_down: AtomicBool::new(false),
-            driver: if uring { "io_uring" } else { "epoll" },
+        let driver = if uring { "io_uring" } else { "epoll" };
+        let settings = Settings {
+            generation: 0,
+            cfg,
             verifier,
-            store,
-            cluster,
-        });
+        };
+        let node = Arc::new(Node::new(settings, bus, driver, store, cluster));
         let cpus = allowed_cpus();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<io::Result<()>>(cores);
         let mut threads = Vec::with_capacity(cores);
@@ -184,6 +178,11 @@ impl Server {
     /// Number of cores.
     pub fn cores(&self) -> usize {
         self.threads.len()
+    }
+
+    /// The node's shared state (for a [`crate::reload::Reloader`], admin pages).
+    pub fn node(&self) -> Arc<Node> {
+        self.node.clone()
     }
 
     /// A handle that can stop the node from any thread (e.g. a signal handler thread).

@@ -1,17 +1,19 @@
 //! Authentication (JWT) and authorisation (subject ACLs).
 //!
-//! Owns the verifier built once at start-up from `--jwt-secret` (HS256) or `--jwt-public-key`
-//! (RS256/ES256; the algorithm comes from the key, never from the token), shared read-only by
-//! all cores, and the [`Grant`] a verified token yields: per operation, allow and deny patterns
+//! Owns the verifier built at start-up (and again at each reload) from `--jwt-secret` (HS256)
+//! or `--jwt-public-key` (RS256/ES256; the algorithm comes from the key, never from the token),
+//! of which each core keeps its own copy, and the [`Grant`] a verified token yields: per operation, allow and deny patterns
 //! compiled once into [`SubjectTrie`]s. A grant is immutable and shared by reference (`Arc`);
 //! connections keep it on their core. The grant also names whose token it is
 //! ([`Grant::identity`]: `sub` and `iss`). `token`: one JWT taken apart and checked (header
-//! `alg` and `crit`, signature, registered claims).
+//! `alg` and `crit`, signature, registered claims); `mint`: the other side, making a token
+//! with exactly those claims (`ringcast token`).
 //!
 //! Semantics: nothing is allowed unless granted. A pattern may be subscribed only if one allowed
 //! pattern covers every subject it can match and no deny pattern covers it wholly; subjects that
 //! match a deny pattern are never delivered. Publishing needs an allowed, non-denied subject.
 
+pub mod mint;
 mod token;
 
 use crate::subject::{covers, validate_pattern};
@@ -27,6 +29,9 @@ pub const MAX_TOKEN_BYTES: usize = 8 << 10;
 /// Most patterns per list in a token: grants are compiled per token, so they are bounded.
 pub const MAX_PATTERNS: usize = 1024;
 
+/// Shortest HS256 secret accepted, bytes: the hash's output size (RFC 7518 3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// Why a token was refused. The message never contains the token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthError(pub String);
@@ -37,7 +42,9 @@ impl fmt::Display for AuthError {
     }
 }
 
-/// Verifies tokens. Built once; `None` in the node state means auth is off.
+/// Verifies tokens. Built at start-up and at each reload (each core keeps its own clone);
+/// `None` in the node state means auth is off.
+#[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
     checks: Checks,
@@ -75,7 +82,7 @@ impl Verifier {
                 return Err("give either --jwt-secret or --jwt-public-key, not both".into())
             }
             (Some(s), None) => {
-                if s.len() < 32 {
+                if s.len() < MIN_SECRET_BYTES {
                     return Err("--jwt-secret must be at least 32 bytes".into());
                 }
                 (DecodingKey::from_secret(s.as_bytes()), Algorithm::HS256)

@@ -15,6 +15,7 @@
 //!  msg        CoreMsg      what crosses cores: Deliver, Request/Reply, notices, Batch
 //!  outbox     Outbox       this turn's messages to other cores, one batch per destination
 //!  node       Node         what all cores share (config, bus, metrics, store, cluster)
+//!  settings   LiveSettings this core's copy of the options and verifier in force (reloadable)
 //! ```
 //!
 //! (and `access`, `rate`, `signal`: small parts of those). This file is the dispatcher
@@ -41,6 +42,7 @@ pub mod rate;
 pub mod scheduler;
 pub mod sequencer;
 pub mod sessions;
+pub mod settings;
 pub mod signal;
 pub mod subscription;
 pub mod sweep;
@@ -141,6 +143,7 @@ pub struct Core {
     pending: RefCell<Pending<Waiter>>,
     outbox: Outbox,
     flush: Rc<FlushList>,
+    live: settings::LiveSettings,
     /// Notified when shutdown begins (accept loop and connections watch it).
     pub shutdown: LocalNotify,
     shutting_down: Cell<bool>,
@@ -168,9 +171,11 @@ impl Core {
         };
         let sequencer = Sequencer::new(id, limits, store, node.has_store(), recovered.subjects)
             .with_budgets(budgets);
+        let live = settings::LiveSettings::new(&node.settings());
         Rc::new(Core {
             id,
             rx,
+            live,
             sessions: RefCell::default(),
             fanout: RefCell::default(),
             sequencer: RefCell::new(sequencer),
@@ -192,9 +197,21 @@ impl Core {
         &self.node.metrics[self.id]
     }
 
-    /// The node configuration.
-    pub fn cfg(&self) -> &Config {
-        &self.node.cfg
+    /// The configuration in force, for one operation (a reload replaces it for operations
+    /// that start later; see [`settings`]).
+    #[inline]
+    pub fn cfg(&self) -> Rc<Config> {
+        self.live.cfg()
+    }
+
+    /// The token verifier in force (`None`: auth is off), for one token check.
+    pub fn verifier(&self) -> Option<Rc<crate::auth::Verifier>> {
+        self.live.verifier()
+    }
+
+    /// True when auth is on.
+    pub fn auth_on(&self) -> bool {
+        self.live.auth_on()
     }
 
     /// Number of cores in the node.
@@ -354,6 +371,11 @@ impl Core {
                 }
             }
             CoreMsg::Restore { session, state } => self.restore(&session, *state),
+            CoreMsg::Reload(settings) => {
+                self.live.install(&settings);
+                let installed = &self.node.settings_installed[self.id];
+                installed.store(settings.generation, std::sync::atomic::Ordering::Release);
+            }
             CoreMsg::Shutdown => self.begin_shutdown(),
         }
         1

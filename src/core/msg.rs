@@ -4,7 +4,7 @@
 //! Three kinds: the hot-path delivery of a sequenced frame; a [`Request`] to another core,
 //! answered by a [`Reply`] carrying the same token back (one shape for every exchange: the
 //! requesting core parks its waiter under the token, the serving core answers once); and
-//! one-way notices (durable, replicated, restore, shutdown). Messages move owned data or
+//! one-way notices (durable, replicated, restore, reload, shutdown). Messages move owned data or
 //! `Arc` references, never copies of message bodies per subscriber.
 
 use super::scheduler::{ScheduleOp, ScheduleReply};
@@ -76,6 +76,9 @@ pub enum CoreMsg {
         /// The session (boxed: rare, and every message on the bus is as large as the largest).
         state: Box<SessionState>,
     },
+    /// A reload (SIGHUP): operations that start from now on read these settings; connections
+    /// keep what they were admitted with.
+    Reload(Arc<super::settings::Settings>),
     /// Stop accepting, close connections with 1001, finish.
     Shutdown,
     /// Several of the above from one core, in the order sent (its [`super::outbox::Outbox`]:

@@ -1,21 +1,25 @@
 //! `Node`: what every core of a node shares, read-mostly: configuration, the bus, every core's
-//! counters, the token verifier, the store and the cluster bridge.
+//! counters, the store and the cluster bridge.
 //!
 //! Built once by [`crate::server`] before the cores start; any core thread reads it. The only
 //! fields written after start-up are atomics outside the message path (the node-wide
-//! connection count, checked at accept; the shutdown flag).
+//! connection count, checked at accept; the shutdown flag; the reload counters) and the
+//! settings in force, behind a mutex that only start-up and reloads take (cores read their
+//! own copy, `core::settings`).
 
 use super::msg::CoreBus;
+use super::settings::Settings;
 use crate::cluster::Bridge;
 use crate::config::Config;
 use crate::metrics::{CoreMetrics, NodeSeries};
 use crate::store::{Durability, HistoryStore};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// State shared by all cores of a node.
 pub struct Node {
-    /// Configuration.
+    /// Configuration as the node started. Options a reload can change are read from the
+    /// core's settings instead (`Core::cfg`); this copy is for the restart-only ones.
     pub cfg: Arc<Config>,
     /// The cross-core bus.
     pub bus: Arc<CoreBus>,
@@ -30,8 +34,16 @@ pub struct Node {
     pub shutting_down: AtomicBool,
     /// The I/O driver the cores run on (`io_uring` or `epoll`).
     pub driver: &'static str,
-    /// Token verifier; `None`: auth is off.
-    pub verifier: Option<crate::auth::Verifier>,
+    /// The settings in force: what each core was last handed. A std mutex (never held across
+    /// an await or on the message path): taken at start-up, by each core once as it starts,
+    /// and by a reload.
+    pub settings: Mutex<Arc<Settings>>,
+    /// Per core, the [`Settings::generation`] it has installed (a reload waits for all).
+    pub settings_installed: Box<[AtomicU64]>,
+    /// Reloads applied (`ringcast_config_reloads_total`).
+    pub reloads: AtomicU64,
+    /// Reloads refused: the old settings stayed (`ringcast_config_reload_errors_total`).
+    pub reload_errors: AtomicU64,
     /// Where history outlives memory (`MemoryStore` without `--data-dir`).
     pub store: Arc<dyn HistoryStore>,
     /// Cluster mode (`--nats-url`): the JetStream bridge, which sequences every publish.
@@ -39,6 +51,39 @@ pub struct Node {
 }
 
 impl Node {
+    /// A node of `cores` cores (the bus's) about to start with `settings`.
+    pub fn new(
+        settings: Settings,
+        bus: Arc<CoreBus>,
+        driver: &'static str,
+        store: Arc<dyn HistoryStore>,
+        cluster: Option<Bridge>,
+    ) -> Node {
+        Node {
+            cfg: Arc::new(settings.cfg.clone()),
+            metrics: (0..bus.cores()).map(|_| CoreMetrics::default()).collect(),
+            connections: AtomicUsize::new(0),
+            body_bytes: AtomicUsize::new(0),
+            shutting_down: AtomicBool::new(false),
+            driver,
+            settings_installed: (0..bus.cores()).map(|_| AtomicU64::new(0)).collect(),
+            settings: Mutex::new(Arc::new(settings)),
+            reloads: AtomicU64::new(0),
+            reload_errors: AtomicU64::new(0),
+            bus,
+            store,
+            cluster,
+        }
+    }
+
+    /// The settings in force (cold path: start-up, reloads, admin pages).
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     /// Number of cores.
     pub fn cores(&self) -> usize {
         self.bus.cores()
@@ -76,6 +121,16 @@ impl Node {
             "ringcast_http_body_bytes",
             "Request-body bytes being buffered (--max-body-buffer-bytes).",
             self.body_bytes.load(Ordering::Relaxed) as u64,
+        ));
+        v.push(NodeSeries::counter(
+            "ringcast_config_reloads_total",
+            "Config reloads (SIGHUP) applied.",
+            self.reloads.load(Ordering::Relaxed),
+        ));
+        v.push(NodeSeries::counter(
+            "ringcast_config_reload_errors_total",
+            "Config reloads (SIGHUP) refused; the node kept its settings (see the log).",
+            self.reload_errors.load(Ordering::Relaxed),
         ));
         if let Some(b) = &self.cluster {
             v.extend(b.status().series());

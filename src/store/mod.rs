@@ -57,7 +57,7 @@ mod retention;
 mod writer;
 
 pub use durable::DurableStore;
-pub use retention::{Retention, Rule, DEFAULT_RETAIN_COUNT};
+pub use retention::{parse_duration, Retention, Rule, DEFAULT_RETAIN_COUNT};
 
 use crate::frame::Frame;
 use crate::metrics::NodeSeries;
@@ -89,7 +89,8 @@ pub struct StoreConfig {
 }
 
 /// How durable an acknowledged publish is (`--durability`).
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Memory only.
     None,

@@ -39,16 +39,17 @@ impl Default for Retention {
     }
 }
 
-/// `DUR` of a rule: a whole number with a unit of `ms`, `s` (also no unit), `m`, `h` or `d`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// `DUR` of a rule (and `ringcast token --ttl`): a whole number with a unit of `ms`, `s` (also
+/// no unit), `m`, `h` or `d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
     let secs = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
         "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        "d" => n.saturating_mul(86_400),
         _ => return Err(format!("bad duration unit in {s:?} (ms, s, m, h, d)")),
     };
     Ok(Duration::from_secs(secs))

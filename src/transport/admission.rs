@@ -3,7 +3,7 @@
 //!
 //! Owns the node-wide connection count guard ([`Admitted`]) and the per-core accept-rate
 //! bucket. Everything it refuses is an HTTP response, ready to write. Runs on the
-//! connection's core thread; the verifier it calls is shared read-only by every core.
+//! connection's core thread, with the core's verifier and limits in force (`Core::cfg`).
 
 use crate::auth::{self, Grant, Refusal};
 use crate::core::{subscription, Core, RateBucket};
@@ -27,7 +27,7 @@ impl Admitted {
         let open = node.connections.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::add(&core.metrics().connections, 1);
         let admitted = Admitted(core.clone());
-        let refusal = if open > node.cfg.max_connections {
+        let refusal = if open > core.cfg().max_connections {
             Some("connection limit reached")
         } else if !accept_rate_allows(core, accepts) {
             Some("connection rate limit reached; retry later")
@@ -62,7 +62,8 @@ fn accept_rate_allows(core: &Core, accepts: &Cell<RateBucket>) -> bool {
 /// `--allowed-origins`: a browser request from another origin gets 403. Requests without an
 /// `Origin` header (non-browser clients) pass.
 pub fn check_origin(core: &Core, req: &Request) -> Result<(), Vec<u8>> {
-    let origins = &core.cfg().allowed_origins;
+    let cfg = core.cfg();
+    let origins = &cfg.allowed_origins;
     match &req.headers.origin {
         Some(origin) if !origins.is_empty() && !origins.iter().any(|o| o == origin) => Err(
             http::error(ErrorCode::Forbidden, "origin not allowed", false),
@@ -81,7 +82,7 @@ pub fn request_token<'a>(headers: &'a Headers, query: &'a str) -> Option<Cow<'a,
 /// The grant of a request's token, from its head alone (`Ok(None)` when auth is off), or why
 /// it has none (for a 401).
 pub fn head_grant(core: &Core, headers: &Headers, query: &str) -> Granted {
-    let Some(verifier) = core.node.verifier.as_ref() else {
+    let Some(verifier) = core.verifier() else {
         return Ok(None);
     };
     let Some(token) = request_token(headers, query) else {
@@ -93,7 +94,7 @@ pub fn head_grant(core: &Core, headers: &Headers, query: &str) -> Granted {
 /// True when `route` is served only with a valid token (auth on): its token is checked from
 /// the request's head, before its body is read.
 pub fn needs_token(core: &Core, route: Route<'_>) -> bool {
-    core.node.verifier.is_some()
+    core.auth_on()
         && match route {
             Route::Publish | Route::ListSchedules | Route::CancelSchedule(_) => true,
             Route::History(_) | Route::Sse => true,
@@ -122,7 +123,7 @@ impl BodyPermit {
             core: core.clone(),
             bytes,
         };
-        if held > node.cfg.max_body_buffer_bytes {
+        if held > core.cfg().max_body_buffer_bytes {
             drop(permit);
             core.metrics().refused(metrics::Budget::BodyBytes);
             return Err("too many request bodies in flight; retry (--max-body-buffer-bytes)");
@@ -161,7 +162,7 @@ pub fn websocket(core: &Core, req: &Request, echo: bool) -> Result<WsMode, Vec<u
         grant,
         must_auth,
     };
-    let Some(verifier) = core.node.verifier.as_ref().filter(|_| !echo) else {
+    let Some(verifier) = core.verifier().filter(|_| !echo) else {
         return Ok(mode(None, false));
     };
     match request_token(&req.headers, &req.query) {

@@ -118,7 +118,7 @@ fn within_rate(core: &Core, c: &Client, id: Option<&str>) -> bool {
 /// one `err` each.
 fn authenticate(core: &Core, c: &Rc<Client>, id: Option<&str>, token: &str) {
     let m = core.metrics();
-    let Some(verifier) = core.node.verifier.as_ref() else {
+    let Some(verifier) = core.verifier() else {
         // Auth is off on this node (no key configured): any token is accepted.
         return c.send_ok(m, id);
     };

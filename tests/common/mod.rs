@@ -597,3 +597,33 @@ impl Sse {
         }
     }
 }
+
+/// Runs the `ringcast` binary to completion with `args` (no `RINGCAST_*` variables but those
+/// in `env`): its exit code, stdout and stderr.
+pub fn run_ringcast(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("RINGCAST_")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd.args(args).envs(env.iter().copied()).output().unwrap();
+    (
+        out.status.code().expect("exited, not killed"),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Mints a token with `ringcast token ARGS` (which must succeed).
+pub fn mint(args: &[&str]) -> String {
+    let args: Vec<&str> = std::iter::once("token")
+        .chain(args.iter().copied())
+        .collect();
+    let (code, out, err) = run_ringcast(&args, &[]);
+    assert_eq!(code, 0, "ringcast token failed: {err}");
+    out.trim_end().to_string()
+}
+
+/// The path of a file in `tests/fixtures`.
+pub fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}

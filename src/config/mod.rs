@@ -1,16 +1,30 @@
-//! `Config`: every tunable of a node, from flags and `RINGCAST_*` environment variables (clap).
+//! `Config`: every tunable of a node, from flags, `RINGCAST_*` environment variables (clap) and
+//! a TOML config file (`--config`), in that order of precedence over the defaults.
 //!
-//! Built once on the main thread at start-up, then shared read-only (`Arc<Config>`) with every
-//! core. Defaults are documented next to each field and are what `ringcast` runs with when given
-//! no flags: loopback only, auth off.
+//! The struct below is the one source of every option: its doc comments and defaults are what
+//! `--help`, `--print-config` and `docs/config.md` show. Rooms: [`file`] merges a TOML file
+//! under the flags and env, [`reference`] renders the options (the effective TOML, the
+//! Markdown reference), [`live`] says which options a reload (SIGHUP) applies to a running
+//! node. Built on the main thread (at start-up, and again at each reload); each core keeps its
+//! own copy of the options it reads per operation (`core::settings`).
+//! Defaults are documented next to each field and are what `ringcast` runs with when given no
+//! flags: loopback only, auth off.
+
+pub mod file;
+pub mod live;
+pub mod reference;
 
 use clap::Parser;
+use serde::Serialize;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 /// ringcast: realtime fanout gateway (WebSocket + SSE), thread-per-core on io_uring.
-#[derive(Parser, Debug, Clone)]
+///
+/// Serialized (kebab-case keys, as the flags are named) only to render the effective config.
+#[derive(Parser, Debug, Clone, Serialize)]
 #[command(name = "ringcast", version, about, long_about = None)]
+#[serde(rename_all = "kebab-case")]
 pub struct Config {
     /// Address to listen on (one SO_REUSEPORT listener per core).
     #[arg(long, env = "RINGCAST_LISTEN", default_value = "127.0.0.1:8080")]
@@ -287,10 +301,25 @@ pub struct Config {
     /// How long shutdown waits for connections to flush their close frames, milliseconds.
     #[arg(long, env = "RINGCAST_SHUTDOWN_GRACE_MS", default_value_t = 2_000)]
     pub shutdown_grace_ms: u64,
+
+    /// Log filter: a level (`error`, `warn`, `info`, `debug`, `trace`) or per-module directives
+    /// (`info,ringcast::store=debug`, tracing-subscriber's `EnvFilter` syntax). The log goes to
+    /// stderr. The default shows ringcast's own INFO lines and only warnings of the store's
+    /// engine (fjall logs every journal and segment recovery at INFO); `info` shows those too.
+    #[arg(long, env = "RINGCAST_LOG", default_value = "info,fjall=warn,lsm_tree=warn", value_parser = log_filter)]
+    pub log: String,
+}
+
+/// `--log`: a valid `EnvFilter` directive string, kept as given.
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a log filter: {e}"))
 }
 
 /// Which monoio driver the cores run on.
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DriverChoice {
     /// io_uring if the kernel supports it, else the legacy epoll driver (logged).
     Auto,
@@ -307,6 +336,23 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Every option that has a value, by its key (the flag's name), as TOML values.
+    pub fn as_table(&self) -> toml::Table {
+        // Every field is a number, a string, a bool, a list of strings or a value enum; a
+        // path that is not UTF-8 is the one thing TOML cannot hold: shown lossily instead.
+        toml::Table::try_from(self).unwrap_or_else(|_| {
+            let mut lossy = self.clone();
+            let fix = |p: &mut Option<std::path::PathBuf>| {
+                if let Some(q) = p {
+                    *q = q.to_string_lossy().into_owned().into();
+                }
+            };
+            fix(&mut lossy.jwt_public_key);
+            fix(&mut lossy.data_dir);
+            toml::Table::try_from(&lossy).unwrap_or_default()
+        })
+    }
+
     /// Number of cores to run: `--cores`, else the CPUs available to this process.
     pub fn core_count(&self) -> usize {
         self.cores
