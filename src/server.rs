@@ -6,7 +6,8 @@
 //! the cluster bridge answering through it (`CoreSink`), and on each core its [`Core`] and
 //! its [`Transport`]. [`Server::start`] runs on the caller's thread; everything after runs on
 //! the core threads. Shutdown is a [`CoreMsg::Shutdown`] to every core: stop accepting, close
-//! WebSockets with 1001, wait (bounded) for them to flush, exit.
+//! WebSockets with 1001, wait (bounded) for them to flush, exit. A drain
+//! ([`crate::core::drain`]) comes before it: clients are sent elsewhere, then it shuts down.
 
 use crate::bus::owner_of;
 use crate::cluster::{ClusterError, ClusterSink, Fetched, Replicated};
@@ -118,6 +119,7 @@ impl Server {
             connections: AtomicUsize::new(0),
             body_bytes: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             driver: if uring { "io_uring" } else { "epoll" },
             verifier,
             store,
@@ -176,6 +178,11 @@ impl Server {
     /// Begins graceful shutdown (idempotent).
     pub fn shutdown(&self) {
         self.stopper().stop();
+    }
+
+    /// Begins a drain (idempotent); [`Server::join`] returns once it is over.
+    pub fn drain(&self) {
+        self.stopper().drain();
     }
 
     /// Waits for every core to finish, then flushes and closes the store.
@@ -337,15 +344,13 @@ pub struct Stopper(Arc<Node>);
 impl Stopper {
     /// Begins graceful shutdown (idempotent).
     pub fn stop(&self) {
-        if !self
-            .0
-            .shutting_down
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            for core in 0..self.0.bus.cores() {
-                self.0.bus.send(core, CoreMsg::Shutdown);
-            }
-        }
+        self.0.stop();
+    }
+
+    /// Begins a drain for a rolling deploy (idempotent): clients are sent elsewhere with a
+    /// retry hint, then the node stops (see [`crate::core::drain`]).
+    pub fn drain(&self) {
+        crate::core::drain::begin(&self.0);
     }
 }
 

@@ -18,6 +18,7 @@ pub fn core(cfg: Config) -> Rc<Core> {
         connections: AtomicUsize::new(0),
         body_bytes: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
         driver: "bench",
         verifier: None,
         store: Arc::new(ringcast::store::MemoryStore),

@@ -4,7 +4,7 @@
 //! Three kinds: the hot-path delivery of a sequenced frame; a [`Request`] to another core,
 //! answered by a [`Reply`] carrying the same token back (one shape for every exchange: the
 //! requesting core parks its waiter under the token, the serving core answers once); and
-//! one-way notices (durable, replicated, restore, shutdown). Messages move owned data or
+//! one-way notices (durable, replicated, restore, drain, shutdown). Messages move owned data or
 //! `Arc` references, never copies of message bodies per subscriber.
 
 use super::scheduler::{ScheduleOp, ScheduleReply};
@@ -76,6 +76,9 @@ pub enum CoreMsg {
         /// The session (boxed: rare, and every message on the bus is as large as the largest).
         state: Box<SessionState>,
     },
+    /// Drain: send every connection elsewhere with a retry hint, refuse new ones (see
+    /// [`super::drain`]).
+    Drain,
     /// Stop accepting, close connections with 1001, finish.
     Shutdown,
 }

@@ -3,7 +3,7 @@
 //!
 //! Built once by [`crate::server`] before the cores start; any core thread reads it. The only
 //! fields written after start-up are atomics outside the message path (the node-wide
-//! connection count, checked at accept; the shutdown flag).
+//! connection count, checked at accept; the shutdown and drain flags).
 
 use super::msg::CoreBus;
 use crate::cluster::Bridge;
@@ -28,6 +28,8 @@ pub struct Node {
     pub body_bytes: AtomicUsize,
     /// Set once shutdown has begun.
     pub shutting_down: AtomicBool,
+    /// Set once a drain has begun (see [`super::drain`]).
+    pub draining: AtomicBool,
     /// The I/O driver the cores run on (`io_uring` or `epoll`).
     pub driver: &'static str,
     /// Token verifier; `None`: auth is off.
@@ -47,6 +49,10 @@ impl Node {
     /// `/healthz`: `Ok` while the node can accept publishes, else why not. A degraded node
     /// keeps serving its subscribers.
     pub fn health(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Acquire) {
+            // A load balancer takes the node out; its clients are told to go elsewhere.
+            return Err("draining".into());
+        }
         if !self.store.healthy() {
             return Err("degraded: the durable store failed to write (see the log)".into());
         }
@@ -64,6 +70,16 @@ impl Node {
         Ok(())
     }
 
+    /// Begins graceful shutdown (idempotent): every core stops accepting, closes its
+    /// connections with 1001 and finishes.
+    pub fn stop(&self) {
+        if !self.shutting_down.swap(true, Ordering::AcqRel) {
+            for core in 0..self.cores() {
+                self.bus.send(core, super::CoreMsg::Shutdown);
+            }
+        }
+    }
+
     /// True when history outlives the rings: a durable store, or the cluster's stream.
     pub fn has_store(&self) -> bool {
         self.store.durability() != Durability::None || self.cluster.is_some()
@@ -76,6 +92,11 @@ impl Node {
             "ringcast_http_body_bytes",
             "Request-body bytes being buffered (--max-body-buffer-bytes).",
             self.body_bytes.load(Ordering::Relaxed) as u64,
+        ));
+        v.push(NodeSeries::gauge(
+            "ringcast_draining",
+            "1 while the node drains for a restart (SIGUSR2, POST /admin/drain), else 0.",
+            self.draining.load(Ordering::Relaxed) as u64,
         ));
         if let Some(b) = &self.cluster {
             v.extend(b.status().series());
