@@ -185,7 +185,7 @@ pub struct CoreMetrics {
     pub writes: AtomicU64,
     /// HTTP requests served.
     pub http_requests: AtomicU64,
-    /// Connections refused because the node is full.
+    /// Connections refused because the node is full, or (a WebSocket or SSE stream) draining.
     pub rejected: AtomicU64,
     /// Resumes refused because the session belongs to another identity.
     pub resumes_refused: AtomicU64,
