@@ -5,13 +5,14 @@
 //! # Layout
 //!
 //! ```text
-//!  main / server   start-up and shutdown: one pinned thread per core, each a monoio runtime
+//!  main / server   start-up, drain and shutdown: one pinned thread per core, each a monoio runtime
 //!                  (io_uring or epoll) with its own SO_REUSEPORT listener; wires the bus,
 //!                  the store and the cluster bridge together (CoreSink)
 //!  transport/      the socket side of a connection, the only code that touches client sockets:
 //!    mod           accept -> HTTP phase -> hand-off; flusher + coalesced writev; buffer pools
 //!    admission     connection limits, Origin, token -> Grant
-//!    endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule
+//!    endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule,
+//!                  /admin/drain
 //!    websocket     an upgraded WebSocket (hello, reader); sse: a Server-Sent Events stream
 //!    ops           one protocol op (sub, unsub, pub, pubs, ping, auth, resume) applied to the core
 //!    publish       admission of publishes: the connection's publish limit, then permission
@@ -29,6 +30,8 @@
 //!    outbox        Outbox: a loop turn's messages to each other core, sent as one Batch
 //!    node          Node: what all cores share (config, bus, metrics, store, cluster)
 //!    settings      LiveSettings: the core's copy of the options and verifier in force
+//!    drain         how a node leaves: drain for rolling deploys (SIGUSR2, POST /admin/drain:
+//!                  clients sent elsewhere with close 1012 + retry hint), then shutdown
 //!  bus             the cross-core mechanism: crossbeam channels + doorbells; owner_of
 //!  proto/          bytes -> ClientOp; publish validation (Publish, PubAck), batches of them;
 //!                  control replies

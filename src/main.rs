@@ -1,5 +1,6 @@
 //! The `ringcast` binary: parse flags and the config file, check OS limits, start the node,
-//! reload on SIGHUP, stop on SIGINT/SIGTERM. `ringcast token` mints a token instead;
+//! reload on SIGHUP, stop on SIGINT/SIGTERM, drain on SIGUSR2 (clients sent elsewhere, then
+//! stop; see `ringcast::core::drain`). `ringcast token` mints a token instead;
 //! `--print-config` / `--print-config-reference` print and exit.
 
 use ringcast::cli::{Cli, Command};
@@ -7,7 +8,7 @@ use ringcast::config::{reference, Config};
 use ringcast::logging::LogHandle;
 use ringcast::reload::Reloader;
 use ringcast::server::Server;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use std::ffi::OsString;
 
 /// mimalloc, built as its v2 line: measured here, v2 holds an idle WebSocket connection in about
@@ -59,7 +60,7 @@ fn run(cfg: Config, argv: Vec<OsString>, log: LogHandle) -> std::io::Result<()> 
     for w in ringcast::limits::check(cfg.max_connections as u64, cfg.backlog) {
         tracing::warn!("{w}");
     }
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])?;
     let server = Server::start(cfg)?;
     tracing::info!(addr = %server.local_addr(), driver = server.driver(), cores = server.cores(), "ringcast listening");
     let stopper = server.stopper();
@@ -70,6 +71,11 @@ fn run(cfg: Config, argv: Vec<OsString>, log: LogHandle) -> std::io::Result<()> 
             for sig in signals.forever() {
                 if sig == SIGHUP {
                     let _ = reloader.reload();
+                    continue;
+                }
+                if sig == SIGUSR2 {
+                    tracing::info!(signal = sig, "draining");
+                    stopper.drain();
                     continue;
                 }
                 tracing::info!(signal = sig, "shutting down");

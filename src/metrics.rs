@@ -33,11 +33,14 @@ pub enum CloseReason {
     RateLimited,
     /// Its session was resumed by a new connection of the same identity (close 1000).
     Replaced,
+    /// The node is draining for a restart (close 1012 with a `retry_ms` hint; an SSE stream's
+    /// `drain` event).
+    Draining,
 }
 
 impl CloseReason {
     /// All reasons, in metric order.
-    pub const ALL: [CloseReason; 12] = [
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::ClientClosed,
         CloseReason::Shutdown,
         CloseReason::SlowConsumer,
@@ -50,6 +53,7 @@ impl CloseReason {
         CloseReason::Unauthorized,
         CloseReason::RateLimited,
         CloseReason::Replaced,
+        CloseReason::Draining,
     ];
 
     /// Metric label.
@@ -67,6 +71,7 @@ impl CloseReason {
             CloseReason::Unauthorized => "unauthorized",
             CloseReason::RateLimited => "rate_limited",
             CloseReason::Replaced => "replaced",
+            CloseReason::Draining => "draining",
         }
     }
 
@@ -130,17 +135,24 @@ pub enum PublishRefusal {
     RateLimited,
     /// The token does not grant publishing on the subject.
     Forbidden,
+    /// The node is draining: publish to a peer (HTTP 503 `draining`).
+    Draining,
 }
 
 impl PublishRefusal {
     /// All reasons, in metric order.
-    pub const ALL: [PublishRefusal; 2] = [PublishRefusal::RateLimited, PublishRefusal::Forbidden];
+    pub const ALL: [PublishRefusal; 3] = [
+        PublishRefusal::RateLimited,
+        PublishRefusal::Forbidden,
+        PublishRefusal::Draining,
+    ];
 
     /// Metric label.
     pub fn label(self) -> &'static str {
         match self {
             PublishRefusal::RateLimited => "rate_limited",
             PublishRefusal::Forbidden => "forbidden",
+            PublishRefusal::Draining => "draining",
         }
     }
 
@@ -173,7 +185,7 @@ pub struct CoreMetrics {
     pub writes: AtomicU64,
     /// HTTP requests served.
     pub http_requests: AtomicU64,
-    /// Connections refused because the node is full.
+    /// Connections refused because the node is full, or (a WebSocket or SSE stream) draining.
     pub rejected: AtomicU64,
     /// Resumes refused because the session belongs to another identity.
     pub resumes_refused: AtomicU64,

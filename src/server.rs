@@ -7,7 +7,8 @@
 //! the cluster bridge answering through it (`CoreSink`), and on each core its [`Core`] and
 //! its [`Transport`]. [`Server::start`] runs on the caller's thread; everything after runs on
 //! the core threads. Shutdown is a [`CoreMsg::Shutdown`] to every core: stop accepting, close
-//! WebSockets with 1001, wait (bounded) for them to flush, exit.
+//! WebSockets with 1001, wait (bounded) for them to flush, exit. A drain
+//! ([`crate::core::drain`]) comes before it: clients are sent elsewhere, then it shuts down.
 
 use crate::bus::owner_of;
 use crate::cluster::{ClusterError, ClusterSink, Fetched, Replicated};
@@ -195,6 +196,11 @@ impl Server {
         self.stopper().stop();
     }
 
+    /// Begins a drain (idempotent); [`Server::join`] returns once it is over.
+    pub fn drain(&self) {
+        self.stopper().drain();
+    }
+
     /// Waits for every core to finish, then flushes and closes the store.
     pub fn join(self) -> io::Result<()> {
         let mut result = Ok(());
@@ -363,15 +369,13 @@ pub struct Stopper(Arc<Node>);
 impl Stopper {
     /// Begins graceful shutdown (idempotent).
     pub fn stop(&self) {
-        if !self
-            .0
-            .shutting_down
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
-        {
-            for core in 0..self.0.bus.cores() {
-                self.0.bus.send(core, CoreMsg::Shutdown);
-            }
-        }
+        self.0.stop();
+    }
+
+    /// Begins a drain for a rolling deploy (idempotent): clients are sent elsewhere with a
+    /// retry hint, then the node stops (see [`crate::core::drain`]).
+    pub fn drain(&self) {
+        crate::core::drain::begin(&self.0);
     }
 }
 

@@ -37,6 +37,9 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Unexpected server condition.
     pub const INTERNAL: u16 = 1011;
+    /// Service restart: the node is draining; reconnect (elsewhere) after the reason's
+    /// `retry_ms`.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// Unauthorised / token expired.
     pub const UNAUTHORIZED: u16 = 4001;
     /// Forbidden.

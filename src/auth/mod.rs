@@ -255,6 +255,8 @@ pub struct Grant {
     /// The token's `max_publish_rate`: publishes per second per connection (0: unlimited;
     /// `None`: the node's `--max-publish-per-sec`).
     pub max_publish_rate: Option<u32>,
+    /// The `admin` permission: node operations such as `POST /admin/drain`.
+    pub admin: bool,
 }
 
 impl Grant {
@@ -293,6 +295,7 @@ impl Grant {
             publish,
             subscribe,
             max_publish_rate: c.max_publish_rate,
+            admin: has("admin"),
         })
     }
 

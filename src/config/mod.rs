@@ -308,6 +308,19 @@ pub struct Config {
     /// engine (fjall logs every journal and segment recovery at INFO); `info` shows those too.
     #[arg(long, env = "RINGCAST_LOG", default_value = "info,fjall=warn,lsm_tree=warn", value_parser = log_filter)]
     pub log: String,
+
+    /// Drain (SIGUSR2 or `POST /admin/drain`): how long the node waits for its connections to
+    /// go before it stops anyway, milliseconds. 30 s: long enough for every client to get its
+    /// close and for requests in flight to be answered; an idle keep-alive HTTP connection
+    /// ends within `--handshake-timeout-ms`.
+    #[arg(long, env = "RINGCAST_DRAIN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub drain_timeout_ms: u64,
+
+    /// Drain: the largest `retry_ms` hint a connection is given; each gets its own, spread
+    /// evenly over 0..=this, so the reconnects of N clients spread over this long instead of
+    /// landing on the peers at once. Milliseconds.
+    #[arg(long, env = "RINGCAST_DRAIN_RETRY_MS", default_value_t = 5_000)]
+    pub drain_retry_ms: u64,
 }
 
 /// `--log`: a valid `EnvFilter` directive string, kept as given.

@@ -75,7 +75,9 @@ impl Core {
     /// have been sent) for `--session-ttl` so a new connection can resume it, when
     /// [`sessions::retains`] says so; otherwise it is unregistered.
     pub fn detach_or_unregister(&self, c: &Rc<Client>) {
-        let keep = sessions::retains(c, self.cfg().session_ttl, self.shutting_down.get())
+        // A leaving node (shutdown, drain) keeps no session: nothing can resume here.
+        let leaving = self.shutting_down.get() || self.draining.get();
+        let keep = sessions::retains(c, self.cfg().session_ttl, leaving)
             && self.sessions.borrow().contains(c);
         if !keep {
             return self.unregister(c);

@@ -393,17 +393,23 @@ impl Client {
     /// Decides to close: discards pending messages, queues the close frame (WebSocket), wakes
     /// the writer, which flushes it and shuts the socket down. Idempotent.
     pub fn close(&self, m: &CoreMetrics, reason: CloseReason, code: u16, text: &str) {
+        let frame = self.kind.is_websocket();
+        let last = frame.then(|| crate::ws::close_frame(code, text).into());
+        self.close_with(m, reason, last);
+    }
+
+    /// [`Client::close`] whose connection is sent `last` as its final bytes (a WebSocket's
+    /// close frame, an SSE stream's last event), after replies already queued. Idempotent.
+    pub fn close_with(&self, m: &CoreMetrics, reason: CloseReason, last: Option<Box<[u8]>>) {
         if self.closing.get().is_some() {
             return;
         }
         // Queued messages will not reach this socket; the session log keeps them for a resume.
         let dropped = self.spill_queue_to_log();
         metrics::add(&m.dropped, dropped as u64);
-        if self.kind.is_websocket() {
-            // Past the limit on purpose: the close frame must go out even for a slow consumer.
-            self.out
-                .borrow_mut()
-                .push_raw(crate::ws::close_frame(code, text).into(), usize::MAX / 8);
+        if let Some(bytes) = last {
+            // Past the limit on purpose: the close must go out even for a slow consumer.
+            self.out.borrow_mut().push_raw(bytes, usize::MAX / 8);
         }
         self.closing.set(Some(reason));
         m.closed(reason);

@@ -16,12 +16,13 @@
 //!  outbox     Outbox       this turn's messages to other cores, one batch per destination
 //!  node       Node         what all cores share (config, bus, metrics, store, cluster)
 //!  settings   LiveSettings this core's copy of the options and verifier in force (reloadable)
+//!  drain                   how a node leaves: drain (rolling deploys), then shutdown
 //! ```
 //!
 //! (and `access`, `rate`, `signal`: small parts of those). This file is the dispatcher
 //! between them: the bus loop, the one request/answer path (`ask` -> `serve` -> `answer` ->
-//! `resolve` -> `complete`: one shape for every exchange), broadcast, and shutdown. [`api`]
-//! holds what the transport asks of its core, [`sweep`] its periodic housekeeping.
+//! `resolve` -> `complete`: one shape for every exchange) and broadcast. [`api`] holds what
+//! the transport asks of its core, [`sweep`] its periodic housekeeping, [`drain`] its end.
 //!
 //! Everything here runs on the core's own thread (`Rc`/`RefCell`, no locks; no `RefCell`
 //! borrow is held across a call into another room); other cores are reached only through the
@@ -33,6 +34,7 @@ pub mod acks;
 pub mod api;
 pub mod backlog;
 pub mod client;
+pub mod drain;
 pub mod fanout;
 pub mod msg;
 pub mod node;
@@ -58,7 +60,7 @@ use crate::bus::owner_of;
 use crate::cluster::Fetch;
 use crate::config::Config;
 use crate::frame::Frame;
-use crate::metrics::{self, CloseReason, CoreMetrics};
+use crate::metrics::{self, CoreMetrics};
 use crate::owner::SubjectLimits;
 use crate::store::{ReadReq, StoredRange};
 use crossbeam_channel::Receiver;
@@ -147,6 +149,9 @@ pub struct Core {
     /// Notified when shutdown begins (accept loop and connections watch it).
     pub shutdown: LocalNotify,
     shutting_down: Cell<bool>,
+    /// Set when this core began draining ([`drain`]): core-local, so that every decision on
+    /// this core (refuse an upgrade, close a new connection) agrees with its own drain.
+    draining: Cell<bool>,
     clock_ms: Cell<u64>,
     started: Instant,
 }
@@ -185,6 +190,7 @@ impl Core {
             flush: Rc::default(),
             shutdown: LocalNotify::default(),
             shutting_down: Cell::new(false),
+            draining: Cell::new(false),
             clock_ms: Cell::new(0),
             started: Instant::now(),
             node,
@@ -376,6 +382,7 @@ impl Core {
                 let installed = &self.node.settings_installed[self.id];
                 installed.store(settings.generation, std::sync::atomic::Ordering::Release);
             }
+            CoreMsg::Drain => self.begin_drain(),
             CoreMsg::Shutdown => self.begin_shutdown(),
         }
         1
@@ -644,29 +651,5 @@ impl Core {
             Finished::History(to, body) => self.answer(to, Reply::History(body)),
             Finished::ReadAgain(backfill) => self.backfill(backfill),
         }
-    }
-
-    // ---- shutdown ---------------------------------------------------------------------------
-
-    /// Starts shutdown on this core: every connection gets close 1001.
-    pub fn begin_shutdown(&self) {
-        if self.shutting_down.replace(true) {
-            return;
-        }
-        let clients = self.sessions.borrow().all();
-        for c in clients {
-            if c.is_detached() {
-                self.unregister(&c);
-            } else {
-                let code = crate::ws::close::GOING_AWAY;
-                c.close(
-                    self.metrics(),
-                    CloseReason::Shutdown,
-                    code,
-                    "server shutting down",
-                );
-            }
-        }
-        self.shutdown.notify();
     }
 }

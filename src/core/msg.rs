@@ -4,7 +4,7 @@
 //! Three kinds: the hot-path delivery of a sequenced frame; a [`Request`] to another core,
 //! answered by a [`Reply`] carrying the same token back (one shape for every exchange: the
 //! requesting core parks its waiter under the token, the serving core answers once); and
-//! one-way notices (durable, replicated, restore, reload, shutdown). Messages move owned data or
+//! one-way notices (durable, replicated, restore, reload, drain, shutdown). Messages move owned data or
 //! `Arc` references, never copies of message bodies per subscriber.
 
 use super::scheduler::{ScheduleOp, ScheduleReply};
@@ -79,6 +79,9 @@ pub enum CoreMsg {
     /// A reload (SIGHUP): operations that start from now on read these settings; connections
     /// keep what they were admitted with.
     Reload(Arc<super::settings::Settings>),
+    /// Drain: send every connection elsewhere with a retry hint, refuse new ones (see
+    /// [`super::drain`]).
+    Drain,
     /// Stop accepting, close connections with 1001, finish.
     Shutdown,
     /// Several of the above from one core, in the order sent (its [`super::outbox::Outbox`]:

@@ -3,8 +3,8 @@
 //!
 //! Built once by [`crate::server`] before the cores start; any core thread reads it. The only
 //! fields written after start-up are atomics outside the message path (the node-wide
-//! connection count, checked at accept; the shutdown flag; the reload counters) and the
-//! settings in force, behind a mutex that only start-up and reloads take (cores read their
+//! connection count, checked at accept; the shutdown and drain flags; the reload counters) and
+//! the settings in force, behind a mutex that only start-up and reloads take (cores read their
 //! own copy, `core::settings`).
 
 use super::msg::CoreBus;
@@ -32,6 +32,8 @@ pub struct Node {
     pub body_bytes: AtomicUsize,
     /// Set once shutdown has begun.
     pub shutting_down: AtomicBool,
+    /// Set once a drain has begun (see [`super::drain`]).
+    pub draining: AtomicBool,
     /// The I/O driver the cores run on (`io_uring` or `epoll`).
     pub driver: &'static str,
     /// The settings in force: what each core was last handed. A std mutex (never held across
@@ -65,6 +67,7 @@ impl Node {
             connections: AtomicUsize::new(0),
             body_bytes: AtomicUsize::new(0),
             shutting_down: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             driver,
             settings_installed: (0..bus.cores()).map(|_| AtomicU64::new(0)).collect(),
             settings: Mutex::new(Arc::new(settings)),
@@ -92,6 +95,10 @@ impl Node {
     /// `/healthz`: `Ok` while the node can accept publishes, else why not. A degraded node
     /// keeps serving its subscribers.
     pub fn health(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Acquire) {
+            // A load balancer takes the node out; its clients are told to go elsewhere.
+            return Err("draining".into());
+        }
         if !self.store.healthy() {
             return Err("degraded: the durable store failed to write (see the log)".into());
         }
@@ -107,6 +114,16 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Begins graceful shutdown (idempotent): every core stops accepting, closes its
+    /// connections with 1001 and finishes.
+    pub fn stop(&self) {
+        if !self.shutting_down.swap(true, Ordering::AcqRel) {
+            for core in 0..self.cores() {
+                self.bus.send(core, super::CoreMsg::Shutdown);
+            }
+        }
     }
 
     /// True when history outlives the rings: a durable store, or the cluster's stream.
@@ -131,6 +148,11 @@ impl Node {
             "ringcast_config_reload_errors_total",
             "Config reloads (SIGHUP) refused; the node kept its settings (see the log).",
             self.reload_errors.load(Ordering::Relaxed),
+        ));
+        v.push(NodeSeries::gauge(
+            "ringcast_draining",
+            "1 while the node drains for a restart (SIGUSR2, POST /admin/drain), else 0.",
+            self.draining.load(Ordering::Relaxed) as u64,
         ));
         if let Some(b) = &self.cluster {
             v.extend(b.status().series());

@@ -293,6 +293,8 @@ pub enum Route<'a> {
     CancelSchedule(&'a str),
     /// `GET /history/{subject}` (subject still percent-encoded).
     History(&'a str),
+    /// `POST /admin/drain`: begin the node's drain.
+    AdminDrain,
     /// A known path, but not this method (405); the methods it takes (the `Allow` header).
     MethodNotAllowed(&'static [Method]),
     /// No such endpoint (404).
@@ -313,6 +315,7 @@ impl<'a> Route<'a> {
             "/ws/echo" if echo => (Route::Echo, &[Get]),
             "/sse" => (Route::Sse, &[Get]),
             "/schedule" => (Route::ListSchedules, &[Get]),
+            "/admin/drain" => (Route::AdminDrain, &[Post]),
             p => match (p.strip_prefix("/schedule/"), p.strip_prefix("/history/")) {
                 (Some(id), _) => (Route::CancelSchedule(id), &[Delete]),
                 (_, Some(subject)) => (Route::History(subject), &[Get]),

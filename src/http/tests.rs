@@ -22,6 +22,7 @@ fn the_route_table_names_every_endpoint() {
         Route::History("prices.EURUSD")
     );
     assert_eq!(r(Get, "/history/"), Route::History(""));
+    assert_eq!(r(Post, "/admin/drain"), Route::AdminDrain);
 }
 
 #[test]
@@ -35,6 +36,7 @@ fn a_known_path_with_another_method_is_not_allowed_and_an_unknown_one_not_found(
         (Head, "/metrics"),
         (Get, "/schedule/01a"),
         (Delete, "/history/a"),
+        (Get, "/admin/drain"),
         (Other, "/"),
     ] {
         assert!(matches!(r(m, p), Route::MethodNotAllowed(_)), "{m:?} {p}");

@@ -45,6 +45,8 @@ pub enum ErrorCode {
     SessionExpired,
     /// Node overloaded or a required backend unavailable.
     Overloaded,
+    /// The node is draining for a restart: go to a peer (HTTP 503 with `Retry-After`).
+    Draining,
     /// A bug or an internal failure.
     Internal,
 }
@@ -62,6 +64,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::SessionExpired => "session_expired",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Draining => "draining",
             ErrorCode::Internal => "internal",
         }
     }
@@ -76,7 +79,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::TooLarge => 413,
             ErrorCode::RateLimited => 429,
-            ErrorCode::Overloaded => 503,
+            ErrorCode::Overloaded | ErrorCode::Draining => 503,
             ErrorCode::Internal => 500,
         }
     }

@@ -129,14 +129,16 @@ impl PubError {
 pub type PubResult = Result<PubAck, PubError>;
 
 /// Why one publish was refused, as its client is told: the code and message of its `err` (of
-/// its entry, in a batch's answer), and for `rate_limited` how long until it may be retried.
+/// its entry, in a batch's answer), and for `rate_limited` and `draining` how long until it
+/// may be retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     /// The error code.
     pub code: ErrorCode,
     /// Human-readable reason.
     pub message: Cow<'static, str>,
-    /// `rate_limited`: milliseconds until the publish limit has room again.
+    /// `rate_limited`: milliseconds until the publish limit has room again; `draining`: the
+    /// node's hint for when to retry (on a peer).
     pub retry_after_ms: Option<u64>,
 }
 
@@ -155,6 +157,15 @@ impl Refused {
         Refused {
             code: ErrorCode::RateLimited,
             message: "too many publishes; slow down".into(),
+            retry_after_ms: Some(retry_after_ms),
+        }
+    }
+
+    /// The node is draining: publish to a peer, after `retry_after_ms`.
+    pub fn draining(retry_after_ms: u64) -> Refused {
+        Refused {
+            code: ErrorCode::Draining,
+            message: "node draining for a restart; publish to another node".into(),
             retry_after_ms: Some(retry_after_ms),
         }
     }

@@ -3,7 +3,8 @@
 //!
 //! Owns the node-wide connection count guard ([`Admitted`]) and the per-core accept-rate
 //! bucket. Everything it refuses is an HTTP response, ready to write. Runs on the
-//! connection's core thread, with the core's verifier and limits in force (`Core::cfg`).
+//! connection's core thread, with the core's verifier and limits in force (`Core::cfg`). While
+//! its core drains, new WebSockets and SSE streams are refused here ([`draining`]).
 
 use crate::auth::{self, Grant, Refusal};
 use crate::core::{subscription, Core, RateBucket};
@@ -97,10 +98,18 @@ pub fn needs_token(core: &Core, route: Route<'_>) -> bool {
     core.auth_on()
         && match route {
             Route::Publish | Route::ListSchedules | Route::CancelSchedule(_) => true,
-            Route::History(_) | Route::Sse => true,
+            Route::History(_) | Route::Sse | Route::AdminDrain => true,
             Route::Metrics => core.cfg().metrics_require_auth,
             _ => false,
         }
+}
+
+/// The 503 a new WebSocket or SSE stream gets while its core drains: `Retry-After` (whole
+/// seconds, rounded up) and `retry_after_ms` say when to connect again, to another node.
+pub fn draining(core: &Core) -> Vec<u8> {
+    metrics::add(&core.metrics().rejected, 1);
+    let r = crate::proto::Refused::draining(core.retry_hint(crate::os::random_u64()));
+    super::endpoints::refused(&r, false)
 }
 
 /// A request's grant (`Ok(None)`: auth is off), or why it has none.

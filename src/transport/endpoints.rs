@@ -1,6 +1,6 @@
 //! The plain HTTP endpoints: the demo page and browser client, `/healthz`, `/metrics`,
 //! `POST /publish` (one message now or scheduled, or an array of them now),
-//! `/history/{subject}` and `/schedule`.
+//! `/history/{subject}`, `/schedule` and `POST /admin/drain`.
 //!
 //! Each takes the parsed request and returns the complete response bytes; none touches a
 //! socket. Runs on the connection's core thread; what another core owns is asked of it
@@ -32,6 +32,8 @@ pub struct Conn<'a> {
     pub keep_alive: bool,
     /// The connection's publish limit (`POST /publish`).
     pub publishes: &'a PublishLimit,
+    /// The peer is on a loopback address (only looked up for `POST /admin/drain`).
+    pub loopback: bool,
 }
 
 /// The response to a plain HTTP request on `route` (upgrades and SSE are not plain), whose
@@ -96,6 +98,7 @@ async fn route_response(
             Ok(grant) => history(core, grant.as_deref(), subject, &req.query, ka).await,
             Err(resp) => resp,
         },
+        Route::AdminDrain => admin_drain(core, granted, conn),
         Route::MethodNotAllowed(methods) => {
             let code = ErrorCode::MethodNotAllowed;
             let body = proto::http_error_body(code, "method not allowed");
@@ -178,9 +181,9 @@ async fn publish_batch(core: &Core, grant: Option<&Grant>, body: &[u8], conn: Co
     http::json(200, &out, conn.keep_alive)
 }
 
-/// The error response of a refused publish; `rate_limited` (429) carries `Retry-After`, in
-/// whole seconds rounded up, and `retry_after_ms` in its body.
-fn refused(r: &Refused, keep_alive: bool) -> Vec<u8> {
+/// The error response of a refused publish; `rate_limited` (429) and `draining` (503) carry
+/// `Retry-After`, in whole seconds rounded up, and `retry_after_ms` in their body.
+pub(super) fn refused(r: &Refused, keep_alive: bool) -> Vec<u8> {
     let body = proto::reply::http_refused_body(r);
     let retry_after = r.retry_after_ms.map(|ms| ms.div_ceil(1000).to_string());
     let headers: Vec<(&str, &str)> = retry_after
@@ -189,6 +192,33 @@ fn refused(r: &Refused, keep_alive: bool) -> Vec<u8> {
         .collect();
     let status = r.code.http_status();
     http::response(status, "application/json", &headers, &body, keep_alive)
+}
+
+/// `POST /admin/drain`: begins the node's drain (see [`crate::core::drain`]) and answers 202
+/// `{"draining":true,"began":B,"timeout_ms":N}` (`began` false: one was under way already).
+/// With auth on it needs a valid token (401) with the `admin` permission (403); with auth
+/// off only a loopback peer may ask (403).
+fn admin_drain(core: &Core, granted: Granted, conn: Conn<'_>) -> Vec<u8> {
+    let ka = conn.keep_alive;
+    match granted {
+        Err(why) => return http::error(ErrorCode::Unauthorized, &why, ka),
+        Ok(Some(g)) if !g.admin => {
+            let why = "token lacks the 'admin' permission";
+            return http::error(ErrorCode::Forbidden, why, ka);
+        }
+        Ok(None) if !conn.loopback => {
+            let why = "with auth off only a loopback peer may drain the node";
+            return http::error(ErrorCode::Forbidden, why, ka);
+        }
+        Ok(_) => {}
+    }
+    let began = crate::core::drain::begin(&core.node);
+    let body = format!(
+        r#"{{"draining":true,"began":{began},"timeout_ms":{}}}"#,
+        core.cfg().drain_timeout_ms
+    );
+    // The node is leaving: this connection closes after the answer.
+    http::json(202, body.as_bytes(), false)
 }
 
 /// `{"subject":S,"seq":N,"ts":T}` (+ `"duplicate":true`).

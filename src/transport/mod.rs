@@ -5,7 +5,8 @@
 //!  mod.rs        Transport: accept -> HTTP phase (keep-alive, route table) -> hand-off;
 //!                the flusher and the coalesced writer; read/write buffer pools
 //!  admission     connection limits, Origin, token -> Grant (upgrade, SSE, HTTP)
-//!  endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule
+//!  endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule,
+//!                /admin/drain
 //!  websocket     an upgraded WebSocket: hello, the reader (frames -> ops)
 //!  sse           a Server-Sent Events stream
 //!  ops           one protocol op applied to the core (sub, unsub, pub, pubs, ping, auth,
@@ -168,9 +169,13 @@ impl Transport {
                 permit,
             } = incoming;
             metrics::add(&core.metrics().http_requests, 1);
-            let keep_alive = !req.headers.close && !core.is_shutting_down();
+            let leaving = core.is_shutting_down() || core.is_draining();
+            let keep_alive = !req.headers.close && !leaving;
             let route = Route::of(req.method, &req.path, core.cfg().echo_endpoint);
             let refused = match route {
+                Route::Sse | Route::WebSocket | Route::Echo if core.is_draining() => {
+                    Some((stream, admission::draining(&core)))
+                }
                 Route::Sse => self.start_sse(stream, req, granted, admitted),
                 Route::WebSocket | Route::Echo => {
                     let echo = route == Route::Echo;
@@ -182,6 +187,7 @@ impl Transport {
                     let conn = endpoints::Conn {
                         keep_alive,
                         publishes: &publishes,
+                        loopback: route == Route::AdminDrain && peer_is_loopback(&stream),
                     };
                     let answer = endpoints::respond(&core, &req, route, conn, granted);
                     let resp = Box::pin(answer).await;
@@ -456,6 +462,16 @@ fn limit_unsent(fd: i32, bytes: u32) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
+}
+
+/// True when the peer of `stream` has a loopback address (IPv4-mapped ones included).
+fn peer_is_loopback(stream: &TcpStream) -> bool {
+    stream.peer_addr().is_ok_and(|a| match a.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        ip => ip.is_loopback(),
+    })
 }
 
 /// The descriptor of a read half, for readiness polling and non-blocking `recv`.

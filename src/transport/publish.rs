@@ -22,8 +22,9 @@ pub fn rate(core: &Core, grant: Option<&Grant>) -> u32 {
     grant.map_or(default, |g| g.publish_rate(default))
 }
 
-/// Admits one valid publish on `subject` at core time `now_ms`: within `limit` (at `rate`),
-/// then allowed by `grant` (`None`: auth off).
+/// Admits one valid publish on `subject` at core time `now_ms`: not while the core drains
+/// (`draining`, retry on a peer), within `limit` (at `rate`), then allowed by `grant`
+/// (`None`: auth off).
 pub fn admit(
     core: &Core,
     grant: Option<&Grant>,
@@ -32,6 +33,11 @@ pub fn admit(
     subject: &str,
 ) -> Result<(), Refused> {
     let m = core.metrics();
+    if core.is_draining() {
+        // The node is leaving: every ack it gives was given before the drain.
+        m.refused_publish(PublishRefusal::Draining);
+        return Err(Refused::draining(core.retry_hint(crate::os::random_u64())));
+    }
     if let Err(retry_after_ms) = limit.take(now_ms, rate(core, grant)) {
         m.refused_publish(PublishRefusal::RateLimited);
         return Err(Refused::rate_limited(retry_after_ms));

@@ -33,6 +33,12 @@ pub async fn run(t: Rc<Transport>, stream: TcpStream, plan: SsePlan, _admitted: 
     head.extend_from_slice(&hello);
     head.extend_from_slice(b"\n\n");
     c.send_raw(core.metrics(), head.into());
+    if core.is_draining() {
+        // Started just as its core began draining (the drain missed it): sent away too.
+        core.send_away(&c);
+        drain_until_eof(&t, &rh).await;
+        return t.release(&c);
+    }
     let resumed = match &plan.resume {
         Some((session, k)) => resume(&core, &c, session, *k).await,
         None => false,

@@ -81,6 +81,10 @@ pub async fn run(
     let (rh, wh) = stream.into_split();
     t.attach(&c, wh);
     c.send_raw(core.metrics(), first.into());
+    if core.is_draining() {
+        // Upgraded just as its core began draining (the drain missed it): sent away too.
+        core.send_away(&c);
+    }
     read_loop(&t, &c, rh, leftover).await;
     t.release(&c);
 }

@@ -2,12 +2,14 @@
 //
 //   import {Ringcast} from '/ringcast.js';
 //   const rc = new Ringcast(location.origin, {token, transport: 'ws'});   // or 'sse'
+//   // or several nodes of a cluster, tried in turn: new Ringcast(null, {urls: [a, b, c]})
 //   const off = rc.subscribe('prices.>', (m) => show(m.subject, m.seq, m.data), {snapshot: true});
 //   rc.on('status', (s) => ...);     // 'connecting' | 'open' | 'closed'
 //   rc.on('gap', (g) => ...);        // {subject, from, to}: messages that will not come
 //   rc.on('error', (e) => ...);      // {code, message, subject?}: refused subscription, failed fetch
 //   rc.on('duplicate', (d) => ...);  // {subject, seq, last}: a message dropped as already seen
 //   rc.on('session', (s) => ...);    // {resumed}: after a reconnect, whether the session resumed
+//   rc.on('drain', (d) => ...);      // {retryMs, url}: the node is draining; reconnecting (to url)
 //   const {seq, ts} = await rc.publish('orders.1', {qty: 1}, {msgId: 'order-1'});
 //   off(); rc.close();
 //
@@ -22,6 +24,13 @@
 // - SSE: the browser reconnects with Last-Event-ID and the server resumes the session; if it
 //   expired (or the stream restarts for a pattern change), known subjects are caught up from
 //   `/history` the same way. With `conflate`, jumps in seq are reported as gaps.
+// - A draining node (close 1012 `{"reason":"draining","retry_ms":N}`, or the SSE `drain`
+//   event) is left for the next of `urls` (the same URL when there is one: a load balancer
+//   picks another node) after the node's own hint N, spread per connection by the server;
+//   nothing is lost, as the session's subjects resume there with `since` and `/history`
+//   (seqs are the same on every node of a cluster). A connection that fails before `hello`
+//   also moves on to the next URL; one lost after it tries the same URL first (its session
+//   can resume there).
 
 const BACKOFF_MIN_MS = 250;
 const BACKOFF_MAX_MS = 10_000;
@@ -44,14 +53,33 @@ const isPattern = (p, t = p.split('.')) =>
   p.length <= 256 && t.length <= 16 && t.every((x, i) => TOKEN.test(x) || x === '*' || (x === '>' && i === t.length - 1));
 const lost = (e) => e.code === undefined; // a request failed for want of a connection, not an `err`
 
+/** The `retry_ms` of a drain's JSON (close reason, SSE event data); 1 s if unreadable. */
+function drainRetryMs(json) {
+  try {
+    const ms = JSON.parse(json).retry_ms;
+    return Number.isFinite(ms) && ms >= 0 ? Math.min(ms, 60_000) : 1000;
+  } catch {
+    return 1000;
+  }
+}
+
+/** A WebSocket close from a draining node (1012 "service restart"): `{retryMs}`, else undefined. */
+const drainHint = (e) => (e?.code === 1012 ? {retryMs: drainRetryMs(e.reason)} : undefined);
+
 export class Ringcast {
   /**
    * @param {string} url the server, `http(s)://host:port` or `ws(s)://...` (only the origin counts)
-   * @param {{token?: string, transport?: 'ws'|'sse'}} options
+   * @param {{token?: string, transport?: 'ws'|'sse', urls?: string[]}} options `urls`: several
+   *   servers (nodes of one cluster), used in turn in place of `url`
    */
-  constructor(url = location.origin, {token, transport = 'ws'} = {}) {
-    const u = new URL(url, location.href);
-    this.base = `${u.protocol.replace(/^ws/, 'http')}//${u.host}`;
+  constructor(url = location.origin, {token, transport = 'ws', urls} = {}) {
+    const list = urls?.length ? urls : [url ?? location.origin];
+    this._bases = list.map((x) => {
+      const u = new URL(x, location.href);
+      return `${u.protocol.replace(/^ws/, 'http')}//${u.host}`;
+    });
+    this._baseAt = 0;
+    this.base = this._bases[0]; // the server in use
     this.token = token;
     this.transport = transport === 'sse' ? 'sse' : 'ws';
     this.status = 'closed';
@@ -66,6 +94,7 @@ export class Ringcast {
     this._received = 0; //   (the count goes on across resumes)
     this._lastEventId = ''; // SSE: id of the last `msg` event
     this._attempt = 0; // reconnects since the last successful open
+    this._greeted = false; // the current connection got its `hello`
     this._closed = false;
     // Connect once the caller's first subscribe() calls are made, so they go out together (an
     // SSE stream opens when a pattern is added).
@@ -225,20 +254,36 @@ export class Ringcast {
     if (this.transport === 'sse') return this._connectSse(this._lastEventId);
     this._setStatus('connecting');
     const q = this.token ? `?token=${encodeURIComponent(this.token)}` : '';
+    this._greeted = false;
     const ws = (this._ws = new WebSocket(`${this.base.replace(/^http/, 'ws')}/ws${q}`));
     ws.onmessage = (e) => this._onWsOp(ws, JSON.parse(e.data));
-    ws.onclose = () => this._lost(ws);
+    ws.onclose = (e) => this._lost(ws, drainHint(e));
   }
 
-  /** Retries after 250 ms doubling up to 10 s, each delay drawn from the upper half. */
-  _retry() {
+  /**
+   * Retries after 250 ms doubling up to 10 s, each delay drawn from the upper half; a draining
+   * node's `retryMs` hint instead, on the next URL. A connection that never said `hello` moves
+   * on to the next URL too.
+   */
+  _retry(drain) {
     if (this._closed) return;
-    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this._attempt++);
     clearTimeout(this._timer);
+    if (drain || !this._greeted) {
+      this._baseAt = (this._baseAt + 1) % this._bases.length;
+      this.base = this._bases[this._baseAt];
+    }
+    this._greeted = false;
+    if (drain) {
+      this._attempt = 0;
+      this._emit('drain', {retryMs: drain.retryMs, url: this.base});
+      this._timer = setTimeout(() => this._connect(), drain.retryMs);
+      return;
+    }
+    const ceiling = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** this._attempt++);
     this._timer = setTimeout(() => this._connect(), ceiling / 2 + (Math.random() * ceiling) / 2);
   }
 
-  _lost(ws) {
+  _lost(ws, drain) {
     if (this._ws !== ws) return;
     ws.onclose = ws.onmessage = null;
     this._ws = null;
@@ -247,7 +292,7 @@ export class Ringcast {
     for (const p of this._pending.values()) p.reject(new Error('connection lost'));
     this._pending.clear();
     this._setStatus('closed');
-    this._retry();
+    this._retry(drain);
   }
 
   /** Sends an op with a fresh id; resolves with its `ok`/`pong`, rejects with its `err`. */
@@ -263,7 +308,7 @@ export class Ringcast {
 
   _onWsOp(ws, op) {
     switch (op.op) {
-      case 'hello': return void this._onHello(ws, op.session);
+      case 'hello': this._greeted = true; return void this._onHello(ws, op.session);
       case 'msg': this._received++; return this._onMsg(op);
       case 'gap': return this._onGap(op);
     }
@@ -396,6 +441,7 @@ export class Ringcast {
     const on = (name, fn) => es.addEventListener(name, (e) => this._es === es && fn(e));
     const catchUp = () => this._holdForCatchUp([...this._last.keys()].filter((s) => this._covered(s)))();
     on('hello', () => {
+      this._greeted = true;
       this._attempt = 0;
       this._setStatus('open');
       this._resuming = !!this._lastEventId; // resumed, unless `gap session_expired` follows
@@ -413,6 +459,13 @@ export class Ringcast {
       this._resuming = false;
       this._emit('session', {resumed: false});
       catchUp(); // the stream started afresh
+    });
+    on('drain', (e) => {
+      // The node is draining: leave it (the browser would come back to the same URL).
+      es.close();
+      this._es = null;
+      this._setStatus('closed');
+      this._retry({retryMs: drainRetryMs(e.data)});
     });
     on('error', () => {
       if (es.readyState === EventSource.CONNECTING) return this._setStatus('connecting');

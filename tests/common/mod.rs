@@ -156,6 +156,11 @@ impl Node {
         serde_json::from_slice(&body).unwrap()
     }
 
+    /// Begins the node's drain (as SIGUSR2 does); the node stops by itself once drained.
+    pub fn drain(&self) {
+        self.server.as_ref().expect("running").drain();
+    }
+
     pub fn stop(&mut self) {
         if let Some(s) = self.server.take() {
             s.shutdown();
@@ -280,6 +285,8 @@ pub struct Ws {
     pub stream: TcpStream,
     buf: Vec<u8>,
     pub session: String,
+    /// The reason text of the last close frame received.
+    pub close_reason: String,
 }
 
 impl Ws {
@@ -321,6 +328,7 @@ impl Ws {
                             stream,
                             buf,
                             session: String::new(),
+                            close_reason: String::new(),
                         });
                     }
                     break read_response_buf(&mut stream, &mut buf);
@@ -378,6 +386,7 @@ impl Ws {
             stream,
             buf,
             session: String::new(),
+            close_reason: String::new(),
         }
     }
 
@@ -414,10 +423,14 @@ impl Ws {
                     return Some(match b0 & 0x0f {
                         1 => Frame::Text(String::from_utf8(payload).unwrap()),
                         2 => Frame::Binary(payload),
-                        8 => Frame::Close(
-                            (payload.len() >= 2)
-                                .then(|| u16::from_be_bytes([payload[0], payload[1]])),
-                        ),
+                        8 => {
+                            let reason = payload.get(2..).unwrap_or_default();
+                            self.close_reason = String::from_utf8_lossy(reason).into_owned();
+                            Frame::Close(
+                                (payload.len() >= 2)
+                                    .then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                            )
+                        }
                         9 => Frame::Ping(payload),
                         10 => Frame::Pong(payload),
                         op => panic!("unexpected opcode {op}"),
