@@ -150,7 +150,7 @@ fn sigusr2_drains_the_binary(driver: &str) {
     drop(sse);
 
     let (status, _, body) = http(addr, "GET", "/healthz", &[], b"");
-    assert_eq!((status, &body[..]), (503, &b"draining"[..]));
+    assert_eq!((status, &body[..]), (503, &b"draining\n"[..]));
     let (status, body) = Ws::try_connect(addr, "/ws", &[])
         .err()
         .expect("upgrade refused");

@@ -171,6 +171,8 @@ mod tests {
         "--nats-replicas=3",
         "--nats-max-msgs-per-subject=7",
         "--shutdown-grace-ms=7",
+        "--drain-timeout-ms=7",
+        "--drain-retry-ms=7",
         "--log=debug",
     ];
 
