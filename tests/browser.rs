@@ -6,26 +6,21 @@
 //! (`window.__ringcast`, read over the DevTools protocol) must hold every subject's seqs exactly
 //! 1..=N, once each, in order. Over WebSocket and over SSE.
 //!
-//! Needs Debian's `chromium` at /usr/bin/chromium (`.ci/run` installs it). All waits are
-//! bounded polls; nothing here asserts on timing.
+//! Needs Debian's `chromium` at /usr/bin/chromium (`.ci/run` installs it; the browser and
+//! DevTools helpers are in `tests/common/browser.rs`). All waits are bounded polls; nothing
+//! here asserts on timing.
 
 mod common;
 
+use common::browser::{Browser, Page, DEADLINE};
 use common::start;
 use ringcast::config::DriverChoice;
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// Subjects the publisher writes to, round-robin; the page subscribes to `feed.>` (or one).
 const SUBJECTS: [&str; 4] = ["feed.a", "feed.b", "feed.c", "feed.d"];
@@ -36,9 +31,6 @@ const PER_SUBJECT: u64 = 250;
 
 /// Pause between two publishes: a steady stream of a few seconds.
 const PACE: Duration = Duration::from_millis(3);
-
-/// Bound of every wait (browser start, page state, reconnects).
-const DEADLINE: Duration = Duration::from_secs(40);
 
 #[test]
 fn websocket_page_resumes_after_connections_drop() {
@@ -308,187 +300,4 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Arc<ProxyShared>, id: u
         let _ = to.shutdown(Shutdown::Both);
         shared.live.lock().unwrap().remove(&id);
     });
-}
-
-// ---- the browser -----------------------------------------------------------------------------
-
-/// Headless Chromium on a fresh profile, killed (its whole process group) on drop.
-struct Browser {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Browser {
-    fn launch(url: &str) -> Browser {
-        assert!(
-            Path::new(CHROMIUM).exists(),
-            "{CHROMIUM} is missing: this test needs Debian's chromium (`apt-get install -y chromium`; .ci/run installs it)"
-        );
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "ringcast-browser-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("profile")).unwrap();
-        let log = File::create(dir.join("chromium.log")).unwrap();
-        let child = Command::new(CHROMIUM)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {CHROMIUM}: {e}"));
-        Browser { child, dir }
-    }
-
-    /// The DevTools port, from `<profile>/DevToolsActivePort` once Chromium wrote it.
-    fn devtools_port(&mut self) -> u16 {
-        let file = self.dir.join("profile/DevToolsActivePort");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let port = fs::read_to_string(&file)
-                .ok()
-                .and_then(|t| t.lines().next()?.trim().parse().ok());
-            if let Some(port) = port {
-                return port;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "chromium exited ({status}) before it listened:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromium wrote no DevToolsActivePort within {DEADLINE:?}:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// The end of Chromium's output.
-    fn log(&self) -> String {
-        let text = fs::read_to_string(self.dir.join("chromium.log")).unwrap_or_default();
-        let start = text.len().saturating_sub(4000);
-        let start = (start..text.len())
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(0);
-        text[start..].to_string()
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // The browser leads its own process group (renderers, GPU and utility processes too).
-        // SAFETY: kill(2) on a process group this test started.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A DevTools protocol connection to the page.
-struct Page {
-    ws: tungstenite::WebSocket<TcpStream>,
-    next_id: u64,
-}
-
-impl Page {
-    /// Finds the tab showing a URL under `origin` and connects to it.
-    fn attach(browser: &mut Browser, origin: &str) -> Page {
-        let port = browser.devtools_port();
-        let deadline = Instant::now() + DEADLINE;
-        let ws_url = loop {
-            let list = devtools_get(port, "/json/list");
-            let found = serde_json::from_str::<Value>(&list).ok().and_then(|v| {
-                v.as_array()?
-                    .iter()
-                    .find(|t| {
-                        t["type"] == "page"
-                            && t["url"].as_str().is_some_and(|u| u.starts_with(origin))
-                    })
-                    .and_then(|t| t["webSocketDebuggerUrl"].as_str().map(str::to_owned))
-            });
-            if let Some(url) = found {
-                break url;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no tab on {origin} within {DEADLINE:?}; /json/list: {list}\n{}",
-                browser.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        stream.set_read_timeout(Some(common::IO_BOUND)).unwrap();
-        stream.set_write_timeout(Some(common::IO_BOUND)).unwrap();
-        // The URL names 127.0.0.1:<port>, which becomes the Host header DevTools checks.
-        let (ws, _) = tungstenite::client(ws_url.as_str(), stream)
-            .unwrap_or_else(|e| panic!("DevTools WebSocket {ws_url}: {e}"));
-        Page { ws, next_id: 0 }
-    }
-
-    /// `Runtime.evaluate` of `expression`, its value returned by value.
-    fn eval(&mut self, expression: &str) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let call = json!({"id": id, "method": "Runtime.evaluate",
-            "params": {"expression": expression, "returnByValue": true}});
-        self.ws
-            .send(tungstenite::Message::text(call.to_string()))
-            .expect("DevTools send");
-        loop {
-            let msg = self.ws.read().expect("DevTools read");
-            let Ok(text) = msg.to_text() else { continue };
-            let Ok(v) = serde_json::from_str::<Value>(text) else {
-                continue;
-            };
-            if v["id"] != id {
-                continue; // an event
-            }
-            assert!(v["error"].is_null(), "Runtime.evaluate failed: {v}");
-            assert!(
-                v["result"]["exceptionDetails"].is_null(),
-                "{expression} threw: {v}"
-            );
-            return v["result"]["result"]["value"].clone();
-        }
-    }
-
-    /// `window.__ringcast` (null until the page's script ran).
-    fn record(&mut self) -> Value {
-        let text = self.eval("JSON.stringify(window.__ringcast ?? null)");
-        serde_json::from_str(text.as_str().expect("a string")).expect("record JSON")
-    }
-}
-
-/// GET on the DevTools HTTP endpoint, which answers only to a `Host` of an IP or localhost
-/// (and keeps the connection open: the body is read by its Content-Length).
-fn devtools_get(port: u16, path: &str) -> String {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    s.set_read_timeout(Some(common::IO_BOUND)).unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    s.write_all(req.as_bytes()).expect("DevTools HTTP request");
-    let (_, _, body) = common::read_response(&mut s);
-    String::from_utf8_lossy(&body).into_owned()
 }

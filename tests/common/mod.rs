@@ -1,6 +1,7 @@
 //! Test harness: starts real nodes on loopback port 0 and speaks raw wire bytes to them.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod nats;
 
 use ringcast::config::{Config, DriverChoice};
