@@ -12,13 +12,16 @@
 //!    mod           accept -> HTTP phase -> hand-off; flusher + coalesced writev; buffer pools
 //!    admission     connection limits, Origin, token -> Grant
 //!    endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule
+//!    admin         operator endpoints: /admin (page), /connz, /varz; admin token or loopback
 //!    websocket     an upgraded WebSocket (hello, reader); sse: a Server-Sent Events stream
 //!    ops           one protocol op (sub, unsub, pub, pubs, ping, auth, resume) applied to the core
 //!    publish       admission of publishes: the connection's publish limit, then permission
 //!  core/           one core's shard, a room per concern (see its module doc):
 //!    mod           Core: the bus loop and the one request/answer path between cores
 //!    api           what the transport asks of its core; session hand-over between cores
-//!    client        Client: a connection as the core sees it (queue, log, Access, limits)
+//!    client        Client: a connection as the core sees it (queue, log, Access, limits);
+//!                  flush_list: FlushList, the clients with output for the flusher
+//!    connz         the connection list: each core's rows, asked of every core, merged
 //!    fanout        Fanout: subscription trie + bounded MatchCache; delivery, once per client
 //!    sequencer/    Sequencer: owned subjects (seq, ring, dedup), fsync queue, history reads
 //!    sessions      Sessions: the registry by session id; retention and hand-over state
@@ -46,10 +49,13 @@
 //!  cluster         Bridge: cluster mode over NATS JetStream on the ringcast-nats thread
 //!                  (tokio); answers through ClusterSink
 //!  metrics         per-core counters, close reasons, Prometheus text
+//!  varz            the same counters as JSON (`/varz`, polled by the operator page)
+//!  connz           /connz query (filter, sort, window), rows, merge of the cores' parts
 //!  config          flags and RINGCAST_* env vars;  limits: start-up checks of OS limits
-//!  os              wall clock and kernel randomness
+//!  os              wall clock, kernel randomness, a socket's peer address
 //!  demo            --demo-feed: synthetic price publisher for the demo page
-//!  web/            the browser client (ringcast.js) and demo page, served at /ringcast.js and /
+//!  web/            the browser client (ringcast.js) and demo page, served at /ringcast.js and /;
+//!                  admin.html, the operator page at /admin (canvas charts, no build step)
 //! ```
 //!
 //! Dependencies point down this list (transport -> core -> leaf modules; store and cluster
@@ -76,6 +82,7 @@ pub mod auth;
 pub mod bus;
 pub mod cluster;
 pub mod config;
+pub mod connz;
 pub mod core;
 pub mod demo;
 pub mod frame;
@@ -92,4 +99,5 @@ pub mod store;
 pub mod subject;
 pub mod transport;
 pub mod trie;
+pub mod varz;
 pub mod ws;

@@ -231,6 +231,9 @@ pub struct Grant {
     /// The token's `max_publish_rate`: publishes per second per connection (0: unlimited;
     /// `None`: the node's `--max-publish-per-sec`).
     pub max_publish_rate: Option<u32>,
+    /// The `admin` permission: the operator endpoints (`/connz`, `/varz`; see
+    /// `transport::admin`).
+    pub admin: bool,
 }
 
 impl Grant {
@@ -269,6 +272,7 @@ impl Grant {
             publish,
             subscribe,
             max_publish_rate: c.max_publish_rate,
+            admin: has("admin"),
         })
     }
 
@@ -449,6 +453,18 @@ mod tests {
             !g.denies_delivery("news.x"),
             "the flat deny list is replaced too"
         );
+    }
+
+    #[test]
+    fn only_the_admin_permission_grants_admin() {
+        use serde_json::json;
+        let v = verifier(None);
+        let admin = json!({"exp":exp(),"permissions":["admin"]});
+        assert!(v.verify(&token(admin)).unwrap().admin);
+        let user = json!({"exp":exp(),"permissions":["publish","subscribe"]});
+        assert!(!v.verify(&token(user)).unwrap().admin);
+        let g = v.verify(&token(json!({"exp":exp()}))).unwrap();
+        assert!(!g.admin, "no permissions: no admin");
     }
 
     #[test]

@@ -22,6 +22,10 @@ fn the_route_table_names_every_endpoint() {
         Route::History("prices.EURUSD")
     );
     assert_eq!(r(Get, "/history/"), Route::History(""));
+    assert_eq!(r(Get, "/admin"), Route::AdminPage);
+    assert_eq!(r(Head, "/admin/"), Route::AdminPage);
+    assert_eq!(r(Get, "/connz"), Route::Connz);
+    assert_eq!(r(Get, "/varz"), Route::Varz);
 }
 
 #[test]
@@ -35,6 +39,8 @@ fn a_known_path_with_another_method_is_not_allowed_and_an_unknown_one_not_found(
         (Head, "/metrics"),
         (Get, "/schedule/01a"),
         (Delete, "/history/a"),
+        (Post, "/connz"),
+        (Delete, "/varz"),
         (Other, "/"),
     ] {
         assert!(matches!(r(m, p), Route::MethodNotAllowed(_)), "{m:?} {p}");

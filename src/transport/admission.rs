@@ -97,6 +97,7 @@ pub fn needs_token(core: &Core, route: Route<'_>) -> bool {
         && match route {
             Route::Publish | Route::ListSchedules | Route::CancelSchedule(_) => true,
             Route::History(_) | Route::Sse => true,
+            Route::Connz | Route::Varz => true,
             Route::Metrics => core.cfg().metrics_require_auth,
             _ => false,
         }

@@ -1,6 +1,7 @@
 //! The plain HTTP endpoints: the demo page and browser client, `/healthz`, `/metrics`,
 //! `POST /publish` (one message now or scheduled, or an array of them now),
-//! `/history/{subject}` and `/schedule`.
+//! `/history/{subject}` and `/schedule`; the operator endpoints (`/admin`, `/connz`, `/varz`)
+//! are [`super::admin`]'s.
 //!
 //! Each takes the parsed request and returns the complete response bytes; none touches a
 //! socket. Runs on the connection's core thread; what another core owns is asked of it
@@ -14,6 +15,7 @@ use crate::http::{self, Method, Request, Route};
 use crate::metrics::Budget;
 use crate::proto::{self, ErrorCode, PubAck, Refused};
 use crate::schedule::ScheduleError;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The browser client, an ES module served at `/ringcast.js` (source: `src/web/ringcast.js`).
@@ -32,6 +34,8 @@ pub struct Conn<'a> {
     pub keep_alive: bool,
     /// The connection's publish limit (`POST /publish`).
     pub publishes: &'a PublishLimit,
+    /// The peer's address, when the socket has one (the operator endpoints' loopback rule).
+    pub peer: Option<SocketAddr>,
 }
 
 /// The response to a plain HTTP request on `route` (upgrades and SSE are not plain), whose
@@ -96,6 +100,10 @@ async fn route_response(
             Ok(grant) => history(core, grant.as_deref(), subject, &req.query, ka).await,
             Err(resp) => resp,
         },
+        Route::AdminPage => super::admin::page(ka),
+        Route::Connz | Route::Varz => {
+            super::admin::respond(core, route, &req.query, conn, &granted).await
+        }
         Route::MethodNotAllowed(methods) => {
             let code = ErrorCode::MethodNotAllowed;
             let body = proto::http_error_body(code, "method not allowed");

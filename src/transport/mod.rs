@@ -6,6 +6,7 @@
 //!                the flusher and the coalesced writer; read/write buffer pools
 //!  admission     connection limits, Origin, token -> Grant (upgrade, SSE, HTTP)
 //!  endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule
+//!  admin         the operator endpoints: /admin (page), /connz, /varz; who may read them
 //!  websocket     an upgraded WebSocket: hello, the reader (frames -> ops)
 //!  sse           a Server-Sent Events stream
 //!  ops           one protocol op applied to the core (sub, unsub, pub, pubs, ping, auth,
@@ -22,6 +23,7 @@
 //! Memory: an idle WebSocket holds no read buffer (it waits for readiness, then borrows a
 //! pooled buffer for the read) and no write buffer (a pooled `WriteBatch` per write).
 
+pub mod admin;
 pub mod admission;
 pub mod endpoints;
 mod flush;
@@ -140,6 +142,7 @@ impl Transport {
         let core = self.core.clone();
         let (admitted, refusal) = Admitted::count(&core, &self.accepts);
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
         limit_unsent(stream.as_raw_fd(), core.cfg().max_unsent_bytes);
         if let Some(why) = refusal {
             metrics::add(&core.metrics().rejected, 1);
@@ -182,6 +185,7 @@ impl Transport {
                     let conn = endpoints::Conn {
                         keep_alive,
                         publishes: &publishes,
+                        peer,
                     };
                     let answer = endpoints::respond(&core, &req, route, conn, granted);
                     let resp = Box::pin(answer).await;
