@@ -13,13 +13,16 @@
 //!    admission     connection limits, Origin, token -> Grant
 //!    endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule,
 //!                  /admin/drain
+//!    admin         operator endpoints: /admin (page), /connz, /varz; admin token or loopback
 //!    websocket     an upgraded WebSocket (hello, reader); sse: a Server-Sent Events stream
 //!    ops           one protocol op (sub, unsub, pub, pubs, ping, auth, resume) applied to the core
 //!    publish       admission of publishes: the connection's publish limit, then permission
 //!  core/           one core's shard, a room per concern (see its module doc):
 //!    mod           Core: the bus loop and the one request/answer path between cores
 //!    api           what the transport asks of its core; session hand-over between cores
-//!    client        Client: a connection as the core sees it (queue, log, Access, limits)
+//!    client        Client: a connection as the core sees it (queue, log, Access, limits);
+//!                  flush_list: FlushList, the clients with output for the flusher
+//!    connz         the connection list: each core's rows, asked of every core, merged
 //!    fanout        Fanout: subscription trie + bounded MatchCache; delivery, once per client
 //!    sequencer/    Sequencer: owned subjects (seq, ring, dedup), fsync queue, history reads
 //!    sessions      Sessions: the registry by session id; retention and hand-over state
@@ -58,10 +61,13 @@
 //!                  config/live: what a reload applies
 //!  reload          Reloader: SIGHUP re-reads the config, hands the live options to each core
 //!                  (CoreMsg::Reload -> core/settings);  logging: the log and its filter
+//!  varz            the same counters as JSON (`/varz`, polled by the operator page)
+//!  connz           /connz query (filter, sort, window), rows, merge of the cores' parts
 //!  limits          start-up checks of OS limits
-//!  os              wall clock and kernel randomness
+//!  os              wall clock, kernel randomness, a socket's peer address
 //!  demo            --demo-feed: synthetic price publisher for the demo page
-//!  web/            the browser client (ringcast.js) and demo page, served at /ringcast.js and /
+//!  web/            the browser client (ringcast.js) and demo page, served at /ringcast.js and /;
+//!                  admin.html, the operator page at /admin (canvas charts, no build step)
 //! ```
 //!
 //! Dependencies point down this list (transport -> core -> leaf modules; store and cluster
@@ -91,6 +97,7 @@ pub mod bus;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod connz;
 pub mod core;
 pub mod demo;
 pub mod frame;
@@ -109,4 +116,5 @@ pub mod store;
 pub mod subject;
 pub mod transport;
 pub mod trie;
+pub mod varz;
 pub mod ws;

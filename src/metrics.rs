@@ -213,6 +213,11 @@ pub struct CoreMetrics {
     pub schedule_bytes: AtomicU64,
     /// Bytes of this core's match cache (gauge).
     pub match_cache_bytes: AtomicU64,
+    /// Bytes in the outbound queues of this core's connections (gauge, updated by the sweep).
+    pub queue_bytes: AtomicU64,
+    /// Age (ms) of the oldest message still queued to any of this core's connections (gauge,
+    /// updated by the sweep; 0: every queue is empty).
+    pub queue_lag_ms: AtomicU64,
     closes: [AtomicU64; CloseReason::ALL.len()],
     refusals: [AtomicU64; Budget::ALL.len()],
     publish_refusals: [AtomicU64; PublishRefusal::ALL.len()],
@@ -269,15 +274,15 @@ impl CoreMetrics {
 }
 
 /// A per-core series of `/metrics`: name, type, help, and how to read it from a core.
-type Series = (
+pub type Series = (
     &'static str,
     &'static str,
     &'static str,
     fn(&CoreMetrics) -> u64,
 );
 
-/// Every per-core series, in output order.
-const SERIES: [Series; 24] = [
+/// Every per-core series, in output order (`/metrics`, and the stats JSON of `/varz`).
+pub const SERIES: [Series; 26] = [
     ("ringcast_connections", "gauge", "Open connections.", |m| {
         m.connections.load(Relaxed)
     }),
@@ -418,6 +423,18 @@ const SERIES: [Series; 24] = [
         "gauge",
         "Bytes of the subject match cache (MATCH_CACHE_BYTES per core).",
         |m| m.match_cache_bytes.load(Relaxed),
+    ),
+    (
+        "ringcast_queue_bytes",
+        "gauge",
+        "Bytes queued to connections, not yet written (--max-queue-bytes each).",
+        |m| m.queue_bytes.load(Relaxed),
+    ),
+    (
+        "ringcast_queue_lag_ms",
+        "gauge",
+        "Age of the oldest message still queued to a connection, ms (0: queues empty).",
+        |m| m.queue_lag_ms.load(Relaxed),
     ),
 ];
 

@@ -1,9 +1,10 @@
-//! The few things ringcast asks the operating system for directly: the wall clock and kernel
-//! randomness.
+//! The few things ringcast asks the operating system for directly: the wall clock, kernel
+//! randomness, and a socket's peer address.
 //!
 //! A leaf: no ringcast imports, no state. Safe to call from any thread (cores, the storage
 //! thread, the NATS bridge).
 
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Wall-clock time in microseconds since the Unix epoch (0 if the clock is before 1970).
@@ -39,6 +40,28 @@ pub fn random_u64() -> u64 {
     h.finish()
 }
 
+/// The peer address of socket `fd` (`getpeername(2)`), or `None` (-1, not connected, not an
+/// IP socket). Read when asked (`/connz`), so that connections do not carry it.
+pub fn peer_addr(fd: i32) -> Option<SocketAddr> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the caller's fd is open for the duration of the call (a registered connection's
+    // socket); getpeername(2) only reads it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&fd).peer_addr().ok()?.as_socket()
+}
+
+/// True for a loopback peer (`127.0.0.0/8`, `::1`, or IPv4 loopback mapped into IPv6).
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    match addr {
+        SocketAddr::V4(a) => a.ip().is_loopback(),
+        SocketAddr::V6(a) => {
+            a.ip().is_loopback() || a.ip().to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,3 +83,4 @@ mod tests {
         assert_eq!(d.len(), v.len(), "{v:?}");
     }
 }
+

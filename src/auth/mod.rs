@@ -255,7 +255,8 @@ pub struct Grant {
     /// The token's `max_publish_rate`: publishes per second per connection (0: unlimited;
     /// `None`: the node's `--max-publish-per-sec`).
     pub max_publish_rate: Option<u32>,
-    /// The `admin` permission: node operations such as `POST /admin/drain`.
+    /// The `admin` permission: node operations and the operator endpoints (`POST /admin/drain`,
+    /// `/admin`, `/connz`, `/varz`; see `transport::admin`).
     pub admin: bool,
 }
 
@@ -476,6 +477,18 @@ mod tests {
             !g.denies_delivery("news.x"),
             "the flat deny list is replaced too"
         );
+    }
+
+    #[test]
+    fn only_the_admin_permission_grants_admin() {
+        use serde_json::json;
+        let v = verifier(None);
+        let admin = json!({"exp":exp(),"permissions":["admin"]});
+        assert!(v.verify(&token(admin)).unwrap().admin);
+        let user = json!({"exp":exp(),"permissions":["publish","subscribe"]});
+        assert!(!v.verify(&token(user)).unwrap().admin);
+        let g = v.verify(&token(json!({"exp":exp()}))).unwrap();
+        assert!(!g.admin, "no permissions: no admin");
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub(super) struct Claims {
     /// The user id, or the subscribe permissions.
     #[serde(default)]
     pub(super) sub: Option<SubClaim>,
-    /// The operations granted (`publish`, `subscribe`).
+    /// The operations granted (`publish`, `subscribe`, `admin`).
     #[serde(default)]
     pub(super) permissions: Vec<String>,
     /// Allowed patterns of both operations (unless `pub`/`sub` replace them).

@@ -60,6 +60,14 @@ impl Backlog {
         self.live_bytes
     }
 
+    /// Publish time (`ts`, µs) of the oldest message owed, if any (`/connz`).
+    pub fn oldest_ts(&self) -> Option<u64> {
+        self.items.iter().find_map(|o| match o {
+            Owed::Msg { frame, .. } => Some(frame.ts()),
+            Owed::Event(_) => None,
+        })
+    }
+
     /// Owes a replayed message.
     pub fn push_replayed(&mut self, frame: LocalFrame) {
         self.items.push_back(Owed::Msg { frame, live: false });

@@ -1,5 +1,5 @@
-//! `Client`: the core-visible state of one connection (WebSocket or SSE stream), its
-//! [`ConnKind`], and the core's [`FlushList`] of clients with output.
+//! `Client`: the core-visible state of one connection (WebSocket or SSE stream), and its
+//! [`ConnKind`].
 //!
 //! Owns what the core needs to deliver to a connection and to resume its session: the bounded
 //! outbound queue, the session log of sent messages, per-subject high-water marks, its
@@ -11,8 +11,8 @@
 
 use super::access::Access;
 use super::backlog::{Backlog, Behind, Owed};
+use super::flush_list::FlushList;
 use super::rate::{InboundLimit, PublishLimit};
-use super::signal::LocalNotify;
 use super::subscription::Subscription;
 use crate::metrics::{self, CloseReason, CoreMetrics};
 use crate::outbound::{
@@ -38,50 +38,6 @@ impl ConnKind {
     /// True for WebSocket framing (protocol and echo sockets).
     pub fn is_websocket(self) -> bool {
         matches!(self, ConnKind::WebSocket | ConnKind::Echo)
-    }
-}
-
-/// The clients of one core that have output to write or a close to finish, each once (the
-/// transport drains it every loop turn: one writer per client, however many messages were
-/// queued to it; nats-server's `pcd` set).
-#[derive(Default)]
-pub struct FlushList {
-    clients: RefCell<Vec<Rc<Client>>>,
-    /// Publish time (µs since the Unix epoch) of the oldest frame queued since the last
-    /// drain; 0: none. Tells the flusher how far behind its writes run.
-    oldest_us: Cell<u64>,
-    /// Wakes the transport's flusher.
-    pub ready: LocalNotify,
-}
-
-impl FlushList {
-    /// Notes that a frame published at `ts_us` was queued to a connection.
-    #[inline]
-    pub fn note_frame(&self, ts_us: u64) {
-        if self.oldest_us.get() == 0 {
-            self.oldest_us.set(ts_us);
-        }
-    }
-
-    /// The publish time of the oldest frame queued since the last call (0: none), and resets
-    /// it.
-    pub fn take_oldest(&self) -> u64 {
-        self.oldest_us.replace(0)
-    }
-
-    /// Lists `c` and wakes the flusher (the client marked itself listed already).
-    pub(super) fn push(&self, c: Rc<Client>) {
-        self.clients.borrow_mut().push(c);
-        self.ready.notify();
-    }
-
-    /// Takes every listed client (and clears their mark, so they list themselves again).
-    pub fn drain(&self) -> Vec<Rc<Client>> {
-        let clients = std::mem::take(&mut *self.clients.borrow_mut());
-        for c in &clients {
-            c.listed.set(false);
-        }
-        clients
     }
 }
 
@@ -126,6 +82,9 @@ pub struct Client {
     /// The socket's descriptor, for a forced shutdown when a close cannot be flushed in time
     /// (-1: none). The transport owns the socket; this is only its OS handle.
     fd: Cell<i32>,
+    /// Messages this connection did not get: conflated away, or discarded at its close
+    /// (`/connz`; the core's `ringcast_dropped_total` counts the same).
+    drops: Cell<u64>,
     /// Core clock (ms) of the last bytes received.
     pub(super) last_rx: Cell<u64>,
     /// A keep-alive ping is outstanding.
@@ -178,6 +137,7 @@ impl Client {
             detached_at: Cell::new(None),
             detached_k: Cell::new(0),
             fd: Cell::new(-1),
+            drops: Cell::new(0),
             last_rx: Cell::new(init.now_ms),
             ping_sent: Cell::new(false),
             closed_at: Cell::new(None),
@@ -227,6 +187,27 @@ impl Client {
     /// True when the writer has something to send.
     pub fn has_output(&self) -> bool {
         !self.out.borrow().is_empty()
+    }
+
+    /// What `/connz` shows of the output: bytes queued, the publish time (µs) of the oldest
+    /// message still queued or owed, and the messages dropped so far.
+    pub fn output_view(&self) -> (usize, Option<u64>, u64) {
+        let out = self.out.borrow();
+        let oldest = out
+            .oldest_ts()
+            .or_else(|| self.backlog.borrow().oldest_ts());
+        (out.bytes(), oldest, self.drops.get())
+    }
+
+    /// The socket's descriptor (-1: none, the session is detached).
+    pub fn fd(&self) -> i32 {
+        self.fd.get()
+    }
+
+    /// Counts `n` messages this connection will not get.
+    fn count_drops(&self, m: &CoreMetrics, n: u64) {
+        self.drops.set(self.drops.get() + n);
+        metrics::add(&m.dropped, n);
     }
 
     /// Moves pending output into `batch`, then refills the queue from the backlog.
@@ -406,7 +387,7 @@ impl Client {
         }
         // Queued messages will not reach this socket; the session log keeps them for a resume.
         let dropped = self.spill_queue_to_log();
-        metrics::add(&m.dropped, dropped as u64);
+        self.count_drops(m, dropped as u64);
         if let Some(bytes) = last {
             // Past the limit on purpose: the close must go out even for a slow consumer.
             self.out.borrow_mut().push_raw(bytes, usize::MAX / 8);
@@ -523,7 +504,7 @@ impl Client {
                     .borrow_mut()
                     .push_live(frame, conflate, self.queue_limit);
                 if behind == Behind::Conflated {
-                    metrics::add(&m.dropped, 1);
+                    self.count_drops(m, 1);
                 }
                 behind == Behind::Overflow
             };
@@ -532,7 +513,7 @@ impl Client {
             }
             // It does not reach this socket, which closes: logged below, after what the
             // close moves from the queue and backlog to the log.
-            metrics::add(&m.dropped, 1);
+            self.count_drops(m, 1);
             self.close_slow(m);
         }
         self.log_unsent(frame);
@@ -567,7 +548,7 @@ impl Client {
                 false
             }
             Pushed::Conflated(_) => {
-                metrics::add(&m.dropped, 1);
+                self.count_drops(m, 1);
                 false
             }
             Pushed::Overflow => true,

@@ -277,7 +277,8 @@ impl Fanout {
 
 #[cfg(test)]
 mod tests {
-    use super::super::client::{ClientInit, ConnKind, FlushList};
+    use super::super::client::{ClientInit, ConnKind};
+    use super::super::FlushList;
     use super::*;
     use crate::outbound::WriteBatch;
 

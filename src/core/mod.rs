@@ -4,8 +4,8 @@
 //!
 //! ```text
 //!  sessions   Sessions     every connection's session on this core, kept after a disconnect
-//!  client     Client       the core-visible state of one connection (queue, log, grant, rate);
-//!             FlushList    the clients with output, for the transport's flusher
+//!  client     Client       the core-visible state of one connection (queue, log, grant, rate)
+//!  flush_list FlushList    the clients with output, for the transport's flusher
 //!  subscription             one pattern of one connection, shared with the trie
 //!  fanout     Fanout       subscription trie + bounded match cache; delivery of each frame
 //!  sequencer  Sequencer    subjects this core owns: seq, history ring, dedup, fsync queue
@@ -22,7 +22,8 @@
 //! (and `access`, `rate`, `signal`: small parts of those). This file is the dispatcher
 //! between them: the bus loop, the one request/answer path (`ask` -> `serve` -> `answer` ->
 //! `resolve` -> `complete`: one shape for every exchange) and broadcast. [`api`] holds what
-//! the transport asks of its core, [`sweep`] its periodic housekeeping, [`drain`] its end.
+//! the transport asks of its core, [`sweep`] its periodic housekeeping, [`drain`] its end,
+//! [`connz`] the connection list of `/connz`.
 //!
 //! Everything here runs on the core's own thread (`Rc`/`RefCell`, no locks; no `RefCell`
 //! borrow is held across a call into another room); other cores are reached only through the
@@ -35,7 +36,9 @@ pub mod api;
 pub mod backlog;
 pub mod client;
 pub mod drain;
+pub mod connz;
 pub mod fanout;
+pub mod flush_list;
 pub mod msg;
 pub mod node;
 pub mod outbox;
@@ -49,7 +52,8 @@ pub mod signal;
 pub mod subscription;
 pub mod sweep;
 
-pub use client::{Client, ConnKind, FlushList};
+pub use client::{Client, ConnKind};
+pub use flush_list::FlushList;
 pub use msg::{CoreBus, CoreMsg, Reply, Request};
 pub use node::Node;
 pub use rate::{InboundLimit, PublishLimit, RateBucket, RateVerdict};
@@ -475,6 +479,7 @@ impl Core {
                 self.count_schedule_bytes();
                 self.answer(to, Reply::Schedule(r));
             }
+            Request::Connz(q) => self.answer(to, Reply::Connz(self.connz_part(&q))),
         }
     }
 

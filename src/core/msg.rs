@@ -13,6 +13,7 @@ use super::sessions::{SessionState, TakeError};
 use crate::auth::Grant;
 use crate::bus::Bus;
 use crate::cluster::{ClusterError, Fetched, Replicated};
+use crate::connz::{ConnzPart, ConnzQuery};
 use crate::frame::Frame;
 use crate::owner::Replay;
 use crate::proto::PubResult;
@@ -135,6 +136,8 @@ pub enum Request {
     },
     /// Scheduled publishes of a subject (to its owner).
     Schedule(ScheduleOp),
+    /// `/connz`: the connections of the core asked (every core is asked).
+    Connz(Box<ConnzQuery>),
 }
 
 /// Answers, each to one [`Request`] kind (or to a read of the store or the cluster).
@@ -162,6 +165,8 @@ pub enum Reply {
     },
     /// To `Schedule`.
     Schedule(ScheduleReply),
+    /// To `Connz`: the core's rows.
+    Connz(ConnzPart),
     /// From the storage thread: stored messages older than the ring.
     Stored(StoredRange),
     /// From the cluster bridge: messages read from the stream, or why not.

@@ -131,9 +131,35 @@ impl Node {
         self.store.durability() != Durability::None || self.cluster.is_some()
     }
 
-    /// Node-wide `/metrics` series (store, cluster bridge).
+    /// True in cluster mode while NATS is unreachable or the stream consumer catches up.
+    pub fn cluster_degraded(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|b| {
+            let s = b.status();
+            !s.connected.load(Ordering::Acquire) || !s.caught_up.load(Ordering::Acquire)
+        })
+    }
+
+    /// Node-wide `/metrics` series (health, store, cluster bridge). The health gauges are
+    /// exported on every node, so that alert rules on them need no mode of their own.
     pub fn node_series(&self) -> Vec<NodeSeries> {
-        let mut v = self.store.series();
+        let mut v = vec![
+            NodeSeries::gauge(
+                "ringcast_healthy",
+                "1 while /healthz answers ok (the node accepts publishes).",
+                self.health().is_ok() as u64,
+            ),
+            NodeSeries::gauge(
+                "ringcast_store_healthy",
+                "1 while the store writes successfully (always 1 without --data-dir).",
+                self.store.healthy() as u64,
+            ),
+            NodeSeries::gauge(
+                "ringcast_cluster_degraded",
+                "1 in cluster mode while NATS is unreachable or being caught up with (0 standalone).",
+                self.cluster_degraded() as u64,
+            ),
+        ];
+        v.extend(self.store.series());
         v.push(NodeSeries::gauge(
             "ringcast_http_body_bytes",
             "Request-body bytes being buffered (--max-body-buffer-bytes).",

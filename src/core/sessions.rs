@@ -259,7 +259,8 @@ pub fn hand_over(c: &Client, received: u64, cut: Vec<u64>) -> Result<SessionStat
 
 #[cfg(test)]
 mod tests {
-    use super::super::client::{ClientInit, ConnKind, FlushList};
+    use super::super::client::{ClientInit, ConnKind};
+    use super::super::FlushList;
     use super::*;
     use crate::metrics::CoreMetrics;
     use crate::outbound::WriteBatch;

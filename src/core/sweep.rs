@@ -4,7 +4,8 @@
 //! connections whose replays are all in, sends SSE heartbeats, pings silent WebSockets and
 //! closes those that stay silent (half-open peers), enforces auth deadlines and token expiry,
 //! and shuts down sockets whose close did not flush within [`CLOSE_GRACE_MS`] (a peer that
-//! stopped reading). It also expires idle subjects' history and refreshes the subject and
+//! stopped reading). It refreshes the queue gauges (`ringcast_queue_bytes`,
+//! `ringcast_queue_lag_ms`), expires idle subjects' history and refreshes the subject and
 //! schedule gauges (`sweep_subjects`, `count_schedule_bytes`). Runs on the core's thread, from
 //! its sweeper task.
 
@@ -21,23 +22,31 @@ impl Core {
     pub fn sweep(&self) {
         let now = self.started.elapsed().as_millis() as u64;
         self.clock_ms.set(now);
+        let now_us = crate::os::now_us();
         let cfg = self.cfg();
         let tick = SweepTick {
             now,
-            unix_secs: crate::os::now_us() / 1_000_000,
+            unix_secs: now_us / 1_000_000,
+            now_us,
             ping_ms: cfg.ping_interval_ms.max(1),
             session_ttl_ms: cfg.session_ttl.saturating_mul(1000),
             heartbeat_ms: cfg.sse_heartbeat_secs.max(1).saturating_mul(1000),
         };
         let clients = self.sessions.borrow().all();
         let mut detached_bytes = 0;
+        let mut queues = QueueGauges::default();
         for c in &clients {
             self.sweep_client(c, &tick);
             if c.is_detached() && self.sessions.borrow().contains(c) {
                 detached_bytes += sessions::retained_bytes(c);
+            } else {
+                queues.add(c, tick.now_us);
             }
         }
         self.bound_detached_bytes(detached_bytes);
+        let m = self.metrics();
+        metrics::set(&m.queue_bytes, queues.bytes);
+        metrics::set(&m.queue_lag_ms, queues.lag_ms);
     }
 
     /// Drops the longest-detached sessions while this core's detached sessions hold more than
@@ -131,9 +140,29 @@ impl Core {
 struct SweepTick {
     now: u64,
     unix_secs: u64,
+    /// Wall clock, µs since the Unix epoch (what message `ts` values are).
+    now_us: u64,
     ping_ms: u64,
     session_ttl_ms: u64,
     heartbeat_ms: u64,
+}
+
+/// The queue gauges of one core: `ringcast_queue_bytes` and `ringcast_queue_lag_ms`.
+#[derive(Default)]
+struct QueueGauges {
+    bytes: u64,
+    lag_ms: u64,
+}
+
+impl QueueGauges {
+    /// Adds connection `c`'s queue, read at wall clock `now_us`.
+    fn add(&mut self, c: &Client, now_us: u64) {
+        let (bytes, oldest_us, _) = c.output_view();
+        self.bytes += bytes as u64;
+        if let Some(ts) = oldest_us {
+            self.lag_ms = self.lag_ms.max(now_us.saturating_sub(ts) / 1000);
+        }
+    }
 }
 
 fn close_unauthorized(m: &CoreMetrics, c: &Client, message: &str, reason: &str) {

@@ -295,6 +295,12 @@ pub enum Route<'a> {
     History(&'a str),
     /// `POST /admin/drain`: begin the node's drain.
     AdminDrain,
+    /// `GET|HEAD /admin`: the operator page.
+    AdminPage,
+    /// `GET /connz`: the connection list.
+    Connz,
+    /// `GET /varz`: the node's counters as JSON.
+    Varz,
     /// A known path, but not this method (405); the methods it takes (the `Allow` header).
     MethodNotAllowed(&'static [Method]),
     /// No such endpoint (404).
@@ -316,6 +322,9 @@ impl<'a> Route<'a> {
             "/sse" => (Route::Sse, &[Get]),
             "/schedule" => (Route::ListSchedules, &[Get]),
             "/admin/drain" => (Route::AdminDrain, &[Post]),
+            "/admin" | "/admin/" => (Route::AdminPage, &[Get, Head]),
+            "/connz" => (Route::Connz, &[Get]),
+            "/varz" => (Route::Varz, &[Get]),
             p => match (p.strip_prefix("/schedule/"), p.strip_prefix("/history/")) {
                 (Some(id), _) => (Route::CancelSchedule(id), &[Delete]),
                 (_, Some(subject)) => (Route::History(subject), &[Get]),

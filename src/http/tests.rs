@@ -23,6 +23,10 @@ fn the_route_table_names_every_endpoint() {
     );
     assert_eq!(r(Get, "/history/"), Route::History(""));
     assert_eq!(r(Post, "/admin/drain"), Route::AdminDrain);
+    assert_eq!(r(Get, "/admin"), Route::AdminPage);
+    assert_eq!(r(Head, "/admin/"), Route::AdminPage);
+    assert_eq!(r(Get, "/connz"), Route::Connz);
+    assert_eq!(r(Get, "/varz"), Route::Varz);
 }
 
 #[test]
@@ -37,6 +41,8 @@ fn a_known_path_with_another_method_is_not_allowed_and_an_unknown_one_not_found(
         (Get, "/schedule/01a"),
         (Delete, "/history/a"),
         (Get, "/admin/drain"),
+        (Post, "/connz"),
+        (Delete, "/varz"),
         (Other, "/"),
     ] {
         assert!(matches!(r(m, p), Route::MethodNotAllowed(_)), "{m:?} {p}");

@@ -121,6 +121,15 @@ impl OutboundQueue {
         self.items.is_empty()
     }
 
+    /// Publish time (`ts`, µs) of the oldest message still queued, if any (`/connz`).
+    pub fn oldest_ts(&self) -> Option<u64> {
+        self.items.iter().find_map(|item| match item {
+            Out::Msg(f, _) => Some(f.ts()),
+            Out::Run(r, from, _, _) => Some(r.frame(*from).ts()),
+            Out::Raw(_) => None,
+        })
+    }
+
     /// Queues frame `at` of a shared run as message `k` under the byte `limit`: the queue's
     /// last item grows by it when that item ends just before it in the same run (one iovec
     /// for the stretch), else a new item starts.

@@ -99,6 +99,7 @@ pub fn needs_token(core: &Core, route: Route<'_>) -> bool {
         && match route {
             Route::Publish | Route::ListSchedules | Route::CancelSchedule(_) => true,
             Route::History(_) | Route::Sse | Route::AdminDrain => true,
+            Route::Connz | Route::Varz => true,
             Route::Metrics => core.cfg().metrics_require_auth,
             _ => false,
         }

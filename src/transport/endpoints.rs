@@ -1,6 +1,7 @@
 //! The plain HTTP endpoints: the demo page and browser client, `/healthz`, `/metrics`,
 //! `POST /publish` (one message now or scheduled, or an array of them now),
-//! `/history/{subject}`, `/schedule` and `POST /admin/drain`.
+//! `/history/{subject}`, `/schedule` and `POST /admin/drain`; the operator endpoints
+//! (`/admin`, `/connz`, `/varz`) are [`super::admin`]'s.
 //!
 //! Each takes the parsed request and returns the complete response bytes; none touches a
 //! socket. Runs on the connection's core thread; what another core owns is asked of it
@@ -14,6 +15,7 @@ use crate::http::{self, Method, Request, Route};
 use crate::metrics::Budget;
 use crate::proto::{self, ErrorCode, PubAck, Refused};
 use crate::schedule::ScheduleError;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The browser client, an ES module served at `/ringcast.js` (source: `src/web/ringcast.js`).
@@ -32,8 +34,8 @@ pub struct Conn<'a> {
     pub keep_alive: bool,
     /// The connection's publish limit (`POST /publish`).
     pub publishes: &'a PublishLimit,
-    /// The peer is on a loopback address (only looked up for `POST /admin/drain`).
-    pub loopback: bool,
+    /// The peer's address, when the socket has one (the operator endpoints' loopback rule).
+    pub peer: Option<SocketAddr>,
 }
 
 /// The response to a plain HTTP request on `route` (upgrades and SSE are not plain), whose
@@ -99,6 +101,10 @@ async fn route_response(
             Err(resp) => resp,
         },
         Route::AdminDrain => admin_drain(core, granted, conn),
+        Route::AdminPage => super::admin::page(ka),
+        Route::Connz | Route::Varz => {
+            super::admin::respond(core, route, &req.query, conn, &granted).await
+        }
         Route::MethodNotAllowed(methods) => {
             let code = ErrorCode::MethodNotAllowed;
             let body = proto::http_error_body(code, "method not allowed");
@@ -206,7 +212,7 @@ fn admin_drain(core: &Core, granted: Granted, conn: Conn<'_>) -> Vec<u8> {
             let why = "token lacks the 'admin' permission";
             return http::error(ErrorCode::Forbidden, why, ka);
         }
-        Ok(None) if !conn.loopback => {
+        Ok(None) if !conn.peer.is_some_and(|p| crate::os::is_loopback(&p)) => {
             let why = "with auth off only a loopback peer may drain the node";
             return http::error(ErrorCode::Forbidden, why, ka);
         }

@@ -7,6 +7,7 @@
 //!  admission     connection limits, Origin, token -> Grant (upgrade, SSE, HTTP)
 //!  endpoints     plain HTTP: /, /ringcast.js, /healthz, /metrics, /publish, /history, /schedule,
 //!                /admin/drain
+//!  admin         the operator endpoints: /admin (page), /connz, /varz; who may read them
 //!  websocket     an upgraded WebSocket: hello, the reader (frames -> ops)
 //!  sse           a Server-Sent Events stream
 //!  ops           one protocol op applied to the core (sub, unsub, pub, pubs, ping, auth,
@@ -23,6 +24,7 @@
 //! Memory: an idle WebSocket holds no read buffer (it waits for readiness, then borrows a
 //! pooled buffer for the read) and no write buffer (a pooled `WriteBatch` per write).
 
+pub mod admin;
 pub mod admission;
 pub mod endpoints;
 mod flush;
@@ -141,6 +143,7 @@ impl Transport {
         let core = self.core.clone();
         let (admitted, refusal) = Admitted::count(&core, &self.accepts);
         let _ = stream.set_nodelay(true);
+        let peer = stream.peer_addr().ok();
         limit_unsent(stream.as_raw_fd(), core.cfg().max_unsent_bytes);
         if let Some(why) = refusal {
             metrics::add(&core.metrics().rejected, 1);
@@ -187,7 +190,7 @@ impl Transport {
                     let conn = endpoints::Conn {
                         keep_alive,
                         publishes: &publishes,
-                        loopback: route == Route::AdminDrain && peer_is_loopback(&stream),
+                        peer,
                     };
                     let answer = endpoints::respond(&core, &req, route, conn, granted);
                     let resp = Box::pin(answer).await;
@@ -462,16 +465,6 @@ fn limit_unsent(fd: i32, bytes: u32) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
-}
-
-/// True when the peer of `stream` has a loopback address (IPv4-mapped ones included).
-fn peer_is_loopback(stream: &TcpStream) -> bool {
-    stream.peer_addr().is_ok_and(|a| match a.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
-        ip => ip.is_loopback(),
-    })
 }
 
 /// The descriptor of a read half, for readiness polling and non-blocking `recv`.

@@ -1,7 +1,9 @@
-//! The browser tests' harness (included by `tests/browser.rs` only, with `#[path]`: the other
-//! test binaries do not build it): a TCP proxy of the test's own in front of a node, that can
+//! The browser tests' harness (included by `tests/browser.rs` and `tests/admin_page.rs` only,
+//! with `#[path]`: the other test binaries do not build it; each uses part of it): a TCP proxy of the test's own in front of a node, that can
 //! cut every connection and send new ones to another node; headless Chromium on a fresh
 //! profile; a DevTools protocol connection to its page.
+
+#![allow(dead_code)]
 
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -251,12 +253,11 @@ impl Page {
         Page { ws, next_id: 0 }
     }
 
-    /// `Runtime.evaluate` of `expression`, its value returned by value.
-    pub fn eval(&mut self, expression: &str) -> Value {
+    /// One DevTools call: its `result` (events that arrive meanwhile are skipped).
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
-        let call = json!({"id": id, "method": "Runtime.evaluate",
-            "params": {"expression": expression, "returnByValue": true}});
+        let call = json!({"id": id, "method": method, "params": params});
         self.ws
             .send(tungstenite::Message::text(call.to_string()))
             .expect("DevTools send");
@@ -269,19 +270,48 @@ impl Page {
             if v["id"] != id {
                 continue; // an event
             }
-            assert!(v["error"].is_null(), "Runtime.evaluate failed: {v}");
-            assert!(
-                v["result"]["exceptionDetails"].is_null(),
-                "{expression} threw: {v}"
-            );
-            return v["result"]["result"]["value"].clone();
+            assert!(v["error"].is_null(), "{method} failed: {v}");
+            return v["result"].clone();
         }
     }
 
-    /// `window.__ringcast` (null until the page's script ran).
+    /// `Runtime.evaluate` of `expression`, its value returned by value.
+    pub fn eval(&mut self, expression: &str) -> Value {
+        let params = json!({"expression": expression, "returnByValue": true});
+        let result = self.call("Runtime.evaluate", params);
+        assert!(
+            result["exceptionDetails"].is_null(),
+            "{expression} threw: {result}"
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// Makes the viewport `width` x `height` CSS pixels at one device pixel each.
+    pub fn set_viewport(&mut self, width: u32, height: u32) {
+        let params = json!({"width": width, "height": height, "deviceScaleFactor": 1,
+            "mobile": false});
+        self.call("Emulation.setDeviceMetricsOverride", params);
+    }
+
+    /// A PNG screenshot of the viewport, its bytes.
+    pub fn screenshot_png(&mut self) -> Vec<u8> {
+        use base64::Engine;
+        let shot = self.call("Page.captureScreenshot", json!({"format": "png"}));
+        let data = shot["data"].as_str().expect("screenshot data");
+        base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .expect("base64 PNG")
+    }
+
+    /// The value of a JavaScript expression, through JSON (null for `undefined`).
+    pub fn json_of(&mut self, expression: &str) -> Value {
+        let text = self.eval(&format!("JSON.stringify(({expression}) ?? null)"));
+        serde_json::from_str(text.as_str().expect("a string")).expect("page JSON")
+    }
+
+    /// `window.__ringcast`, the demo page's record (null until the page's script ran).
     pub fn record(&mut self) -> Value {
-        let text = self.eval("JSON.stringify(window.__ringcast ?? null)");
-        serde_json::from_str(text.as_str().expect("a string")).expect("record JSON")
+        self.json_of("window.__ringcast")
     }
 }
 
