@@ -83,4 +83,3 @@ mod tests {
         assert_eq!(d.len(), v.len(), "{v:?}");
     }
 }
-

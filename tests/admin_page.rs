@@ -12,8 +12,8 @@ mod common;
 #[path = "common/browser.rs"]
 mod harness;
 
-use harness::{Browser, Page, DEADLINE};
 use common::{http, start, Node, Ws};
+use harness::{Browser, Page, DEADLINE};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use ringcast::config::DriverChoice;
 use ringcast::store::Durability;
