@@ -21,9 +21,10 @@
 //!
 //! (and `access`, `rate`, `signal`: small parts of those). This file is the dispatcher
 //! between them: the bus loop, the one request/answer path (`ask` -> `serve` -> `answer` ->
-//! `resolve` -> `complete`: one shape for every exchange) and broadcast. [`api`] holds what
-//! the transport asks of its core, [`sweep`] its periodic housekeeping, [`drain`] its end,
-//! [`connz`] the connection list of `/connz`.
+//! `resolve` -> `complete`: one shape for every exchange). [`api`] holds what the transport
+//! asks of its core, `publishing` the publish path (route, sequence, broadcast, deliver),
+//! [`sweep`] its periodic housekeeping, [`drain`] its end, [`connz`] the connection list of
+//! `/connz`.
 //!
 //! Everything here runs on the core's own thread (`Rc`/`RefCell`, no locks; no `RefCell`
 //! borrow is held across a call into another room); other cores are reached only through the
@@ -43,6 +44,7 @@ pub mod msg;
 pub mod node;
 pub mod outbox;
 pub mod pending;
+mod publishing;
 pub mod rate;
 pub mod scheduler;
 pub mod sequencer;
@@ -60,11 +62,9 @@ pub use rate::{InboundLimit, PublishLimit, RateBucket, RateVerdict};
 pub use sessions::{ResumeError, SessionState, TakeError};
 pub use subscription::{SubError, Subscription};
 
-use crate::bus::owner_of;
 use crate::cluster::Fetch;
 use crate::config::Config;
-use crate::frame::Frame;
-use crate::metrics::{self, CoreMetrics};
+use crate::metrics::CoreMetrics;
 use crate::owner::SubjectLimits;
 use crate::store::{ReadReq, StoredRange};
 use crossbeam_channel::Receiver;
@@ -72,7 +72,7 @@ use fanout::Fanout;
 use outbox::Outbox;
 use pending::{Pending, Slot};
 use scheduler::Scheduler;
-use sequencer::{Backfill, Finished, Ready, Sequencer};
+use sequencer::{Backfill, Finished, Sequencer};
 use sessions::Sessions;
 use signal::LocalNotify;
 use std::cell::{Cell, RefCell};
@@ -281,23 +281,6 @@ impl Core {
         loop {
             self.outbox.wait().await;
             self.flush_outbox();
-        }
-    }
-
-    /// Handles what other cores already sent (at most [`BUS_BATCH`] messages) before this core
-    /// sequences a publish of its own: a frame another core broadcast before acknowledging a
-    /// publish must reach this core's subscribers before a message published after that ack
-    /// (causal order across subjects; the bus task would handle it on its next turn, after).
-    fn catch_up_with_bus(&self) {
-        if self.rx.is_empty() {
-            return;
-        }
-        let mut n = 0;
-        while let Ok(msg) = self.rx.try_recv() {
-            n += self.handle(msg);
-            if n >= BUS_BATCH {
-                break;
-            }
         }
     }
 
@@ -537,79 +520,6 @@ impl Core {
                 tracing::error!(core = self.id, ?reply, "answer of the wrong kind; dropped");
             }
         }
-    }
-
-    // ---- publishing -------------------------------------------------------------------------
-
-    /// Routes a publish to its sequencer: the cluster's stream in cluster mode, else the
-    /// subject's owner core (this one, or over the bus); `w` gets the outcome.
-    fn publish(&self, subject: &str, data: &[u8], msg_id: Option<&str>, w: Waiter) {
-        if let Some(bridge) = &self.node.cluster {
-            let token = self.pending.borrow_mut().park(w);
-            return bridge.publish(subject, data, msg_id, self.id, token);
-        }
-        let owner = owner_of(subject, self.cores());
-        if owner == self.id {
-            self.catch_up_with_bus();
-            return self.sequence(subject, data, msg_id, None, ReplyTo::Local(w));
-        }
-        let req = Request::Publish {
-            subject: subject.into(),
-            data: data.into(),
-            msg_id: msg_id.map(Into::into),
-        };
-        self.ask(owner, req, w);
-    }
-
-    /// Owner side: sequences a publish and, unless it waits for its fsync, broadcasts it and
-    /// answers. `fired`: the schedule id this publish fires.
-    fn sequence(
-        &self,
-        subject: &str,
-        data: &[u8],
-        msg_id: Option<&str>,
-        fired: Option<&str>,
-        to: ReplyTo,
-    ) {
-        let m = self.metrics();
-        let ready = self
-            .sequencer
-            .borrow_mut()
-            .publish(m, subject, data, msg_id, fired, to);
-        if let Some(r) = ready {
-            self.finish_publish(r);
-        }
-    }
-
-    /// A publish the sequencer is done with: broadcast its frame, then answer.
-    fn finish_publish(&self, r: Ready<ReplyTo>) {
-        if let Some(frame) = r.frame {
-            self.broadcast(frame);
-        }
-        self.answer(r.to, Reply::Published(r.result));
-    }
-
-    /// Sends a frame this core owns to every core, itself included (FIFO per core pair, so
-    /// each subject's frames arrive in seq order everywhere).
-    fn broadcast(&self, frame: Arc<Frame>) {
-        for core in (0..self.cores()).filter(|c| *c != self.id) {
-            let from = self.id;
-            let frame = frame.clone();
-            self.send(core, CoreMsg::Deliver { frame, from });
-        }
-        self.deliver(frame, self.id);
-    }
-
-    /// Queues `frame` (broadcast by core `from`) to every matching local connection, once per
-    /// connection.
-    pub fn deliver(&self, frame: Arc<Frame>, from: usize) {
-        let m = self.metrics();
-        let ts = frame.ts();
-        let n = self.fanout.borrow_mut().deliver(frame, from, m);
-        if n > 0 {
-            self.flush.note_frame(ts);
-        }
-        metrics::add(&m.delivered, n);
     }
 
     // ---- history older than the ring --------------------------------------------------------
