@@ -37,11 +37,13 @@ const COALESCED_BYTES: usize = 4096;
 /// Pacing engages only once writes run behind: when the oldest frame of a pass was published
 /// longer ago than this. Below it (a core keeping up, however wide its fan-out) every pass
 /// follows the last at once, for latency; above it the core is past what it can write one
-/// `send` per frame, and pausing is what lets it catch up. 30 ms, not less: a core that keeps
-/// up still sees frames 10-20 ms old at its p99 when the machine is shared (measured: the
-/// 20,000 publishes/s price feed of `benches/probe-one.sh`, p99 11 ms without pacing), and a
-/// pause taken on such a hiccup kept itself going (p99 50-60 ms in half the runs at 10 ms).
-const BEHIND_US: u64 = 30_000;
+/// `send` per frame, and pausing is what lets it catch up. Measured with
+/// `benches/probe-one.sh` (5,000 subscribers, 1,000 subjects): at 100,000 publishes/s, 10 ms
+/// delivers all 500k/s with p99 0.19 s, where 20 ms and 30 ms fall behind (390k and 350k/s,
+/// p99 4-6 s: pacing starts too late to catch up); the cost is at 20,000/s, where a hiccup
+/// past 10 ms sometimes starts a pause that keeps itself going (p99 50-60 ms in some runs,
+/// 5-11 ms in the others).
+const BEHIND_US: u64 = 10_000;
 
 /// Longest pause between two passes, whatever the last one took: bounds the latency pacing
 /// adds after an exceptional pass (a snapshot to every connection at once).
