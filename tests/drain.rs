@@ -110,20 +110,17 @@ fn series(text: &str, prefix: &str) -> u64 {
 }
 
 fn sigusr2_drains_the_binary(driver: &str) {
-    let (child, addr, _) = common::spawn_ringcast(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--cores",
-        "2",
-        "--driver",
+    let (child, addr, _) = common::spawn_node(
         driver,
-        "--drain-retry-ms",
-        &RETRY_MS.to_string(),
-        "--drain-timeout-ms",
-        "120000",
-        "--handshake-timeout-ms",
-        &HANDSHAKE_TIMEOUT_MS.to_string(),
-    ]);
+        &[
+            "--drain-retry-ms",
+            &RETRY_MS.to_string(),
+            "--drain-timeout-ms",
+            "120000",
+            "--handshake-timeout-ms",
+            &HANDSHAKE_TIMEOUT_MS.to_string(),
+        ],
+    );
     let mut child = Child(child);
     let mut clients: Vec<Ws> = (0..4)
         .map(|_| {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{eventually, http, mint, spawn_ringcast, TempDir, Ws};
+use common::{eventually, http, mint, spawn_node, TempDir, Ws};
 use ringcast::config::DriverChoice;
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -29,16 +29,7 @@ impl Spawned {
             "auto"
         };
         let path = file.0.to_str().unwrap();
-        let (child, addr, _) = spawn_ringcast(&[
-            "--config",
-            path,
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "2",
-            "--driver",
-            driver,
-        ]);
+        let (child, addr, _) = spawn_node(driver, &["--config", path]);
         Spawned { child, addr, file }
     }
 

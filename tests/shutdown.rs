@@ -4,14 +4,7 @@
 mod common;
 
 fn run_and_signal(signal: i32, driver: &str) {
-    let (mut child, addr, line) = common::spawn_ringcast(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--cores",
-        "2",
-        "--driver",
-        driver,
-    ]);
+    let (mut child, addr, line) = common::spawn_node(driver, &[]);
     assert!(line.contains("driver="), "{line}");
     let mut clients: Vec<common::Ws> = (0..4).map(|_| common::Ws::connect(addr)).collect();
     // SAFETY: sending a signal to our own child.

@@ -106,14 +106,7 @@ impl Core {
         if self.shutting_down.get() || self.draining.replace(true) {
             return;
         }
-        let clients = self.sessions.borrow().all();
-        for c in clients {
-            if c.is_detached() {
-                self.unregister(&c);
-            } else {
-                self.send_away(&c);
-            }
-        }
+        self.end_every_session(|c| self.send_away(c));
     }
 
     /// Tells one connection to reconnect elsewhere after its retry hint, and closes it: a
@@ -144,16 +137,24 @@ impl Core {
         if self.shutting_down.replace(true) {
             return;
         }
+        self.end_every_session(|c| {
+            let code = crate::ws::close::GOING_AWAY;
+            let why = "server shutting down";
+            c.close(self.metrics(), CloseReason::Shutdown, code, why);
+        });
+        self.shutdown.notify();
+    }
+
+    /// The node is leaving: retained sessions are dropped (nothing can resume them here) and
+    /// every connected one gets `close_one`.
+    fn end_every_session(&self, close_one: impl Fn(&Client)) {
         let clients = self.sessions.borrow().all();
         for c in clients {
             if c.is_detached() {
                 self.unregister(&c);
             } else {
-                let code = crate::ws::close::GOING_AWAY;
-                let why = "server shutting down";
-                c.close(self.metrics(), CloseReason::Shutdown, code, why);
+                close_one(&c);
             }
         }
-        self.shutdown.notify();
     }
 }

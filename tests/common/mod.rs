@@ -5,7 +5,7 @@ pub mod nats;
 mod process;
 
 #[allow(unused_imports)] // each test crate uses some of the harness
-pub use process::{ringcast_start_up, spawn_ringcast, Spawned};
+pub use process::{ringcast_start_up, spawn_node, spawn_ringcast, Spawned};
 
 use ringcast::config::{Config, DriverChoice};
 use ringcast::server::Server;

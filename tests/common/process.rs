@@ -3,6 +3,21 @@
 
 use std::net::SocketAddr;
 
+/// [`spawn_ringcast`] of a two-core node on a port of the kernel's choosing, on `driver`
+/// (`uring` or `legacy`), with `extra` flags.
+pub fn spawn_node(driver: &str, extra: &[&str]) -> (std::process::Child, SocketAddr, String) {
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "2",
+        "--driver",
+        driver,
+    ];
+    args.extend_from_slice(extra);
+    spawn_ringcast(&args)
+}
+
 /// Runs the `ringcast` binary with `args` (logging at info) and waits for its "listening"
 /// line: the child, its address, and that log line. The rest of its log is drained.
 pub fn spawn_ringcast<S: AsRef<std::ffi::OsStr>>(
